@@ -1,0 +1,110 @@
+"""Stage 1: train the VQ-VAE (encoder, codebook, decoder) on the training images."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+from vqprior.artifacts import load_weights, save_json, save_weights, write_manifest, writing_stage
+from vqprior.config import Config
+from vqprior.errors import UserError
+from vqprior.data import ImageSet, load_split, to_float
+from vqprior.models.quantizer import code_usage
+from vqprior.models.vqvae import VQVAE, build_vqvae
+from vqprior.runtime import Reporter, batches, check_finite, cosine_schedule, setup
+
+EVAL_BATCH = 1000
+
+
+@torch.no_grad()
+def evaluate(model: VQVAE, data: ImageSet, device: torch.device) -> dict[str, float]:
+    """Reconstruction MSE (pixels in [0, 1]) and code usage on a split."""
+    model.eval()
+    k = model.quantizer.codebook_size
+    counts = torch.zeros(k, dtype=torch.long, device=device)
+    sq_err, pixels = 0.0, 0
+    for idx in batches(len(data), EVAL_BATCH):
+        x = to_float(data.images[idx]).to(device)
+        recon, codes, _ = model(x)
+        sq_err += float(F.mse_loss(recon.clamp(0, 1), x, reduction="sum"))
+        pixels += x.numel()
+        counts += torch.bincount(codes.flatten(), minlength=k)
+    model.train()
+    return {"recon_mse": sq_err / pixels, **code_usage(counts.cpu())}
+
+
+def load_component_weights(model: VQVAE, cfg: Config) -> None:
+    for part, spec in (("encoder", cfg.vqvae.encoder), ("decoder", cfg.vqvae.decoder)):
+        module = getattr(model, part)
+        if spec.weights:
+            load_weights(Path(spec.weights), module)
+        if not spec.trainable:
+            module.requires_grad_(False)
+
+
+def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
+    started = time.perf_counter()
+    device = setup(cfg.run)
+    train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
+    image_shape = tuple(train.images.shape[1:])
+    if tuple(test.images.shape[1:]) != image_shape:
+        raise UserError(f"train images are {list(image_shape)} but test images are {list(test.images.shape[1:])}; make both splits the same size")
+    model, grid = build_vqvae(cfg.vqvae, image_shape)
+    load_component_weights(model, cfg)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("nothing to train: encoder and decoder both have trainable = false; unfreeze the decoder")
+    opt = torch.optim.Adam(params, lr=cfg.vqvae.lr)
+    steps_per_epoch = -(-len(train) // cfg.vqvae.batch_size)
+    sched = cosine_schedule(opt, cfg.vqvae.epochs * steps_per_epoch, warmup_steps=min(100, steps_per_epoch))
+    order = torch.Generator().manual_seed(cfg.run.seed)
+    k = cfg.vqvae.codebook_size
+    reporter.log(f"stage 1: VQ-VAE on {len(train)} images {list(image_shape)} -> {grid[0]}x{grid[1]} codes, K={k}, device {device}")
+
+    history = []
+    for epoch in range(1, cfg.vqvae.epochs + 1):
+        t0 = time.perf_counter()
+        counts = torch.zeros(k, dtype=torch.long, device=device)
+        rec_sum, n_batches = 0.0, 0
+        for idx in reporter.track(batches(len(train), cfg.vqvae.batch_size, order), steps_per_epoch, f"stage 1 epoch {epoch}"):
+            x = to_float(train.images[idx]).to(device, non_blocking=True)
+            recon, codes, commitment = model(x)
+            rec = F.mse_loss(recon, x)
+            loss = rec + commitment
+            check_finite(loss, f"stage 1 epoch {epoch}", "vqvae.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            counts += torch.bincount(codes.flatten(), minlength=k)
+            rec_sum += rec.item()
+            n_batches += 1
+        train_usage = code_usage(counts.cpu())
+        test_metrics = evaluate(model, test, device)
+        row = {"epoch": epoch, "train_recon_mse": rec_sum / n_batches, "train_perplexity": train_usage["perplexity"],
+               "train_usage": train_usage["usage"], **{f"test_{k_}": v for k_, v in test_metrics.items()},
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        reporter.log(f"  epoch {epoch}/{cfg.vqvae.epochs}: train mse {row['train_recon_mse']:.4f} | test mse {row['test_recon_mse']:.4f}"
+                     f" | codes used {row['test_usage']:.0%} of {k}, perplexity {row['test_perplexity']:.1f} | {row['seconds']:.0f}s")
+
+    model.eval()
+    with torch.no_grad():
+        x = to_float(test.images[:32]).to(device)
+        recon = model(x)[0].clamp(0, 1)
+    pairs = torch.stack([x.view(2, 16, *image_shape), recon.view(2, 16, *image_shape)], 1).reshape(64, *image_shape)
+
+    with writing_stage(cfg.run_dir(), 1) as out:
+        save_weights(out / "vqvae.safetensors", model)
+        save_json(out / "config.json", {"config": cfg.model_dump(mode="json"), "image_shape": list(image_shape), "grid": list(grid),
+                                        "class_names": train.class_names})
+        save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
+        save_image(pairs.cpu(), out / "reconstructions.png", nrow=16, padding=2, pad_value=0.5)
+        write_manifest(out, 1, {}, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started},
+                       {"data": {"source": cfg.data.source, "train": len(train), "test": len(test)}})
+    return cfg.run_dir() / "stage1"

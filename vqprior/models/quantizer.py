@@ -1,0 +1,111 @@
+"""Vector quantizer with an EMA codebook, dead-code re-seeding and a straight-through gradient."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    # under torchrun every process sees a different batch; code statistics are summed over all of them
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def _broadcast(t: torch.Tensor) -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(t, src=0)
+
+
+class VectorQuantizer(nn.Module):
+    """Replaces each D-vector of a [B, D, h, w] latent by its nearest of K codes.
+
+    The codebook is not trained by gradient: each code is an exponential moving average of the encoder
+    outputs assigned to it (more stable than the codebook loss). A code that stops being used (EMA count
+    below `dead_code_threshold`) is re-seeded with a random encoder output from the current batch, which
+    keeps nearly every code in use. The encoder gets the decoder's gradient unchanged (straight-through)
+    plus a commitment loss that keeps its outputs near their codes.
+    """
+
+    def __init__(self, codebook_size: int, code_dim: int, decay: float = 0.99, commitment: float = 0.25,
+                 dead_code_threshold: float = 1.0, eps: float = 1e-5):
+        super().__init__()
+        self.codebook_size, self.code_dim = codebook_size, code_dim
+        self.decay, self.commitment, self.dead_code_threshold, self.eps = decay, commitment, dead_code_threshold, eps
+        codebook = torch.randn(codebook_size, code_dim)
+        self.register_buffer("codebook", codebook)
+        self.register_buffer("ema_count", torch.ones(codebook_size))
+        self.register_buffer("ema_sum", codebook.clone())
+        # codes start as real encoder outputs from the first training batch, not as random noise
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each row of flat [N, D] (squared Euclidean distance)."""
+        cb = self.codebook.to(flat.dtype)
+        dist2 = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.t() + cb.pow(2).sum(1)
+        return dist2.argmin(1)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes [B, h, w] -> latents [B, D, h, w]."""
+        return F.embedding(indices, self.codebook).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (quantized latents with straight-through gradient, code indices [B, h, w], commitment loss)."""
+        b, d, h, w = z.shape
+        if d != self.code_dim:
+            raise ValueError(f"latent has {d} channels, codebook has D={self.code_dim}")
+        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, d)
+        if self.training and not bool(self.initialized):
+            self._init_from(flat)
+        indices = self.nearest(flat)
+        if self.training:
+            self._ema_update(flat, indices)
+        q = self.lookup(indices.view(b, h, w)).to(z.dtype)
+        commitment_loss = self.commitment * F.mse_loss(z, q.detach())
+        return z + (q - z).detach(), indices.view(b, h, w), commitment_loss
+
+    @torch.no_grad()
+    def _init_from(self, flat: torch.Tensor) -> None:
+        pick = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
+        self.codebook.copy_(flat[pick])
+        _broadcast(self.codebook)
+        self.ema_sum.copy_(self.codebook)
+        self.ema_count.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+        counts = _all_reduce_sum(torch.bincount(indices, minlength=self.codebook_size).to(self.ema_count.dtype))
+        sums = _all_reduce_sum(torch.zeros_like(self.ema_sum).index_add_(0, indices, flat.to(self.ema_sum.dtype)))
+        self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.ema_count.sum()
+        # Laplace smoothing keeps a code with (almost) no assignments from dividing by zero
+        smoothed = (self.ema_count + self.eps) / (n + self.codebook_size * self.eps) * n
+        self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
+        self._reseed_dead(flat)
+
+    @torch.no_grad()
+    def _reseed_dead(self, flat: torch.Tensor) -> None:
+        dead = self.ema_count < self.dead_code_threshold
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return
+        pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+        new = flat[pick].to(self.codebook.dtype)
+        self.codebook[dead] = new
+        self.ema_sum[dead] = new
+        self.ema_count[dead] = 1.0
+        for t in (self.codebook, self.ema_sum, self.ema_count):
+            _broadcast(t)
+
+
+def code_usage(counts: torch.Tensor) -> dict[str, float]:
+    """Perplexity (effective number of codes) and share of codes used, from per-code counts."""
+    total = counts.sum().clamp_min(1)
+    p = counts.double() / total
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"perplexity": float(entropy.exp()), "usage": float((counts > 0).double().mean())}

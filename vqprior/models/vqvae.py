@@ -1,0 +1,92 @@
+"""The VQ-VAE: encoder -> vector quantizer -> decoder, with default convolutional encoder and decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import components
+from ..config import VQVAESection
+from .quantizer import VectorQuantizer
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ConvEncoder(nn.Module):
+    """Images [B, C, H, W] -> latents [B, code_dim, H/2^downsamples, W/2^downsamples] (28x28 -> 7x7 by default)."""
+
+    def __init__(self, in_channels: int = 1, code_dim: int = 32, hidden: int = 64, res_blocks: int = 1, downsamples: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = []
+        ch = in_channels
+        for i in range(downsamples):
+            out = hidden // 2 ** (downsamples - 1 - i)
+            layers += [nn.Conv2d(ch, out, 4, stride=2, padding=1), nn.ReLU()]
+            ch = out
+        layers += [nn.Conv2d(ch, hidden, 3, padding=1)]
+        layers += [ResBlock(hidden) for _ in range(res_blocks)]
+        layers += [nn.ReLU(), nn.Conv2d(hidden, code_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """Latents [B, code_dim, h, w] -> images [B, out_channels, h*2^upsamples, w*2^upsamples]; mirrors ConvEncoder."""
+
+    def __init__(self, in_channels: int = 1, code_dim: int = 32, hidden: int = 64, res_blocks: int = 1, upsamples: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(code_dim, hidden, 3, padding=1)]
+        layers += [ResBlock(hidden) for _ in range(res_blocks)]
+        layers += [nn.ReLU()]
+        ch = hidden
+        for i in range(upsamples):
+            last = i == upsamples - 1
+            out = in_channels if last else hidden // 2 ** (i + 1)
+            layers += [nn.ConvTranspose2d(ch, out, 4, stride=2, padding=1)]
+            if not last:
+                layers += [nn.ReLU()]
+            ch = out
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class VQVAE(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: VectorQuantizer):
+        super().__init__()
+        self.encoder, self.decoder, self.quantizer = encoder, decoder, quantizer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (reconstruction, code indices [B, h, w], commitment loss)."""
+        q, indices, commitment_loss = self.quantizer(self.encoder(x))
+        return self.decoder(q), indices, commitment_loss
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x)
+        b, d, h, w = z.shape
+        return self.quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.quantizer.lookup(indices))
+
+
+def build_vqvae(cfg: VQVAESection, image_shape: tuple[int, int, int]) -> tuple[VQVAE, tuple[int, int]]:
+    """Build encoder and decoder from their component specs, probe them, and return (model, latent grid)."""
+    context = {"in_channels": image_shape[0], "code_dim": cfg.code_dim}
+    encoder = components.build(cfg.encoder, **context)
+    decoder = components.build(cfg.decoder, **context)
+    grid = components.probe_autoencoder(encoder, decoder, cfg.encoder, cfg.decoder, image_shape, cfg.code_dim)
+    quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.ema_decay, cfg.commitment, cfg.dead_code_threshold)
+    return VQVAE(encoder, decoder, quantizer), grid
