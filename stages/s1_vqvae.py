@@ -64,6 +64,9 @@ def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
     sched = cosine_schedule(opt, cfg.vqvae.epochs * steps_per_epoch, warmup_steps=min(100, steps_per_epoch))
     order = torch.Generator().manual_seed(cfg.run.seed)
     k = cfg.vqvae.codebook_size
+    for split, data in (("train", train), ("test", test)):
+        if data.skipped:
+            reporter.log(f"[yellow]warning:[/] skipped {data.skipped} unreadable file(s) in the {split} split (data.strict=true makes this an error)")
     reporter.log(f"stage 1: VQ-VAE on {len(train)} images {list(image_shape)} -> {grid[0]}x{grid[1]} codes, K={k}, device {device}")
 
     history = []
@@ -94,17 +97,20 @@ def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
                      f" | codes used {row['test_usage']:.0%} of {k}, perplexity {row['test_perplexity']:.1f} | {row['seconds']:.0f}s")
 
     model.eval()
+    per_row = min(16, len(test))
+    n_rows = 2 if len(test) >= 32 else 1
     with torch.no_grad():
-        x = to_float(test.images[:32]).to(device)
+        x = to_float(test.images[: per_row * n_rows]).to(device)
         recon = model(x)[0].clamp(0, 1)
-    pairs = torch.stack([x.view(2, 16, *image_shape), recon.view(2, 16, *image_shape)], 1).reshape(64, *image_shape)
+    # rows alternate: originals, their reconstructions
+    pairs = torch.stack([x.view(n_rows, per_row, *image_shape), recon.view(n_rows, per_row, *image_shape)], 1).flatten(0, 2)
 
     with writing_stage(cfg.run_dir(), 1) as out:
         save_weights(out / "vqvae.safetensors", model)
         save_json(out / "config.json", {"config": cfg.model_dump(mode="json"), "image_shape": list(image_shape), "grid": list(grid),
                                         "class_names": train.class_names})
         save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
-        save_image(pairs.cpu(), out / "reconstructions.png", nrow=16, padding=2, pad_value=0.5)
+        save_image(pairs.cpu(), out / "reconstructions.png", nrow=per_row, padding=2, pad_value=0.5)
         write_manifest(out, 1, {}, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started},
                        {"data": {"source": cfg.data.source, "train": len(train), "test": len(test)}})
     return cfg.run_dir() / "stage1"

@@ -40,9 +40,17 @@ class Component(Section):
     @field_validator("target")
     @classmethod
     def _has_class(cls, v: str) -> str:
-        if ":" not in v or not v.rsplit(":", 1)[1]:
+        where, _, name = v.rpartition(":")
+        if not where or not name:
             raise ValueError(f"target {v!r} must look like 'package.module:Class' or 'file.py:Class'")
+        if where.endswith(".py"):  # saved absolute, so later stages find the file from any working directory
+            return f"{Path(where).expanduser().resolve()}:{name}"
         return v
+
+    @field_validator("weights")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        return None if v is None else str(Path(v).expanduser().resolve())
 
 
 class RunSection(Section):
@@ -62,6 +70,12 @@ class DataSection(Section):
     # under `root`; folder: a tree of PNG/JPEG images under `root` (subfolders = classes)
     source: Literal["mnist", "mnist-raw", "fashion-mnist", "folder"] = "mnist"
     root: str | None = None
+    # folder: resize (shorter side) and centre-crop every image to this square size; None = keep, all must match
+    image_size: int | None = Field(None, ge=4, le=4096)
+    # folder: 1 = grayscale, 3 = RGB; None = grayscale if every image is, else RGB
+    channels: Literal[1, 3] | None = None
+    # folder: an unreadable file is an error (true) or skipped with a warning and a count (false)
+    strict: bool = False
     # use only the first N images of a split: for quick demos and tests (None = all)
     train_limit: int | None = Field(None, gt=0)
     test_limit: int | None = Field(None, gt=0)

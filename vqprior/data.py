@@ -30,6 +30,7 @@ class ImageSet:
     images: torch.Tensor  # uint8 [N, C, H, W]
     labels: torch.Tensor | None  # int64 [N], or None when the data has no classes
     class_names: list[str] | None
+    skipped: int = 0  # unreadable files left out (image folders)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -42,7 +43,7 @@ class ImageSet:
         if n is None or n >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:n]
-        return ImageSet(self.images[:n], labels, self.class_names)
+        return ImageSet(self.images[:n], labels, self.class_names, self.skipped)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

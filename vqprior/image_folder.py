@@ -1,0 +1,110 @@
+"""A folder of PNG/JPEG images as a dataset.
+
+Layout: `root/train/...` and `root/test/...` when both exist; otherwise every image under `root`, with
+every 10th file (in sorted order) held out as the test split. Inside a split, subfolders are classes
+(`root/train/cat/1.png`); images with no subfolder make an unlabeled dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .config import DataSection
+from .data import ImageSet
+from .errors import UserError
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P"}  # P is checked per image below
+HOLDOUT_EVERY = 10
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+
+
+def _split_files(root: Path, split: str) -> tuple[Path, list[Path]]:
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        folder = root / split
+        return folder, _images_under(folder)
+    files = _images_under(root)
+    held_out = [f for i, f in enumerate(files) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
+    kept = [f for i, f in enumerate(files) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
+    return root, kept if split == "train" else held_out
+
+
+def class_names_of(folder: Path, files: list[Path]) -> list[str] | None:
+    """Sorted class-subfolder names, or None when the images sit directly in the folder."""
+    depths = {len(f.relative_to(folder).parts) for f in files}
+    if depths == {1} or not files:
+        return None
+    if 1 in depths:
+        loose = next(f for f in files if len(f.relative_to(folder).parts) == 1)
+        raise UserError(f"{folder} mixes loose images ({loose.name}) with class subfolders; put every image in a class folder or none")
+    return sorted({f.relative_to(folder).parts[0] for f in files})
+
+
+def _is_gray(img: Image.Image) -> bool:
+    if img.mode == "P":
+        palette = np.array(img.convert("RGB"))
+        return bool((palette[..., 0] == palette[..., 1]).all() and (palette[..., 1] == palette[..., 2]).all())
+    return img.mode in GRAY_MODES
+
+
+def _fit(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def load_image_folder(cfg: DataSection, split: str) -> ImageSet:
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data.root {root} is not a folder; point it at a folder of images")
+    folder, files = _split_files(root, split)
+    if not files:
+        raise UserError(f"no images (.png/.jpg/...) found for the {split} split under {folder}; check data.root")
+    names = class_names_of(folder, files)
+    if split == "test" and folder != root:
+        train_names = class_names_of(root / "train", _images_under(root / "train"))
+        if train_names != names:
+            raise UserError(f"class folders differ between train ({train_names}) and test ({names}) under {root}; use the same classes in both")
+
+    opened, skipped = [], []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                img.load()
+                opened.append((f, img.copy()))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            if cfg.strict:
+                raise UserError(f"cannot read image {f} ({type(e).__name__}); fix or remove it, or set data.strict=false to skip it") from None
+            skipped.append(f)
+    if not opened:
+        raise UserError(f"none of the {len(files)} files in the {split} split under {folder} is a readable image")
+
+    channels = cfg.channels or (1 if all(_is_gray(img) for _, img in opened) else 3)
+    mode = "L" if channels == 1 else "RGB"
+    arrays, labels = [], []
+    first_size = None
+    for f, img in opened:
+        img = img.convert(mode)
+        if cfg.image_size:
+            img = _fit(img, cfg.image_size)
+        elif first_size is None:
+            first_size = (img.size, f)
+        elif img.size != first_size[0]:
+            raise UserError(f"images differ in size ({first_size[1].name} is {first_size[0][0]}x{first_size[0][1]}, {f.name} is "
+                            f"{img.size[0]}x{img.size[1]}); set data.image_size to resize them all")
+        a = np.asarray(img, dtype=np.uint8)
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+        if names:
+            labels.append(names.index(f.relative_to(folder).parts[0]))
+    images = torch.from_numpy(np.stack(arrays))
+    return ImageSet(images, torch.tensor(labels, dtype=torch.int64) if names else None, names, skipped=len(skipped))
