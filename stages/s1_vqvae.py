@@ -16,6 +16,7 @@ from vqprior.data import ImageSet, load_split, to_float
 from vqprior.models.quantizer import code_usage
 from vqprior.models.vqvae import VQVAE, build_vqvae
 from vqprior.runtime import Reporter, batches, check_finite, cosine_schedule, setup
+from vqprior.training import ResumableLoop
 
 EVAL_BATCH = 1000
 
@@ -46,7 +47,7 @@ def load_component_weights(model: VQVAE, cfg: Config) -> None:
             module.requires_grad_(False)
 
 
-def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
+def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto") -> Path:
     started = time.perf_counter()
     device = setup(cfg.run)
     train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
@@ -62,19 +63,20 @@ def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
     opt = torch.optim.Adam(params, lr=cfg.vqvae.lr)
     steps_per_epoch = -(-len(train) // cfg.vqvae.batch_size)
     sched = cosine_schedule(opt, cfg.vqvae.epochs * steps_per_epoch, warmup_steps=min(100, steps_per_epoch))
-    order = torch.Generator().manual_seed(cfg.run.seed)
     k = cfg.vqvae.codebook_size
+    # a checkpoint is only resumed by a run with the same data, model and training settings
+    fingerprint = {"data": cfg.data.model_dump(mode="json"), "vqvae": cfg.vqvae.model_dump(mode="json"), "seed": cfg.run.seed}
+    loop = ResumableLoop(1, cfg.run_dir(), fingerprint, {"model": model, "optimizer": opt, "scheduler": sched}, len(train),
+                         cfg.vqvae.batch_size, cfg.vqvae.epochs, cfg.run.seed, cfg.run.checkpoint_every, resume, reporter)
     for split, data in (("train", train), ("test", test)):
         if data.skipped:
             reporter.log(f"[yellow]warning:[/] skipped {data.skipped} unreadable file(s) in the {split} split (data.strict=true makes this an error)")
     reporter.log(f"stage 1: VQ-VAE on {len(train)} images {list(image_shape)} -> {grid[0]}x{grid[1]} codes, K={k}, device {device}")
 
-    history = []
-    for epoch in range(1, cfg.vqvae.epochs + 1):
+    for epoch in loop.epochs():
         t0 = time.perf_counter()
-        counts = torch.zeros(k, dtype=torch.long, device=device)
-        rec_sum, n_batches = 0.0, 0
-        for idx in reporter.track(batches(len(train), cfg.vqvae.batch_size, order), steps_per_epoch, f"stage 1 epoch {epoch}"):
+        acc = loop.accumulators({"counts": torch.zeros(k, dtype=torch.long), "rec_sum": 0.0, "n_batches": 0})
+        for idx in loop.batches("stage 1 epoch"):
             x = to_float(train.images[idx]).to(device, non_blocking=True)
             recon, codes, commitment = model(x)
             rec = F.mse_loss(recon, x)
@@ -84,17 +86,18 @@ def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
             loss.backward()
             opt.step()
             sched.step()
-            counts += torch.bincount(codes.flatten(), minlength=k)
-            rec_sum += rec.item()
-            n_batches += 1
-        train_usage = code_usage(counts.cpu())
+            acc["counts"] += torch.bincount(codes.flatten(), minlength=k).cpu()
+            acc["rec_sum"] += rec.item()
+            acc["n_batches"] += 1
+        train_usage = code_usage(acc["counts"])
         test_metrics = evaluate(model, test, device)
-        row = {"epoch": epoch, "train_recon_mse": rec_sum / n_batches, "train_perplexity": train_usage["perplexity"],
+        row = {"epoch": epoch, "train_recon_mse": acc["rec_sum"] / acc["n_batches"], "train_perplexity": train_usage["perplexity"],
                "train_usage": train_usage["usage"], **{f"test_{k_}": v for k_, v in test_metrics.items()},
                "seconds": time.perf_counter() - t0}
-        history.append(row)
+        loop.end_epoch(row)
         reporter.log(f"  epoch {epoch}/{cfg.vqvae.epochs}: train mse {row['train_recon_mse']:.4f} | test mse {row['test_recon_mse']:.4f}"
                      f" | codes used {row['test_usage']:.0%} of {k}, perplexity {row['test_perplexity']:.1f} | {row['seconds']:.0f}s")
+    history = loop.history
 
     model.eval()
     per_row = min(16, len(test))
@@ -113,4 +116,5 @@ def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
         save_image(pairs.cpu(), out / "reconstructions.png", nrow=per_row, padding=2, pad_value=0.5)
         write_manifest(out, 1, {}, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started},
                        {"data": {"source": cfg.data.source, "train": len(train), "test": len(test)}})
+    loop.finish()
     return cfg.run_dir() / "stage1"

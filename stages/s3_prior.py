@@ -15,6 +15,7 @@ from vqprior.config import Config
 from vqprior.data import load_code_maps
 from vqprior.models.pixelcnn import GatedPixelCNN
 from vqprior.runtime import Reporter, batches, check_finite, cosine_schedule, setup
+from vqprior.training import ResumableLoop
 
 EVAL_BATCH = 1000
 LN2 = math.log(2)
@@ -38,7 +39,7 @@ def evaluate_nll(model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor
     return total / codes.numel() / LN2
 
 
-def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
+def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto") -> Path:
     started = time.perf_counter()
     device = setup(cfg.run)
     folder, manifest = read_stage(cfg.run_dir(), 2, needed_by=3)
@@ -58,17 +59,18 @@ def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.prior.lr)
     steps_per_epoch = -(-len(train_codes) // cfg.prior.batch_size)
     sched = cosine_schedule(opt, cfg.prior.epochs * steps_per_epoch, warmup_steps=min(200, steps_per_epoch))
-    order = torch.Generator().manual_seed(cfg.run.seed)
+    fingerprint = {"prior": cfg.prior.model_dump(mode="json"), "codes": manifest["outputs"]["train_codes.npy"], "seed": cfg.run.seed}
+    loop = ResumableLoop(3, cfg.run_dir(), fingerprint, {"model": model, "optimizer": opt, "scheduler": sched}, len(train_codes),
+                         cfg.prior.batch_size, cfg.prior.epochs, cfg.run.seed, cfg.run.checkpoint_every, resume, reporter)
     n_params = sum(p.numel() for p in model.parameters())
     reporter.log(f"stage 3: gated PixelCNN ({cfg.prior.layers} layers, {cfg.prior.channels} channels, {n_params / 1e6:.2f}M parameters, "
                  f"{'conditional on ' + str(len(class_names)) + ' classes' if conditional else 'unconditional'}) on {len(train_codes)} "
                  f"{grid[0]}x{grid[1]} maps, device {device}")
 
-    history = []
-    for epoch in range(1, cfg.prior.epochs + 1):
+    for epoch in loop.epochs():
         t0 = time.perf_counter()
-        nats, n_batches = 0.0, 0
-        for idx in reporter.track(batches(len(train_codes), cfg.prior.batch_size, order), steps_per_epoch, f"stage 3 epoch {epoch}"):
+        acc = loop.accumulators({"nats": 0.0, "n_batches": 0})
+        for idx in loop.batches("stage 3 epoch"):
             x = train_codes[idx]
             loss = F.cross_entropy(model(x, None if train_labels is None else train_labels[idx]), x)
             check_finite(loss, f"stage 3 epoch {epoch}", "prior.lr")
@@ -76,14 +78,15 @@ def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
             loss.backward()
             opt.step()
             sched.step()
-            nats += loss.item()
-            n_batches += 1
+            acc["nats"] += loss.item()
+            acc["n_batches"] += 1
         test_bits = evaluate_nll(model, test_codes, test_labels)
-        row = {"epoch": epoch, "train_bits_per_code": nats / n_batches / LN2, "test_bits_per_code": test_bits,
+        row = {"epoch": epoch, "train_bits_per_code": acc["nats"] / acc["n_batches"] / LN2, "test_bits_per_code": test_bits,
                "test_bits_per_map": test_bits * positions, "seconds": time.perf_counter() - t0}
-        history.append(row)
+        loop.end_epoch(row)
         reporter.log(f"  epoch {epoch}/{cfg.prior.epochs}: train {row['train_bits_per_code']:.3f} | test {test_bits:.3f} bits/code"
                      f" = {row['test_bits_per_map']:.1f} bits/map | {row['seconds']:.0f}s")
+    history = loop.history
 
     with writing_stage(cfg.run_dir(), 3) as out:
         save_weights(out / "prior.safetensors", model)
@@ -93,4 +96,5 @@ def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
         inputs = {f"{s}_codes": folder / f"{s}_codes.npy" for s in ("train", "test")}
         write_manifest(out, 3, inputs, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started},
                        {"vqvae_sha256": manifest["inputs"]["vqvae"]["sha256"], "codebook_size": params["codebook_size"]})
+    loop.finish()
     return cfg.run_dir() / "stage3"

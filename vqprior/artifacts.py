@@ -61,6 +61,49 @@ def writing_stage(run_dir: Path, stage: int) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Only one process writes a run folder at a time; a lock left by a dead process is taken over."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {run_dir}: {e.strerror}; choose a writable run.out_dir") from None
+    lock = run_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise UserError(f"run folder {run_dir} is in use by process {pid}; wait for it to finish or use another --name") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+        except OSError as e:
+            raise UserError(f"cannot write to {run_dir}: {e.strerror}; choose a writable run.out_dir") from None
+    else:
+        raise UserError(f"could not take the lock {lock}; remove it if no other vqprior is running")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def save_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

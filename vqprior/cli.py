@@ -10,13 +10,16 @@ from typing import Annotated, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .artifacts import run_lock
 from .config import Config, load_config, presets
 from .errors import UserError
 from .runtime import Reporter
 
 T = TypeVar("T")
+RESUMABLE = {1, 3}
 STAGE_MODULES = {1: "vqprior.stages.s1_vqvae", 2: "vqprior.stages.s2_codes", 3: "vqprior.stages.s3_prior", 4: "vqprior.stages.s4_sample"}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,7 +41,8 @@ class ConsoleReporter(Reporter):
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    one_line = " ".join(message.split())
+    console.print(f"[bold red]error:[/] {escape(one_line)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -73,42 +77,50 @@ Mix = Annotated[Optional[str], typer.Option(help="Stage 4: draw between classes,
 Count = Annotated[Optional[int], typer.Option("--n", "-n", help="Stage 4: images per class.")]
 Temp = Annotated[Optional[float], typer.Option(help="Stage 4: sampling temperature (> 0).")]
 Seed = Annotated[Optional[int], typer.Option(help="Stage 4: sampling seed.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Stages 1/3: continue from the checkpoint (the default when one exists).")]
+Restart = Annotated[bool, typer.Option("--restart", help="Stages 1/3: discard any checkpoint and train from scratch.")]
 Sampler = Annotated[Optional[str], typer.Option(help="Stage 4: cached (fast, default) or naive (reference).")]
 
 
-def _run_stages(stages: list[int], cfg: Config) -> None:
+def _run_stages(stages: list[int], cfg: Config, resume: str) -> None:
     reporter = ConsoleReporter()
-    for stage in stages:
-        t0 = time.perf_counter()
-        out = importlib.import_module(STAGE_MODULES[stage]).run(cfg, reporter)
-        console.print(f"[green]stage {stage} done[/] in {time.perf_counter() - t0:.0f}s -> {out}")
+    with run_lock(cfg.run_dir()):
+        for stage in stages:
+            t0 = time.perf_counter()
+            kwargs = {"resume": resume} if stage in RESUMABLE else {}
+            out = importlib.import_module(STAGE_MODULES[stage]).run(cfg, reporter, **kwargs)
+            console.print(f"[green]stage {stage} done[/] in {time.perf_counter() - t0:.0f}s -> {out}")
 
 
-def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temperature, seed, sampler) -> None:
+def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temperature, seed, sampler, resume, restart) -> None:
     try:
+        if resume and restart:
+            raise UserError("--resume and --restart contradict each other; pass one")
         cfg = load_config(preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler))
-        _run_stages(stages, cfg)
+        _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto")
     except UserError as e:
-        _fail(str(e))
+        _fail(str(e), getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
-        _fail("interrupted; the stage that was running wrote nothing", 130)
+        _fail("interrupted; the stage that was running left its last checkpoint (if any) and wrote no outputs", 130)
 
 
 @app.command("run-stage")
 def run_stage(stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE, 2 code maps, 3 prior, 4 samples.")],
               preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
-              mix: Mix = None, n: Count = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None) -> None:
+              mix: Mix = None, n: Count = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
+              resume: Resume = False, restart: Restart = False) -> None:
     """Run one stage; it reads the earlier stages' outputs from the run folder."""
     if stage != 4 and (label or mix or n is not None or temperature is not None or seed is not None or sampler is not None):
         _fail("--label/--mix/--n/--temperature/--seed/--sampler apply to stage 4 only; use --set for other stages")
-    _guarded([stage], preset, config, set_, name, label, mix, n, temperature, seed, sampler)
+    _guarded([stage], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart)
 
 
 @app.command("run")
 def run_all(preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
-            mix: Mix = None, n: Count = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None) -> None:
+            mix: Mix = None, n: Count = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
+            resume: Resume = False, restart: Restart = False) -> None:
     """Run all four stages in order (the whole pipeline on MNIST with the defaults)."""
-    _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, n, temperature, seed, sampler)
+    _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart)
 
 
 def main() -> None:

@@ -63,6 +63,8 @@ class RunSection(Section):
     device: str = "auto"
     # torch intra-op threads on CPU; 0 = one per core. More threads than cores slows everything down.
     threads: int = Field(0, ge=0)
+    # training steps between checkpoints of stages 1 and 3 (0 = only when interrupted); a checkpoint costs milliseconds
+    checkpoint_every: int = Field(200, ge=0)
 
 
 class DataSection(Section):
