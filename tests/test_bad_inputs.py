@@ -1,0 +1,188 @@
+"""Bad input gets one line saying what is wrong and what to do, a non-zero exit, no traceback, and no new
+or changed artifact (a checkpoint kept on purpose, after a NaN loss, is the one exception)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_args
+from vqprior.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished")
+    result = runner.invoke(app, ["run", *tiny_args(out), "--n", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out / "t"
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and ".checkpoints" not in p.parts}
+
+
+def rm(stage):
+    return lambda run, tmp, mp: shutil.rmtree(run / stage)
+
+
+def garbage(rel, data=b"\x00garbage\xff" * 10):
+    return lambda run, tmp, mp: (run / rel).write_bytes(data)
+
+
+def truncate(rel):
+    def setup(run, tmp, mp):
+        path = run / rel
+        path.write_bytes(path.read_bytes()[:-100])
+    return setup
+
+
+def garbage_with_matching_manifest(run, tmp, mp):
+    path = run / "stage1" / "vqvae.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    manifest = json.loads((run / "stage1" / "manifest.json").read_text())
+    manifest["outputs"]["vqvae.safetensors"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (run / "stage1" / "manifest.json").write_text(json.dumps(manifest))
+
+
+def retrain_stage1(run, tmp, mp):
+    result = runner.invoke(app, ["run-stage", "1", *tiny_args(run.parent), "--set", "run.seed=7"], catch_exceptions=False)
+    assert result.exit_code == 0
+
+
+def text_files_as_images(run, tmp, mp):
+    (tmp / "imgs").mkdir()
+    for i in range(3):
+        (tmp / "imgs" / f"{i}.png").write_text("not an image")
+
+
+def empty_folder(run, tmp, mp):
+    (tmp / "imgs").mkdir()
+
+
+def disk_full(run, tmp, mp):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    mp.setattr(np, "save", full)
+
+
+def live_lock(run, tmp, mp):
+    (run / ".lock").write_text(str(os.getppid()))
+
+
+def corrupt_checkpoint(run, tmp, mp):
+    (run / ".checkpoints").mkdir()
+    (run / ".checkpoints" / "stage1.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+
+
+FOLDER = ["--set", 'data.source="folder"', "--set", 'data.root="{tmp}/imgs"']
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]
+    message: str
+    setup: Callable | None = None
+    fresh: bool = False  # start from an empty run folder instead of a finished run
+    exit_code: int = 2
+    extra: list[str] = field(default_factory=list)
+
+
+CASES = [
+    Case("unknown-config-key", ["run-stage", "1", "--set", "vqvae.codebok_size=3"], "unknown key 'vqvae.codebok_size'"),
+    Case("wrong-type", ["run-stage", "3", "--set", 'prior.epochs="many"'], "prior.epochs"),
+    Case("negative-size", ["run-stage", "1", "--set", "vqvae.batch_size=-4"], "vqvae.batch_size"),
+    Case("zero-size", ["run-stage", "3", "--set", "prior.channels=0"], "prior.channels"),
+    Case("K-out-of-range-for-dtype", ["run-stage", "1", "--set", "vqvae.codebook_size=70000"], "vqvae.codebook_size"),
+    Case("even-kernel", ["run-stage", "3", "--set", "prior.kernel=4"], "must be odd"),
+    Case("bad-run-name", ["run-stage", "1", "--name", "../elsewhere"], "run.name"),
+    Case("set-without-value", ["run-stage", "1", "--set", "prior.epochs"], "expected section.key=value"),
+    Case("unknown-preset", ["run-stage", "1", "--preset", "huge"], "unknown preset 'huge'"),
+    Case("missing-config-file", ["run-stage", "1", "--config", "/nonexistent/cfg.toml"], "config file not found"),
+    Case("stage4-option-on-stage1", ["run-stage", "1", "--label", "3"], "apply to stage 4 only"),
+    Case("stage2-without-stage1", ["run-stage", "2"], "stage 2 needs stage 1", fresh=True),
+    Case("stage3-without-stage2", ["run-stage", "3"], "stage 3 needs stage 2", rm("stage2")),
+    Case("stage4-without-stage3", ["run-stage", "4"], "stage 4 needs stage 3", rm("stage3")),
+    Case("stage4-out-of-order", ["run-stage", "4"], "stage 4 needs stage 3", fresh=True),
+    Case("corrupted-weights", ["run-stage", "2"], "changed after stage 1 wrote it", garbage("stage1/vqvae.safetensors")),
+    Case("corrupted-weights-manifest-agrees", ["run-stage", "2"], "is not a readable safetensors file", garbage_with_matching_manifest),
+    Case("truncated-npy", ["run-stage", "3"], "changed after stage 2 wrote it", truncate("stage2/train_codes.npy")),
+    Case("manifest-mismatch-vqvae-vs-prior", ["run-stage", "4"], "re-run stages 2 and 3", retrain_stage1),
+    Case("label-out-of-range", ["run-stage", "4", "--label", "10"], "label 10 is out of range"),
+    Case("soft-labels-not-summing-to-1", ["run-stage", "4", "--mix", "3:0.5,8:0.4"], "sum to 1"),
+    Case("soft-labels-malformed", ["run-stage", "4", "--mix", "3-0.5"], "expected class:weight pairs"),
+    Case("temperature-zero", ["run-stage", "4", "--temperature", "0"], "sample.temperature"),
+    Case("temperature-negative", ["run-stage", "4", "--temperature", "-1"], "sample.temperature"),
+    Case("nonexistent-image-path", ["run-stage", "1", "--set", 'data.source="folder"', "--set", 'data.root="/nonexistent/imgs"'], "is not a folder"),
+    Case("non-image-files", ["run-stage", "1", *FOLDER], "is a readable image", text_files_as_images),
+    Case("empty-dataset", ["run-stage", "1", *FOLDER], "no images", empty_folder),
+    Case("wrong-channel-count-config", ["run-stage", "1", "--set", "data.channels=2"], "data.channels"),
+    Case("encoder-expects-other-channels", ["run-stage", "1", "--set", "vqvae.encoder.params={hidden=16, res_blocks=1, in_channels=3}"],
+         "failed on a [2, 1, 28, 28] batch"),
+    Case("nan-loss", ["run-stage", "1", "--set", "vqvae.lr=1e30", "--set", "run.checkpoint_every=1", "--restart"], "the loss became"),
+    Case("out-dir-not-writable", ["run-stage", "1", "--set", 'run.out_dir="/etc/hostname/sub"'], "choose a writable run.out_dir"),
+    Case("disk-full", ["run-stage", "2"], "disk full", disk_full),
+    Case("run-folder-in-use", ["run-stage", "4"], "is in use by process", live_lock),
+    Case("corrupted-checkpoint", ["run-stage", "1"], "unreadable", corrupt_checkpoint),
+    Case("resume-without-checkpoint", ["run-stage", "1", "--resume"], "no checkpoint for stage 1"),
+    Case("resume-and-restart", ["run-stage", "1", "--resume", "--restart"], "contradict"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, finished_run, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run_dir = out / "t"
+    if not case.fresh:
+        shutil.copytree(finished_run, run_dir)
+    if case.setup:
+        case.setup(run_dir, tmp_path, monkeypatch)
+    before = snapshot(out)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in case.args]
+    result = runner.invoke(app, [*args[:2], *tiny_args(out), *args[2:]], catch_exceptions=False)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == case.exit_code, result.output
+    assert len(lines) >= 1 and lines[-1].startswith("error: "), result.output
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and case.message in errors[0], result.output
+    assert "Traceback" not in result.output
+    assert snapshot(out) == before, "artifacts were created or changed"
+    assert not list(out.glob("*/.stage*")) if out.exists() else True, "temporary stage folder left behind"
+    if case.id == "nan-loss":
+        assert (run_dir / ".checkpoints" / "stage1.pt").is_file(), "the last good checkpoint must be kept"
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(finished_run, tmp_path):
+    run_dir = tmp_path / "t"
+    shutil.copytree(finished_run, run_dir)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (run_dir / ".lock").write_text(dead)
+    result = runner.invoke(app, ["run-stage", "4", *tiny_args(tmp_path), "--n", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert not (run_dir / ".lock").exists()
+
+
+def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vqprior", "run-stage", "3", "--set", f'run.out_dir="{tmp_path}"'],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "stage 3 needs stage 2" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
