@@ -104,7 +104,8 @@ class VQVAESection(Section):
     ema_decay: float = Field(0.99, gt=0, lt=1)
     # a code whose EMA usage count falls below this is re-seeded from a random encoder output
     dead_code_threshold: float = Field(1.0, ge=0)
-    epochs: int = Field(3, ge=1)
+    # 2 epochs reach test MSE ~0.006 with every code in use; a third buys little (README numbers)
+    epochs: int = Field(2, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0)
 
@@ -112,12 +113,13 @@ class VQVAESection(Section):
 class PriorSection(Section):
     # gated layers; each widens the receptive field by kernel//2 rows up and columns left
     layers: int = Field(8, ge=1, le=64)
-    channels: int = Field(64, ge=4)
+    # 48 channels for 5 epochs beat 64 channels for 3 epochs in the same CPU time (README numbers)
+    channels: int = Field(48, ge=4)
     # odd width of the masked convolutions
     kernel: int = Field(3, ge=3)
     # condition on class labels when the codes have them (false: always unconditional)
     conditional: bool = True
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
 
