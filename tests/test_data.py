@@ -66,3 +66,26 @@ def test_truncated_idx_file_is_a_clear_error(tmp_path):
 def test_missing_torchvision_files_name_what_was_looked_for(tmp_path):
     with pytest.raises(UserError, match="train-images-idx3-ubyte"):
         load_split(DataSection(source="mnist-raw", root=str(tmp_path)), "train")
+
+
+def test_cifar10_binary_release(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}.bin", 4) for i in range(1, 6)] + [("test_batch.bin", 3)]:
+        records = rng.integers(0, 256, (n, 3073)).astype(np.uint8)
+        records[:, 0] = rng.integers(0, 10, n)
+        records.tofile(folder / name)
+    (folder / "batches.meta.txt").write_text("\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]))
+    cfg = DataSection(source="cifar10", root=str(tmp_path))
+    train = load_split(cfg, "train")
+    assert tuple(train.images.shape) == (20, 3, 32, 32) and train.class_names[3] == "cat"
+    first = np.fromfile(folder / "data_batch_1.bin", dtype=np.uint8)[:3073]
+    assert int(train.labels[0]) == first[0] and np.array_equal(train.images[0].numpy().ravel(), first[1:])
+    assert len(load_split(cfg, "test")) == 3
+
+
+def test_pickled_cifar10_is_refused_with_a_pointer(tmp_path):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(UserError, match="does not unpickle"):
+        load_split(DataSection(source="cifar10", root=str(tmp_path)), "train")

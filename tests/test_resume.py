@@ -130,3 +130,25 @@ def test_signal_handlers_are_restored_after_training(tmp_path):
     before = signal.getsignal(signal.SIGINT)
     s1_vqvae.run(config(tmp_path, "h", **{"vqvae.epochs": 1}))
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_on_a_real_process_saves_and_says_how_to_resume(tmp_path):
+    """SIGINT to `vqprior run-stage 1`: exit 130, one line naming the way back, a checkpoint, no stage folder."""
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "vqprior", "run-stage", "1", *tiny_args(tmp_path, "sig"),
+            "--set", "vqvae.epochs=50", "--set", "vqvae.batch_size=8", "--set", "run.checkpoint_every=1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "sig" / ".checkpoints" / "stage1.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert ckpt.exists(), "training never checkpointed"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    assert ckpt.exists() and not (tmp_path / "sig" / "stage1").exists()

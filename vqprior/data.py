@@ -58,6 +58,8 @@ def load_split(cfg: DataSection, split: str) -> ImageSet:
         data = _load_mnist_offline(split)
     elif cfg.source in ("mnist-raw", "fashion-mnist"):
         data = _load_idx_dataset(Path(cfg.root), cfg.source, split)
+    elif cfg.source == "cifar10":
+        data = _load_cifar10_binary(Path(cfg.root), split)
     else:
         from .image_folder import load_image_folder
 
@@ -173,6 +175,36 @@ def _load_idx_dataset(root: Path, source: str, split: str) -> ImageSet:
         f"no {prefix}-images-idx3-ubyte[.gz] / {prefix}-labels-idx1-ubyte[.gz] under {root} "
         f"(looked in {', '.join(str(c) for c in candidates)}); point data.root at the torchvision dataset folder"
     )
+
+
+# ---------------------------------------------------------------- CIFAR-10, binary release
+
+CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def _load_cifar10_binary(root: Path, split: str) -> ImageSet:
+    """CIFAR-10's binary release: records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32x32)."""
+    folder = next((f for f in (root / "cifar-10-batches-bin", root) if (f / "test_batch.bin").is_file()), None)
+    if folder is None:
+        if (root / "cifar-10-batches-py").is_dir():
+            raise UserError(f"{root} holds the pickled (python) CIFAR-10, which vqprior does not unpickle; "
+                            "use the binary version (cifar-10-binary.tar.gz -> cifar-10-batches-bin)")
+        raise UserError(f"no cifar-10-batches-bin/test_batch.bin under {root}; point data.root at the extracted binary CIFAR-10")
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+    chunks = []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"missing {path}; re-extract the binary CIFAR-10")
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size % CIFAR_RECORD:
+            raise UserError(f"{path} is truncated ({raw.size} bytes is not a whole number of {CIFAR_RECORD}-byte records)")
+        chunks.append(raw.reshape(-1, CIFAR_RECORD))
+    records = np.concatenate(chunks)
+    meta = folder / "batches.meta.txt"
+    classes = [line.strip() for line in meta.read_text().splitlines() if line.strip()] if meta.is_file() else [str(i) for i in range(10)]
+    images = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy())
+    return ImageSet(images, torch.from_numpy(records[:, 0].astype(np.int64)), classes)
 
 
 # ---------------------------------------------------------------- code maps written by stage 2

@@ -56,14 +56,18 @@ def sample_cached(model: GatedPixelCNN, cond: torch.Tensor | None, batch: int, g
     else:
         cond_v = cond_h = [None] * len(layers)
 
-    # vertical stack: the last k2+1 input rows of every layer, zero-padded like the full convolution
-    v_window = [torch.zeros(batch, c, k2 + 1, width + 2 * k2, device=device, dtype=dtype) for _ in layers]
+    # vertical stack, channels-last: the last k2+1 input rows of every layer, zero-padded like the convolution;
+    # its kernels as matrices over an unfolded (rows, columns, channels) window
+    v_window = [torch.zeros(batch, k2 + 1, width + 2 * k2, c, device=device, dtype=dtype) for _ in layers]
+    v_mat = [l.v_conv.weight.permute(0, 2, 3, 1).reshape(2 * c, -1).t().contiguous() for l in layers]
+    v_to_h_mat = [l.v_to_h.weight[:, :, 0, 0].t().contiguous() for l in layers]
+    kernel = 2 * k2 + 1
     # what row i's horizontal stack adds before its gate: bias, class bias and row i-1 of the vertical stack
-    row_bias = []
+    base_bias = []
     for l, ch in zip(layers, cond_h):
         b = l.h_conv.bias.expand(batch, width, 2 * c)
-        row_bias.append((b + ch[:, None, :] if ch is not None else b).contiguous())
-    base_bias = [rb.clone() for rb in row_bias]
+        base_bias.append((b + ch[:, None, :] if ch is not None else b).contiguous())
+    row_bias = list(base_bias)
 
     for i in range(height):
         # horizontal stack inputs of the current row, channels-last, k2 zero columns on the left
@@ -80,16 +84,19 @@ def sample_cached(model: GatedPixelCNN, cond: torch.Tensor | None, batch: int, g
             code = _draw(model.head(out), temperature, generator)
             codes[:, i, j] = code
             h_rows[0][:, k2 + j] = model.embed(code)
+        if i + 1 == height:
+            break
         # row i is complete: advance the vertical stack by one row and prepare row i+1's horizontal bias
-        v_in = model.embed(codes[:, i]).transpose(1, 2)  # [B, C, W]
+        v_in = model.embed(codes[:, i])  # [B, W, C]
         for n, layer in enumerate(layers):
-            v_window[n] = torch.cat([v_window[n][:, :, 1:], F.pad(v_in, (k2, k2)).unsqueeze(2)], dim=2)
-            v_pre = layer.v_conv(v_window[n])[:, :, 0]  # [B, 2C, W]
-            v_to_h = F.conv1d(v_pre, layer.v_to_h.weight[..., 0], layer.v_to_h.bias)
-            row_bias[n] = base_bias[n] + v_to_h.transpose(1, 2)
+            v_window[n] = torch.cat([v_window[n][:, 1:], F.pad(v_in, (0, 0, k2, k2)).unsqueeze(1)], dim=1)
+            patches = v_window[n].unfold(2, kernel, 1).permute(0, 2, 1, 4, 3).reshape(batch * width, -1)
+            v_pre = torch.addmm(layer.v_conv.bias, patches, v_mat[n])  # [B*W, 2C]
+            row_bias[n] = torch.addmm(layer.v_to_h.bias, v_pre, v_to_h_mat[n]).view(batch, width, 2 * c).add_(base_bias[n])
+            v_pre = v_pre.view(batch, width, 2 * c)
             if cond_v[n] is not None:
-                v_pre = v_pre + cond_v[n][:, :, None]
-            v_in = gate(v_pre)
+                v_pre = v_pre + cond_v[n][:, None, :]
+            v_in = gate(v_pre, dim=2)
     return codes
 
 
