@@ -19,8 +19,9 @@ from .pixelcnn import GatedPixelCNN, gate
 
 def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    gumbel = -torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))
-    return (logits / temperature + gumbel).argmax(1)
+    gumbel = u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
+    scaled = logits if temperature == 1.0 else logits / temperature
+    return gumbel.add_(scaled).argmax(1)
 
 
 @torch.no_grad()
@@ -48,7 +49,7 @@ def sample_cached(model: GatedPixelCNN, cond: torch.Tensor | None, batch: int, g
     codes = torch.zeros(batch, height, width, dtype=torch.long, device=device)
 
     # per-layer constants: horizontal kernels as matrices over a channels-last window, 1x1 convs as matrices
-    h_mat = [l.h_conv.weight[:, :, 0, :].permute(0, 2, 1).reshape(2 * c, -1).t().contiguous() for l in layers]
+    h_taps = [[l.h_conv.weight[:, :, 0, t].t().contiguous() for t in range(l.h_width)] for l in layers]
     out_mat = [l.h_out.weight[:, :, 0, 0].t().contiguous() for l in layers]
     out_bias = [l.h_out.bias for l in layers]
     if cond is not None:
@@ -69,21 +70,27 @@ def sample_cached(model: GatedPixelCNN, cond: torch.Tensor | None, batch: int, g
         base_bias.append((b + ch[:, None, :] if ch is not None else b).contiguous())
     row_bias = list(base_bias)
 
+    head = model.head  # ReLU, Linear, ReLU, Linear on channels
     for i in range(height):
-        # horizontal stack inputs of the current row, channels-last, k2 zero columns on the left
-        h_rows = [torch.zeros(batch, width + k2, c, device=device, dtype=dtype) for _ in layers]
+        # horizontal stack inputs of the current row, one contiguous [B, C] tensor per column (k2 zeros first):
+        # each kernel tap is then one matrix product with no copy
+        zeros = torch.zeros(batch, c, device=device, dtype=dtype)
+        h_cols = [[zeros] * k2 for _ in layers]
         for j in range(width):
             for n, layer in enumerate(layers):
-                window = h_rows[n][:, j : j + layer.h_width].reshape(batch, -1)
-                pre = torch.addmm(row_bias[n][:, j], window, h_mat[n])
+                cols = h_cols[n]
+                pre = torch.addmm(row_bias[n][:, j], cols[j], h_taps[n][0])
+                for t in range(1, layer.h_width):
+                    pre.addmm_(cols[j + t], h_taps[n][t])
                 out = torch.addmm(out_bias[n], gate(pre), out_mat[n])
                 if not layer.first:
-                    out += h_rows[n][:, k2 + j]
+                    out += cols[k2 + j]
                 if n + 1 < len(layers):
-                    h_rows[n + 1][:, k2 + j] = out
-            code = _draw(model.head(out), temperature, generator)
+                    h_cols[n + 1].append(out)
+            logits = F.linear(F.linear(out.relu(), head[1].weight, head[1].bias).relu_(), head[3].weight, head[3].bias)
+            code = _draw(logits, temperature, generator)
             codes[:, i, j] = code
-            h_rows[0][:, k2 + j] = model.embed(code)
+            h_cols[0].append(model.embed(code))
         if i + 1 == height:
             break
         # row i is complete: advance the vertical stack by one row and prepare row i+1's horizontal bias
