@@ -24,7 +24,7 @@ def test_preset_file_and_overrides_apply_in_order(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[prior]\nepochs = 7\nlayers = 3\n")
     cfg = load_config("quick", f, ["prior.layers=5"])
-    assert cfg.data.train_limit == 20000  # preset
+    assert cfg.vqvae.epochs == 1  # preset
     assert cfg.prior.epochs == 7  # file beats preset
     assert cfg.prior.layers == 5  # --set beats file
     assert "quick" in presets()
