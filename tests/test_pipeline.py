@@ -86,7 +86,7 @@ def test_stage_out_of_order_names_the_missing_stage(tmp_path):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "stage 3 needs stage 2" in lines[0] and "vqprior run-stage 2" in lines[0]
-    assert not (tmp_path / "t" / "stage3").exists()
+    assert not (tmp_path / "t").exists(), "a failed first stage must not leave an empty run folder"
 
 
 def test_label_out_of_range_is_one_line(tiny_run):

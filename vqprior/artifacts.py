@@ -65,6 +65,7 @@ def writing_stage(run_dir: Path, stage: int) -> Iterator[Path]:
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Only one process writes a run folder at a time; a lock left by a dead process is taken over."""
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -92,6 +93,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves no trace
 
 
 def _alive(pid: int) -> bool:

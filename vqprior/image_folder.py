@@ -18,7 +18,7 @@ from .data import ImageSet
 from .errors import UserError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P"}  # P is checked per image below
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # palette images (P) are checked pixel by pixel
 HOLDOUT_EVERY = 10
 
 

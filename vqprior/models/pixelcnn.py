@@ -94,7 +94,3 @@ class GatedPixelCNN(nn.Module):
         h = self.features(codes, self.condition(labels, codes.shape[0]))
         return self.head(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-
-def nll_bits(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood in bits per code."""
-    return F.cross_entropy(logits, codes) / torch.log(torch.tensor(2.0))
