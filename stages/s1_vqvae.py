@@ -15,7 +15,7 @@ from vqprior.errors import UserError
 from vqprior.data import ImageSet, load_split, to_float
 from vqprior.models.quantizer import code_usage
 from vqprior.models.vqvae import VQVAE, build_vqvae
-from vqprior.runtime import Reporter, batches, check_finite, cosine_schedule, setup
+from vqprior.runtime import Reporter, batches, cosine_schedule, setup
 from vqprior.training import ResumableLoop
 
 EVAL_BATCH = 1000
@@ -67,7 +67,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto") -> P
     # a checkpoint is only resumed by a run with the same data, model and training settings
     fingerprint = {"data": cfg.data.model_dump(mode="json"), "vqvae": cfg.vqvae.model_dump(mode="json"), "seed": cfg.run.seed}
     loop = ResumableLoop(1, cfg.run_dir(), fingerprint, {"model": model, "optimizer": opt, "scheduler": sched}, len(train),
-                         cfg.vqvae.batch_size, cfg.vqvae.epochs, cfg.run.seed, cfg.run.checkpoint_every, resume, reporter)
+                         cfg.vqvae.batch_size, cfg.vqvae.epochs, cfg.run.seed, cfg.run.checkpoint_every, resume, reporter, "vqvae.lr")
     for split, data in (("train", train), ("test", test)):
         if data.skipped:
             reporter.log(f"[yellow]warning:[/] skipped {data.skipped} unreadable file(s) in the {split} split (data.strict=true makes this an error)")
@@ -75,23 +75,25 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto") -> P
 
     for epoch in loop.epochs():
         t0 = time.perf_counter()
-        acc = loop.accumulators({"counts": torch.zeros(k, dtype=torch.long), "rec_sum": 0.0, "n_batches": 0})
+        acc = loop.accumulators({"counts": torch.zeros(k, dtype=torch.long, device=device),
+                                 "loss_sum": torch.zeros((), dtype=torch.float64, device=device),
+                                 "rec_sum": torch.zeros((), dtype=torch.float64, device=device), "n_batches": 0})
         for idx in loop.batches("stage 1 epoch"):
             x = to_float(train.images[idx]).to(device, non_blocking=True)
             recon, codes, commitment = model(x)
             rec = F.mse_loss(recon, x)
             loss = rec + commitment
-            check_finite(loss, f"stage 1 epoch {epoch}", "vqvae.lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            acc["counts"] += torch.bincount(codes.flatten(), minlength=k).cpu()
-            acc["rec_sum"] += rec.item()
+            acc["counts"] += torch.bincount(codes.flatten(), minlength=k)
+            acc["loss_sum"] += loss.detach()
+            acc["rec_sum"] += rec.detach()
             acc["n_batches"] += 1
-        train_usage = code_usage(acc["counts"])
+        train_usage = code_usage(acc["counts"].cpu())
         test_metrics = evaluate(model, test, device)
-        row = {"epoch": epoch, "train_recon_mse": acc["rec_sum"] / acc["n_batches"], "train_perplexity": train_usage["perplexity"],
+        row = {"epoch": epoch, "train_recon_mse": acc["rec_sum"].item() / acc["n_batches"], "train_perplexity": train_usage["perplexity"],
                "train_usage": train_usage["usage"], **{f"test_{k_}": v for k_, v in test_metrics.items()},
                "seconds": time.perf_counter() - t0}
         loop.end_epoch(row)

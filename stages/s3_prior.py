@@ -14,7 +14,7 @@ from vqprior.artifacts import read_stage, save_json, save_weights, write_manifes
 from vqprior.config import Config
 from vqprior.data import load_code_maps
 from vqprior.models.pixelcnn import GatedPixelCNN
-from vqprior.runtime import Reporter, batches, check_finite, cosine_schedule, setup
+from vqprior.runtime import Reporter, batches, cosine_schedule, setup
 from vqprior.training import ResumableLoop
 
 EVAL_BATCH = 1000
@@ -61,7 +61,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto") -> P
     sched = cosine_schedule(opt, cfg.prior.epochs * steps_per_epoch, warmup_steps=min(200, steps_per_epoch))
     fingerprint = {"prior": cfg.prior.model_dump(mode="json"), "codes": manifest["outputs"]["train_codes.npy"], "seed": cfg.run.seed}
     loop = ResumableLoop(3, cfg.run_dir(), fingerprint, {"model": model, "optimizer": opt, "scheduler": sched}, len(train_codes),
-                         cfg.prior.batch_size, cfg.prior.epochs, cfg.run.seed, cfg.run.checkpoint_every, resume, reporter)
+                         cfg.prior.batch_size, cfg.prior.epochs, cfg.run.seed, cfg.run.checkpoint_every, resume, reporter, "prior.lr")
     n_params = sum(p.numel() for p in model.parameters())
     reporter.log(f"stage 3: gated PixelCNN ({cfg.prior.layers} layers, {cfg.prior.channels} channels, {n_params / 1e6:.2f}M parameters, "
                  f"{'conditional on ' + str(len(class_names)) + ' classes' if conditional else 'unconditional'}) on {len(train_codes)} "
@@ -69,19 +69,18 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto") -> P
 
     for epoch in loop.epochs():
         t0 = time.perf_counter()
-        acc = loop.accumulators({"nats": 0.0, "n_batches": 0})
+        acc = loop.accumulators({"nats": torch.zeros((), dtype=torch.float64, device=device), "n_batches": 0})
         for idx in loop.batches("stage 3 epoch"):
             x = train_codes[idx]
             loss = F.cross_entropy(model(x, None if train_labels is None else train_labels[idx]), x)
-            check_finite(loss, f"stage 3 epoch {epoch}", "prior.lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            acc["nats"] += loss.item()
+            acc["nats"] += loss.detach()
             acc["n_batches"] += 1
         test_bits = evaluate_nll(model, test_codes, test_labels)
-        row = {"epoch": epoch, "train_bits_per_code": acc["nats"] / acc["n_batches"] / LN2, "test_bits_per_code": test_bits,
+        row = {"epoch": epoch, "train_bits_per_code": acc["nats"].item() / acc["n_batches"] / LN2, "test_bits_per_code": test_bits,
                "test_bits_per_map": test_bits * positions, "seconds": time.perf_counter() - t0}
         loop.end_epoch(row)
         reporter.log(f"  epoch {epoch}/{cfg.prior.epochs}: train {row['train_bits_per_code']:.3f} | test {test_bits:.3f} bits/code"

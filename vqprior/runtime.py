@@ -76,8 +76,3 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-
-def check_finite(loss: torch.Tensor, what: str, lr_key: str) -> None:
-    if not torch.isfinite(loss):
-        raise UserError(f"{what}: the loss became {loss.item()}; stopped, the last good checkpoint is kept; "
-                        f"lower {lr_key} and run the stage again with --restart")

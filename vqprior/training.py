@@ -88,10 +88,10 @@ class ResumableLoop:
     """
 
     def __init__(self, stage: int, run_dir: Path, fingerprint: dict, stateful: dict[str, Any], n_items: int, batch_size: int,
-                 epochs: int, seed: int, checkpoint_every: int, resume: str, reporter: Reporter):
+                 epochs: int, seed: int, checkpoint_every: int, resume: str, reporter: Reporter, lr_key: str = "the learning rate"):
         self.stage, self.fingerprint, self.stateful = stage, json.loads(json.dumps(fingerprint)), stateful
         self.n_items, self.batch_size, self.n_epochs = n_items, batch_size, epochs
-        self.checkpoint_every, self.reporter = checkpoint_every, reporter
+        self.checkpoint_every, self.reporter, self.lr_key = checkpoint_every, reporter, lr_key
         self.path = Path(run_dir) / ".checkpoints" / f"stage{stage}.pt"
         self.order = torch.Generator().manual_seed(seed)
         self.epoch, self.step, self.history, self._acc = 1, 0, [], None
@@ -126,7 +126,16 @@ class ResumableLoop:
         _set_rng_state(ckpt["rng"])
         self.reporter.log(f"stage {self.stage}: resuming from epoch {self.epoch} step {self.step} ({self.path}); --restart starts over")
 
+    def _check_finite(self) -> None:
+        """Losses are summed on the device (no per-step sync); a NaN/inf anywhere makes the sum non-finite,
+        and it is caught here, before a checkpoint could store the broken state."""
+        for name, value in (self._acc or {}).items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise UserError(f"stage {self.stage} epoch {self.epoch}: the loss became {value.item()} by step {self.step}; stopped, "
+                                f"the last good checkpoint is kept; lower {self.lr_key} and run the stage again with --restart")
+
     def save(self) -> None:
+        self._check_finite()
         payload = {"fingerprint": self.fingerprint, "epoch": self.epoch, "step": self.step, "history": self.history,
                    "accumulators": self._acc, "epoch_order_state": self._epoch_order_state, "rng": _rng_state(),
                    "state": {name: obj.state_dict() for name, obj in self.stateful.items()}}
@@ -169,6 +178,7 @@ class ResumableLoop:
                                   f"run the same command again to resume (or with --restart to start over)")
             if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self.save()
+        self._check_finite()
 
     def end_epoch(self, row: dict) -> None:
         self.history.append(row)
