@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -50,7 +51,7 @@ def _overrides(sets: list[str], name: Optional[str], labels: list[int], mix: Opt
                temperature: Optional[float], seed: Optional[int], sampler: Optional[str]) -> list[str]:
     out = list(sets)
     if name is not None:
-        out.append(f"run.name={name!r}".replace("'", '"'))
+        out.append(f"run.name={json.dumps(name)}")
     if labels:
         out.append(f"sample.labels={list(labels)}")
     if mix is not None:
@@ -64,7 +65,7 @@ def _overrides(sets: list[str], name: Optional[str], labels: list[int], mix: Opt
         if value is not None:
             out.append(f"sample.{key}={value}")
     if sampler is not None:
-        out.append(f'sample.sampler="{sampler}"')
+        out.append(f"sample.sampler={json.dumps(sampler)}")
     return out
 
 

@@ -94,7 +94,7 @@ class ResumableLoop:
         self.checkpoint_every, self.reporter, self.lr_key = checkpoint_every, reporter, lr_key
         self.path = Path(run_dir) / ".checkpoints" / f"stage{stage}.pt"
         self.order = torch.Generator().manual_seed(seed)
-        self.epoch, self.step, self.history, self._acc = 1, 0, [], None
+        self.epoch, self.step, self.history, self._acc, self._saved_acc = 1, 0, [], None, None
         self._epoch_order_state = self.order.get_state()
         self._stop: StopRequest | None = None
         if resume == "restart":
@@ -103,10 +103,6 @@ class ResumableLoop:
             self._load()
         elif resume == "require":
             raise UserError(f"--resume: no checkpoint for stage {stage} at {self.path}; run the stage without --resume")
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return -(-self.n_items // self.batch_size)
 
     # ---------------------------------------------------------------- checkpoint I/O
     def _load(self) -> None:
@@ -120,7 +116,7 @@ class ResumableLoop:
         for name, obj in self.stateful.items():
             obj.load_state_dict(ckpt["state"][name])
         self.epoch, self.step, self.history = ckpt["epoch"], ckpt["step"], ckpt["history"]
-        self._acc = ckpt["accumulators"]
+        self._saved_acc = ckpt["accumulators"]
         self._epoch_order_state = ckpt["epoch_order_state"]
         self.order.set_state(self._epoch_order_state)
         _set_rng_state(ckpt["rng"])
@@ -157,9 +153,12 @@ class ResumableLoop:
                 self.step, self._acc = 0, None
 
     def accumulators(self, fresh: dict) -> dict:
-        """The epoch's running sums: `fresh` at the start of an epoch, the saved ones when resuming mid-epoch."""
+        """The epoch's running sums: `fresh` at the start of an epoch, the saved ones (moved to the devices of
+        `fresh`) when resuming mid-epoch."""
         if self._acc is None:
-            self._acc = fresh
+            saved, self._saved_acc = self._saved_acc, None
+            self._acc = fresh if saved is None else {
+                k: saved[k].to(v.device) if isinstance(v, torch.Tensor) else saved[k] for k, v in fresh.items()}
         return self._acc
 
     def batches(self, description: str) -> Iterator[torch.Tensor]:
