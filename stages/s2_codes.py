@@ -8,30 +8,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqprior.artifacts import write_manifest, writing_stage
-from vqprior.config import Config, validate_config
-from vqprior.data import SPLITS, load_split, to_float
+from vqprior.artifacts import output_sha, write_manifest, writing_stage
+from vqprior.codes import code_dtype
+from vqprior.config import Config, DataSection
+from vqprior.datasets import SPLITS, load_split, to_float
 from vqprior.models.quantizer import code_usage
 from vqprior.restore import load_vqvae
-from vqprior.runtime import Reporter, batches, setup
+from vqprior.runtime import Reporter, Runtime, batches
 
 ENCODE_BATCH = 1000
 
 
-def code_dtype(codebook_size: int) -> np.dtype:
-    """The smallest unsigned integer type that holds codes 0..K-1."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if codebook_size - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise ValueError(codebook_size)
+def fingerprint(cfg: Config) -> dict | None:
+    """Stage 2's outputs depend only on stage 1's weights (and the data stage 1 recorded)."""
+    vqvae = output_sha(cfg.run_dir(), 1, "vqvae.safetensors")
+    return None if vqvae is None else {"vqvae": vqvae}
 
 
-def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
+def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None) -> Path:
     started = time.perf_counter()
-    device = setup(cfg.run)
-    vq = load_vqvae(cfg.run_dir(), needed_by=2, device=device)
-    # the data is the one stage 1 trained on, as recorded in its config
-    data_cfg = validate_config(vq.manifest["config"]).data
+    rt = rt or Runtime.setup(cfg.run)
+    rt.seed_all()
+    vq = load_vqvae(cfg.run_dir(), needed_by=2, device=rt.device)
+    # the data is the one stage 1 trained on, as recorded beside its weights
+    data_cfg = DataSection.model_validate(vq.saved["data"])
     k = vq.model.quantizer.codebook_size
     dtype = code_dtype(k)
     reporter.log(f"stage 2: encoding with the stage-1 VQ-VAE into {vq.grid[0]}x{vq.grid[1]} maps of {dtype.name} codes (K={k})")
@@ -43,7 +43,7 @@ def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
         codes = torch.empty(len(data), *vq.grid, dtype=torch.long)
         with torch.no_grad():
             for idx in reporter.track(batches(len(data), ENCODE_BATCH), -(-len(data) // ENCODE_BATCH), f"stage 2 {split}"):
-                codes[idx] = vq.model.encode(to_float(data.images[idx]).to(device)).cpu()
+                codes[idx] = vq.model.encode(to_float(data.images[idx]).to(rt.device)).cpu()
         arrays[f"{split}_codes"] = codes.numpy().astype(dtype)
         if data.labels is not None:
             arrays[f"{split}_labels"] = data.labels.numpy().astype(np.int64)
@@ -51,10 +51,12 @@ def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
         info[split] = {"count": len(data), "labeled": data.labels is not None, **usage}
         reporter.log(f"  {split}: {len(data)} maps, codes used {usage['usage']:.0%}, perplexity {usage['perplexity']:.1f}")
 
-    with writing_stage(cfg.run_dir(), 2) as out:
-        for name, array in arrays.items():
-            np.save(out / f"{name}.npy", array)
-        write_manifest(out, 2, {"vqvae": vq.weights}, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started},
-                       {"codebook_size": k, "grid": list(vq.grid), "dtype": dtype.name, "splits": info,
-                        "class_names": vq.class_names if info["train"]["labeled"] else None})
+    if rt.is_main:
+        with writing_stage(cfg.run_dir(), 2) as out:
+            for name, array in arrays.items():
+                np.save(out / f"{name}.npy", array)
+            write_manifest(out, 2, {"vqvae": vq.weights}, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started},
+                           fingerprint(cfg), {"codebook_size": k, "grid": list(vq.grid), "dtype": dtype.name, "splits": info,
+                                              "class_names": vq.class_names if info["train"]["labeled"] else None})
+    rt.barrier()
     return cfg.run_dir() / "stage2"

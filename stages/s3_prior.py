@@ -1,99 +1,86 @@
-"""Stage 3: train the gated PixelCNN prior on stage 2's code maps (class-conditional when they have labels)."""
+"""Stage 3: train the prior on stage 2's code maps (class-conditional when they have labels)."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqprior.artifacts import read_stage, save_json, save_weights, write_manifest, writing_stage
+from vqprior import components
+from vqprior.artifacts import output_sha, read_stage, save_json, save_weights, stage_dir, write_manifest, writing_stage
+from vqprior.codes import load_code_maps
 from vqprior.config import Config
-from vqprior.data import load_code_maps
-from vqprior.models.pixelcnn import GatedPixelCNN
-from vqprior.runtime import Reporter, batches, cosine_schedule, setup
-from vqprior.training import ResumableLoop
+from vqprior.evaluation import nll_bits_per_code
+from vqprior.models.priors import check_prior
+from vqprior.runtime import Reporter, Runtime
+from vqprior.training import Trainer
 
-EVAL_BATCH = 1000
-LN2 = math.log(2)
-
-
-def _tensors(maps, device):
-    codes = torch.from_numpy(np.asarray(maps.codes).astype(np.int64)).to(device)
-    labels = None if maps.labels is None else torch.from_numpy(np.asarray(maps.labels)).to(device)
-    return codes, labels
+CODE_FILES = ("train_codes.npy", "test_codes.npy", "train_labels.npy", "test_labels.npy")
 
 
-@torch.no_grad()
-def evaluate_nll(model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None) -> float:
-    """Mean negative log-likelihood in bits per code."""
-    model.eval()
-    total = 0.0
-    for idx in batches(len(codes), EVAL_BATCH):
-        logits = model(codes[idx], None if labels is None else labels[idx])
-        total += float(F.cross_entropy(logits, codes[idx], reduction="sum"))
-    model.train()
-    return total / codes.numel() / LN2
+def fingerprint(cfg: Config) -> dict | None:
+    """What stage 3's outputs depend on: the prior settings, the seed and stage 2's files."""
+    codes = {name: output_sha(cfg.run_dir(), 2, name) for name in CODE_FILES}
+    if codes["train_codes.npy"] is None:
+        return None
+    return {"prior": cfg.prior.model_dump(mode="json"), "seed": cfg.run.seed, "codes": codes}
 
 
-def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto") -> Path:
+def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: Runtime | None = None) -> Path:
     started = time.perf_counter()
-    device = setup(cfg.run)
-    folder, manifest = read_stage(cfg.run_dir(), 2, needed_by=3)
-    train_maps, test_maps = (load_code_maps(folder, manifest, s) for s in ("train", "test"))
-    conditional = cfg.prior.conditional and train_maps.labels is not None
+    rt = rt or Runtime.setup(cfg.run)
+    rt.seed_all()
+    device = rt.device
+    folder, manifest = read_stage(cfg.run_dir(), 2, needed_by=3)  # also refuses codes of a replaced stage-1 VQ-VAE
+    train_codes, train_labels = load_code_maps(folder, manifest, "train").tensors(device)
+    test_codes, test_labels = load_code_maps(folder, manifest, "test").tensors(device)
+    conditional = cfg.prior.conditional and train_labels is not None
     class_names = manifest["class_names"] if conditional else None
-    params = {"codebook_size": manifest["codebook_size"], "channels": cfg.prior.channels, "layers": cfg.prior.layers,
-              "kernel": cfg.prior.kernel, "num_classes": len(class_names) if conditional else 0}
-    model = GatedPixelCNN(**params).to(device).train()
-    train_codes, train_labels = _tensors(train_maps, device)
-    test_codes, test_labels = _tensors(test_maps, device)
     if not conditional:
         train_labels = test_labels = None
     grid = tuple(manifest["grid"])
-    positions = grid[0] * grid[1]
 
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.prior.lr)
-    steps_per_epoch = -(-len(train_codes) // cfg.prior.batch_size)
-    sched = cosine_schedule(opt, cfg.prior.epochs * steps_per_epoch, warmup_steps=min(200, steps_per_epoch))
-    fingerprint = {"prior": cfg.prior.model_dump(mode="json"), "codes": manifest["outputs"]["train_codes.npy"], "seed": cfg.run.seed}
-    loop = ResumableLoop(3, cfg.run_dir(), fingerprint, {"model": model, "optimizer": opt, "scheduler": sched}, len(train_codes),
-                         cfg.prior.batch_size, cfg.prior.epochs, cfg.run.seed, cfg.run.checkpoint_every, resume, reporter, "prior.lr")
+    resolved = components.resolve(cfg.prior.network, codebook_size=manifest["codebook_size"],
+                                   num_classes=len(class_names) if conditional else 0)
+    model = components.instantiate(resolved)
+    check_prior(model, resolved["target"], grid)
+    model.to(device)
+    trainer = Trainer(stage=3, runtime=rt, run_dir=cfg.run_dir(), fingerprint=fingerprint(cfg), model=model,
+                      optimizer=torch.optim.Adam(model.parameters(), lr=cfg.prior.lr), n_items=len(train_codes),
+                      batch_size=cfg.prior.batch_size, epochs=cfg.prior.epochs, checkpoint_every=cfg.run.checkpoint_every,
+                      resume=resume, reporter=reporter, lr_key="prior.lr", warmup_steps=200)
     n_params = sum(p.numel() for p in model.parameters())
-    reporter.log(f"stage 3: gated PixelCNN ({cfg.prior.layers} layers, {cfg.prior.channels} channels, {n_params / 1e6:.2f}M parameters, "
-                 f"{'conditional on ' + str(len(class_names)) + ' classes' if conditional else 'unconditional'}) on {len(train_codes)} "
-                 f"{grid[0]}x{grid[1]} maps, device {device}")
+    what = f"conditional on {len(class_names)} classes" if conditional else "unconditional"
+    reporter.log(f"stage 3: prior {resolved['target'].rpartition(':')[2]} ({n_params / 1e6:.2f}M parameters, {what}) on "
+                 f"{len(train_codes)} {grid[0]}x{grid[1]} maps, device {device}")
 
-    for epoch in loop.epochs():
-        t0 = time.perf_counter()
-        acc = loop.accumulators({"nats": torch.zeros((), dtype=torch.float64, device=device), "n_batches": 0})
-        for idx in loop.batches("stage 3 epoch"):
-            x = train_codes[idx]
-            loss = F.cross_entropy(model(x, None if train_labels is None else train_labels[idx]), x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            acc["nats"] += loss.detach()
-            acc["n_batches"] += 1
-        test_bits = evaluate_nll(model, test_codes, test_labels)
-        row = {"epoch": epoch, "train_bits_per_code": acc["nats"].item() / acc["n_batches"] / LN2, "test_bits_per_code": test_bits,
-               "test_bits_per_map": test_bits * positions, "seconds": time.perf_counter() - t0}
-        loop.end_epoch(row)
-        reporter.log(f"  epoch {epoch}/{cfg.prior.epochs}: train {row['train_bits_per_code']:.3f} | test {test_bits:.3f} bits/code"
-                     f" = {row['test_bits_per_map']:.1f} bits/map | {row['seconds']:.0f}s")
-    history = loop.history
+    def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = train_codes[idx]
+        loss = F.cross_entropy(model(x, None if train_labels is None else train_labels[idx]), x)
+        return {"loss": loss}
 
-    with writing_stage(cfg.run_dir(), 3) as out:
-        save_weights(out / "prior.safetensors", model)
-        save_json(out / "config.json", {"model": params, "grid": list(grid), "class_names": class_names,
-                                        "config": cfg.model_dump(mode="json")})
-        save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
-        inputs = {f"{s}_codes": folder / f"{s}_codes.npy" for s in ("train", "test")}
-        write_manifest(out, 3, inputs, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started},
-                       {"vqvae_sha256": manifest["inputs"]["vqvae"]["sha256"], "codebook_size": params["codebook_size"]})
-    loop.finish()
+    def evaluate(epoch: int, row: dict) -> None:
+        positions = grid[0] * grid[1]
+        row["train_bits_per_code"] = row["train_loss"] / 0.6931471805599453
+        row["test_bits_per_code"] = nll_bits_per_code(model, test_codes, test_labels)
+        row["test_bits_per_map"] = row["test_bits_per_code"] * positions
+        reporter.log(f"  epoch {epoch}/{cfg.prior.epochs}: train {row['train_bits_per_code']:.3f} | test {row['test_bits_per_code']:.3f} "
+                     f"bits/code = {row['test_bits_per_map']:.1f} bits/map | {row['train_seconds']:.0f}s")
+
+    history = trainer.fit(step, [evaluate])
+
+    if rt.is_main:
+        with writing_stage(cfg.run_dir(), 3) as out:
+            save_weights(out / "prior.safetensors", model)
+            save_json(out / "config.json", {"prior": resolved, "grid": list(grid), "class_names": class_names,
+                                            "config": cfg.model_dump(mode="json")})
+            save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
+            inputs = {Path(name).stem: folder / name for name in CODE_FILES if (folder / name).is_file()}
+            inputs["vqvae"] = stage_dir(cfg.run_dir(), 1) / "vqvae.safetensors"
+            write_manifest(out, 3, inputs, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started}, fingerprint(cfg),
+                           {"codebook_size": manifest["codebook_size"]})
+        trainer.finish()
+    rt.barrier()
     return cfg.run_dir() / "stage3"

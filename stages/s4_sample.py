@@ -9,12 +9,14 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from vqprior.artifacts import save_json, write_manifest, writing_stage
+from vqprior.artifacts import output_sha, save_json, write_manifest, writing_stage
 from vqprior.config import Config
+from vqprior.datasets import to_float
 from vqprior.errors import UserError
-from vqprior.models.sampling import sample
+from vqprior.models.priors.base import SEED_BLOCK, Prior, sample
+from vqprior.models.vqvae import VQVAE
 from vqprior.restore import load_prior, load_vqvae
-from vqprior.runtime import Reporter, setup
+from vqprior.runtime import Reporter, Runtime
 
 GRID_COLUMNS = 32  # the PNG shows at most this many images per row; the .npz has all
 
@@ -38,42 +40,64 @@ def requested_labels(cfg: Config, num_classes: int) -> tuple[torch.Tensor | None
     return torch.tensor(classes).repeat_interleave(s.n), [str(c) for c in classes]
 
 
-def run(cfg: Config, reporter: Reporter = Reporter()) -> Path:
+def fingerprint(cfg: Config) -> dict | None:
+    """What stage 4's outputs depend on: the sampling settings, the seed, and the trained prior and VQ-VAE."""
+    prior, vqvae = output_sha(cfg.run_dir(), 3, "prior.safetensors"), output_sha(cfg.run_dir(), 1, "vqvae.safetensors")
+    if prior is None or vqvae is None:
+        return None
+    return {"sample": cfg.sample.model_dump(mode="json"), "seed": cfg.run.seed, "prior": prior, "vqvae": vqvae}
+
+
+def generate(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor | None, temperature: float, seed: int,
+             batch_size: int = 1000, method: str = "cached", reporter: Reporter = Reporter()) -> torch.Tensor:
+    """`count` code maps in batches; map n always gets the same noise (seed, n), whatever the batch size."""
+    batch = -(-batch_size // SEED_BLOCK) * SEED_BLOCK
+    starts = range(0, count, batch)
+    chunks = []
+    for start in reporter.track(starts, len(starts), "stage 4 sampling"):
+        stop = min(count, start + batch)
+        chunk_labels = None if labels is None else labels[start:stop]
+        chunks.append(sample(prior, stop - start, grid, chunk_labels, temperature, seed, method, first=start).cpu())
+    return torch.cat(chunks)
+
+
+def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None) -> Path:
     started = time.perf_counter()
-    device = setup(cfg.run)
-    prior = load_prior(cfg.run_dir(), needed_by=4, device=device)
-    vq = load_vqvae(cfg.run_dir(), needed_by=4, device=device)
-    decoder_sha = vq.manifest["outputs"]["vqvae.safetensors"]
-    if prior.manifest["vqvae_sha256"] != decoder_sha:
-        raise UserError(f"the prior in {prior.folder} was trained on codes of a VQ-VAE with sha256 {prior.manifest['vqvae_sha256'][:12]}..., "
-                        f"but {vq.weights} has {decoder_sha[:12]}...; re-run stages 2 and 3")
+    rt = rt or Runtime.setup(cfg.run)
+    rt.seed_all()
+    prior = load_prior(cfg.run_dir(), needed_by=4, device=rt.device)  # refuses a prior trained on another VQ-VAE's codes
+    vq = load_vqvae(cfg.run_dir(), needed_by=4, device=rt.device)
     labels, rows = requested_labels(cfg, prior.model.num_classes)
     total = cfg.sample.n * len(rows)
     seed = cfg.run.seed if cfg.sample.seed is None else cfg.sample.seed
     reporter.log(f"stage 4: drawing {total} code maps ({cfg.sample.sampler} sampler, temperature {cfg.sample.temperature:g}, seed {seed})")
 
     t0 = time.perf_counter()
-    chunks = []
-    starts = range(0, total, cfg.sample.batch_size)
-    for c, start in enumerate(reporter.track(starts, len(starts), "stage 4 sampling")):
-        stop = min(total, start + cfg.sample.batch_size)
-        chunk_labels = None if labels is None else labels[start:stop]
-        # chunk c uses seed + c: the same config always gives the same images
-        chunks.append(sample(prior.model, stop - start, prior.grid, chunk_labels, cfg.sample.temperature, seed + c, cfg.sample.sampler))
-    codes = torch.cat(chunks)
+    codes = generate(prior.model, total, prior.grid, labels, cfg.sample.temperature, seed, cfg.sample.batch_size,
+                     cfg.sample.sampler, reporter)
     sample_seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        images = torch.cat([vq.model.decode(codes[i : i + 1000]).clamp(0, 1).cpu() for i in range(0, total, 1000)])
+    images = decode(vq.model, codes)
     reporter.log(f"  {total} images in {time.perf_counter() - t0:.1f}s ({total * codes[0].numel() / sample_seconds:,.0f} codes/s)")
 
     per_row = cfg.sample.n
     shown = torch.cat([images[r * per_row : r * per_row + min(per_row, GRID_COLUMNS)] for r in range(len(rows))])
-    with writing_stage(cfg.run_dir(), 4) as out:
-        save_image(shown, out / "samples.png", nrow=min(per_row, GRID_COLUMNS), padding=2, pad_value=0.5)
-        extra = {} if labels is None else ({"label_weights": labels.numpy()} if labels.is_floating_point() else {"labels": labels.numpy()})
-        np.savez_compressed(out / "samples.npz", images=(images * 255).round().to(torch.uint8).numpy(),
-                            codes=codes.cpu().numpy(), **extra)
-        save_json(out / "rows.json", {"rows": rows, "per_row": per_row, "shown_per_row": min(per_row, GRID_COLUMNS)})
-        write_manifest(out, 4, {"prior": prior.folder / "prior.safetensors", "vqvae": vq.weights}, cfg.model_dump(mode="json"),
-                       {"sampling": sample_seconds, "total": time.perf_counter() - started}, {"seed": seed, "count": total})
+    if rt.is_main:
+        with writing_stage(cfg.run_dir(), 4) as out:
+            save_image(to_float(shown), out / "samples.png", nrow=min(per_row, GRID_COLUMNS), padding=2, pad_value=0.5)
+            extra = {} if labels is None else ({"label_weights": labels.numpy()} if labels.is_floating_point() else {"labels": labels.numpy()})
+            np.savez_compressed(out / "samples.npz", images=images.numpy(), codes=codes.numpy(), **extra)
+            save_json(out / "rows.json", {"rows": rows, "per_row": per_row, "shown_per_row": min(per_row, GRID_COLUMNS)})
+            write_manifest(out, 4, {"prior": prior.weights, "vqvae": vq.weights}, cfg.model_dump(mode="json"),
+                           {"sampling": sample_seconds, "total": time.perf_counter() - started}, fingerprint(cfg),
+                           {"seed": seed, "count": total})
+    rt.barrier()
     return cfg.run_dir() / "stage4"
+
+
+@torch.no_grad()
+def decode(vqvae: VQVAE, codes: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Code maps -> uint8 images [N, C, H, W] on the CPU."""
+    device = next(vqvae.parameters()).device
+    out = [vqvae.decode(codes[i : i + batch].to(device)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+           for i in range(0, len(codes), batch)]
+    return torch.cat(out)

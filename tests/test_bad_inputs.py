@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import fcntl
 import os
 import shutil
 import subprocess
@@ -83,8 +84,15 @@ def disk_full(run, tmp, mp):
     mp.setattr(np, "save", full)
 
 
+HELD_LOCKS = []
+
+
 def live_lock(run, tmp, mp):
-    (run / ".lock").write_text(str(os.getppid()))
+    # an OS lock held through a second open file description conflicts like another process's would
+    fd = os.open(run / ".lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, str(os.getppid()).encode())
+    HELD_LOCKS.append(fd)
 
 
 def corrupt_checkpoint(run, tmp, mp):
@@ -110,9 +118,9 @@ CASES = [
     Case("unknown-config-key", ["run-stage", "1", "--set", "vqvae.codebok_size=3"], "unknown key 'vqvae.codebok_size'"),
     Case("wrong-type", ["run-stage", "3", "--set", 'prior.epochs="many"'], "prior.epochs"),
     Case("negative-size", ["run-stage", "1", "--set", "vqvae.batch_size=-4"], "vqvae.batch_size"),
-    Case("zero-size", ["run-stage", "3", "--set", "prior.channels=0"], "prior.channels"),
+    Case("zero-size", ["run-stage", "3", "--set", "prior.network.params.channels=0"], "channels"),
     Case("K-out-of-range-for-dtype", ["run-stage", "1", "--set", "vqvae.codebook_size=70000"], "vqvae.codebook_size"),
-    Case("even-kernel", ["run-stage", "3", "--set", "prior.kernel=4"], "must be odd"),
+    Case("even-kernel", ["run-stage", "3", "--set", "prior.network.params.kernel=4"], "must be odd"),
     Case("bad-run-name", ["run-stage", "1", "--name", "../elsewhere"], "run.name"),
     Case("set-without-value", ["run-stage", "1", "--set", "prior.epochs"], "expected section.key=value"),
     Case("unknown-preset", ["run-stage", "1", "--preset", "huge"], "unknown preset 'huge'"),

@@ -22,18 +22,20 @@ def test_a_new_component_target_does_not_inherit_the_default_params():
 
 def test_preset_file_and_overrides_apply_in_order(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text("[prior]\nepochs = 7\nlayers = 3\n")
-    cfg = load_config("quick", f, ["prior.layers=5"])
+    f.write_text("[prior]\nepochs = 7\nbatch_size = 3\n")
+    cfg = load_config("quick", f, ["prior.batch_size=5"])
     assert cfg.vqvae.epochs == 1  # preset
     assert cfg.prior.epochs == 7  # file beats preset
-    assert cfg.prior.layers == 5  # --set beats file
+    assert cfg.prior.batch_size == 5  # --set beats file
     assert "quick" in presets()
 
 
 @pytest.mark.parametrize("override,message", [
     ("vqvae.codebok_size=3", "unknown key 'vqvae.codebok_size'"),
     ("prior.epochs=zero", "prior.epochs"),
-    ("prior.kernel=4", "must be odd"),
+    ("sample.temperature=inf", "sample.temperature"),
+    ("sample.temperature=nan", "sample.temperature"),
+    ("run.seed=-1", "run.seed"),
     ("vqvae.codebook_size=1", "vqvae.codebook_size"),
     ("sample.temperature=0", "sample.temperature"),
     ('sample.mix={"3"=0.5, "8"=0.4}', "sum to 1"),
@@ -53,3 +55,12 @@ def test_missing_config_file_and_bad_toml(tmp_path):
     bad.write_text("[prior\n")
     with pytest.raises(UserError, match="not valid TOML"):
         load_config(file=bad)
+
+
+def test_run_name_defaults_to_the_data_source(tmp_path):
+    assert load_config().run.name == "mnist"
+    assert load_config(overrides=["data.source=cifar10", f'data.root="{tmp_path}"']).run.name == "cifar10"
+    folder = tmp_path / "my pets"
+    folder.mkdir()
+    assert load_config(overrides=["data.source=folder", f'data.root="{folder}"']).run.name == "my-pets"
+    assert load_config(overrides=["data.source=cifar10", f'data.root="{tmp_path}"', "run.name=mine"]).run.name == "mine"

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from vqprior.config import DataSection
-from vqprior.data import convert_mnist_bundle, load_split, read_idx
+from vqprior.datasets import load_split
+from vqprior.datasets.idx import read_idx
+from vqprior.datasets.mnist import convert_mnist_bundle
 from vqprior.errors import UserError
 
 

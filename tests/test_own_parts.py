@@ -129,7 +129,7 @@ def test_unlabeled_flat_folder_gives_an_unconditional_prior(tmp_path):
     run_dir = run_all(tmp_path, *folder_args(root))
     m2 = json.loads((run_dir / "stage2" / "manifest.json").read_text())
     assert m2["class_names"] is None and m2["splits"]["test"]["count"] == 4  # every 10th file
-    assert json.loads((run_dir / "stage3" / "config.json").read_text())["model"]["num_classes"] == 0
+    assert json.loads((run_dir / "stage3" / "config.json").read_text())["prior"]["params"]["num_classes"] == 0
     assert np.load(run_dir / "stage4" / "samples.npz")["images"].shape == (2, 1, 28, 28)
 
 
@@ -139,7 +139,7 @@ def test_resize_makes_mixed_sizes_usable(tmp_path):
     for i in range(10, 20):
         Image.new("L", (50, 64), 128).save(root / f"{i:03d}.png")
     run_dir = run_all(tmp_path, *folder_args(root, "--set", "data.image_size=28"))
-    assert json.loads((run_dir / "stage1" / "config.json").read_text())["image_shape"] == [1, 28, 28]
+    assert json.loads((run_dir / "stage1" / "config.json").read_text())["vqvae"]["image_shape"] == [1, 28, 28]
 
 
 def test_unreadable_files_are_skipped_with_a_count_or_fail_when_strict(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vqprior.models.pixelcnn import GatedPixelCNN
+from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
 
 
 def input_dependence(model, codes, i, j, labels=None):

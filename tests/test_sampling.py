@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from vqprior.models.pixelcnn import GatedPixelCNN
-from vqprior.models.sampling import sample
+from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
+from vqprior.models.priors.base import sample
 
 
 def random_prior(num_classes=0, codebook=16, channels=8, layers=4, kernel=3, seed=0):

@@ -8,9 +8,12 @@ folder has a manifest.json with sha256 fingerprints of what it read and wrote; l
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,7 +26,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .data import sha256_file
 from .errors import UserError
 
 STAGE_NAMES = {1: "VQ-VAE", 2: "code maps", 3: "prior", 4: "samples"}
@@ -63,48 +65,66 @@ def writing_stage(run_dir: Path, stage: int) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Only one process writes a run folder at a time; a lock left by a dead process is taken over."""
+    """Only one process writes a run folder at a time: an OS lock (flock) on `<run>/.lock`, released by the
+    kernel when its process dies, so a crashed run never leaves a lock that blocks the next one."""
     run_dir = Path(run_dir)
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the run folder {run_dir}: {e.strerror}; choose a writable run.out_dir") from None
-    lock = run_dir / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _alive(pid):
-                raise UserError(f"run folder {run_dir} is in use by process {pid}; wait for it to finish or use another --name") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-        except OSError as e:
-            raise UserError(f"cannot write to {run_dir}: {e.strerror}; choose a writable run.out_dir") from None
-    else:
-        raise UserError(f"could not take the lock {lock}; remove it if no other vqprior is running")
+    path = run_dir / ".lock"
+    fd = _take_lock(path, run_dir)
     try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
         yield
     finally:
-        lock.unlink(missing_ok=True)
-        if created and not any(run_dir.iterdir()):
+        path.unlink(missing_ok=True)  # unlinked while still held: a waiting process re-checks the inode
+        os.close(fd)
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that failed before writing anything leaves no trace
 
 
-def _alive(pid: int) -> bool:
+def _take_lock(path: Path, run_dir: Path) -> int:
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot write to {run_dir}: {e.strerror}; choose a writable run.out_dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise UserError(f"run folder {run_dir} is in use by {who}; wait for it to finish or use another --name") from None
+        # the holder may have unlinked the file between our open and flock: then we locked a dead inode
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            return fd
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_json(path: Path, obj: Any) -> None:
@@ -143,13 +163,18 @@ def versions() -> dict[str, str]:
     return {"vqprior": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-def write_manifest(folder: Path, stage: int, inputs: dict[str, Path], config: dict, timings: dict[str, float], extra: dict | None = None) -> dict:
-    """Fingerprint every file in `folder` and every input; inputs are named files from earlier stages."""
+def write_manifest(folder: Path, stage: int, inputs: dict[str, Path], config: dict, timings: dict[str, float],
+                   fingerprint: dict, extra: dict | None = None) -> dict:
+    """Fingerprint every file in `folder` and every input; inputs are named files of earlier stages, recorded
+    relative to the run folder (so a run folder can be moved) and re-checked by every later reader.
+    `fingerprint` is what the stage's outputs depend on: `vqprior run` skips the stage while it is unchanged."""
+    run_dir = Path(folder).parent
     manifest = {
         "stage": stage,
         "what": STAGE_NAMES[stage],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "inputs": {name: {"path": str(p), "sha256": sha256_file(Path(p))} for name, p in inputs.items()},
+        "fingerprint": fingerprint,
+        "inputs": {name: {"path": _relative(Path(p), run_dir), "sha256": sha256_file(Path(p))} for name, p in inputs.items()},
         "outputs": {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST},
         "config": config,
         "versions": versions(),
@@ -160,8 +185,16 @@ def write_manifest(folder: Path, stage: int, inputs: dict[str, Path], config: di
     return manifest
 
 
+def _relative(path: Path, run_dir: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
 def read_stage(run_dir: Path, stage: int, needed_by: int | None = None) -> tuple[Path, dict]:
-    """Return (folder, manifest) of a finished stage after checking that its files are unchanged."""
+    """Return (folder, manifest) of a finished stage after checking that its files are unchanged and that the
+    earlier stages' files it was made from are still the current ones."""
     folder = stage_dir(run_dir, stage)
     if not (folder / MANIFEST).is_file():
         who = f"stage {needed_by} needs" if needed_by else "missing"
@@ -175,4 +208,34 @@ def read_stage(run_dir: Path, stage: int, needed_by: int | None = None) -> tuple
             raise UserError(f"{path} is missing though stage {stage}'s manifest lists it; re-run stage {stage}")
         if sha256_file(path) != digest:
             raise UserError(f"{path} changed after stage {stage} wrote it (sha256 differs from its manifest); re-run stage {stage}")
+    for name, record in manifest.get("inputs", {}).items():
+        source = Path(run_dir) / record["path"]  # an absolute path stays absolute
+        if not source.is_file() or sha256_file(source) != record["sha256"]:
+            made_by = re.match(r"stage(\d)/", record["path"])
+            first = int(made_by.group(1)) + 1 if made_by else stage
+            redo = f"stage {stage}" if first >= stage else f"stages {', '.join(map(str, range(first, stage)))} and {stage}"
+            raise UserError(f"stage {stage} in {folder} was made from a {source} that has since been replaced or removed "
+                            f"(an earlier stage was re-run); re-run {redo}")
     return folder, manifest
+
+
+def is_current(run_dir: Path, stage: int, fingerprint: dict | None) -> bool:
+    """True when stage's outputs are intact, made from the current earlier stages, with this fingerprint."""
+    if fingerprint is None or not (stage_dir(run_dir, stage) / MANIFEST).is_file():
+        return False
+    try:
+        _, manifest = read_stage(run_dir, stage)
+    except UserError:
+        return False
+    return manifest.get("fingerprint") == json.loads(json.dumps(fingerprint))
+
+
+def output_sha(run_dir: Path, stage: int, name: str) -> str | None:
+    """The sha256 a finished stage recorded for one of its outputs (not re-hashed), or None."""
+    path = stage_dir(run_dir, stage) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("outputs", {}).get(name)
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Optional, TypeVar
@@ -14,10 +17,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .artifacts import run_lock
+from .artifacts import is_current, run_lock
 from .config import Config, load_config, presets
 from .errors import UserError
-from .runtime import Reporter
+from .runtime import Reporter, Runtime
 
 T = TypeVar("T")
 RESUMABLE = {1, 3}
@@ -72,37 +75,63 @@ def _overrides(sets: list[str], name: Optional[str], labels: list[int], mix: Opt
 Preset = Annotated[Optional[str], typer.Option(help=f"Start from a preset: {', '.join(presets())}.")]
 ConfigFile = Annotated[Optional[str], typer.Option("--config", "-c", help="TOML file with config overrides.")]
 Sets = Annotated[list[str], typer.Option("--set", "-s", help="Override one value, e.g. --set prior.epochs=2 (repeatable).")]
-Name = Annotated[Optional[str], typer.Option(help="Run name: outputs go to <run.out_dir>/<name>/ (default mnist).")]
+Name = Annotated[Optional[str], typer.Option(help="Run name: outputs go to <run.out_dir>/<name>/ (default: the data source, e.g. mnist).")]
 Labels = Annotated[list[int], typer.Option("--label", "-l", help="Stage 4: class to draw (repeatable; default all classes).")]
 Mix = Annotated[Optional[str], typer.Option(help="Stage 4: draw between classes, e.g. --mix 3:0.5,8:0.5.")]
 Count = Annotated[Optional[int], typer.Option("--n", "-n", help="Stage 4: images per class.")]
 Temp = Annotated[Optional[float], typer.Option(help="Stage 4: sampling temperature (> 0).")]
 Seed = Annotated[Optional[int], typer.Option(help="Stage 4: sampling seed.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Stages 1/3: continue from the checkpoint (the default when one exists).")]
-Restart = Annotated[bool, typer.Option("--restart", help="Stages 1/3: discard any checkpoint and train from scratch.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage (the default when a checkpoint exists); fails if there is none.")]
+Restart = Annotated[bool, typer.Option("--restart", help="Discard checkpoints and redo the stage(s) from scratch.")]
 Sampler = Annotated[Optional[str], typer.Option(help="Stage 4: cached (fast, default) or naive (reference).")]
 
 
-def _run_stages(stages: list[int], cfg: Config, resume: str) -> None:
-    reporter = ConsoleReporter()
-    with run_lock(cfg.run_dir()):
+def _stage(stage: int):
+    return importlib.import_module(STAGE_MODULES[stage])
+
+
+def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool) -> None:
+    rt = Runtime.setup(cfg.run)
+    reporter = ConsoleReporter() if rt.is_main else Reporter()
+    run_dir = cfg.run_dir()
+    with run_lock(run_dir) if rt.is_main else contextlib.nullcontext():
+        if incremental and resume == "require":
+            if not list((run_dir / ".checkpoints").glob("stage*.pt")):
+                raise UserError(f"--resume: no interrupted stage to resume in {run_dir}; run without --resume")
+            resume = "auto"
         for stage in stages:
+            module = _stage(stage)
+            if incremental and resume != "restart" and is_current(run_dir, stage, module.fingerprint(cfg)):
+                if rt.is_main:
+                    console.print(f"[green]stage {stage} up to date[/] ({run_dir / f'stage{stage}'}); skipped (--restart redoes it)")
+                continue
             t0 = time.perf_counter()
             kwargs = {"resume": resume} if stage in RESUMABLE else {}
-            out = importlib.import_module(STAGE_MODULES[stage]).run(cfg, reporter, **kwargs)
-            console.print(f"[green]stage {stage} done[/] in {time.perf_counter() - t0:.0f}s -> {out}")
+            out = module.run(cfg, reporter=reporter, rt=rt, **kwargs)
+            if rt.is_main:
+                console.print(f"[green]stage {stage} done[/] in {time.perf_counter() - t0:.0f}s -> {out}")
 
 
-def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temperature, seed, sampler, resume, restart) -> None:
+def _terminate(signum, frame) -> None:
+    # SIGTERM unwinds like Ctrl-C: temporary stage folders and the run lock are cleaned up on the way out
+    raise KeyboardInterrupt
+
+
+def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temperature, seed, sampler, resume, restart,
+             incremental: bool = False) -> None:
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         if resume and restart:
             raise UserError("--resume and --restart contradict each other; pass one")
         cfg = load_config(preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler))
-        _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto")
+        _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto", incremental)
     except UserError as e:
         _fail(str(e), getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         _fail("interrupted; the stage that was running left its last checkpoint (if any) and wrote no outputs", 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("run-stage")
@@ -113,6 +142,8 @@ def run_stage(stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE,
     """Run one stage; it reads the earlier stages' outputs from the run folder."""
     if stage != 4 and (label or mix or n is not None or temperature is not None or seed is not None or sampler is not None):
         _fail("--label/--mix/--n/--temperature/--seed/--sampler apply to stage 4 only; use --set for other stages")
+    if stage not in RESUMABLE and (resume or restart):
+        _fail(f"--resume/--restart apply to the training stages 1 and 3; stage {stage} always runs from the start")
     _guarded([stage], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart)
 
 
@@ -120,8 +151,11 @@ def run_stage(stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE,
 def run_all(preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
             mix: Mix = None, n: Count = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
             resume: Resume = False, restart: Restart = False) -> None:
-    """Run all four stages in order (the whole pipeline on MNIST with the defaults)."""
-    _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart)
+    """Run all four stages in order (the whole pipeline on MNIST with the defaults).
+
+    Like make: a stage whose outputs are intact and were made from the same settings and inputs is skipped,
+    an interrupted one resumes from its checkpoint; --restart redoes everything."""
+    _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart, incremental=True)
 
 
 def main() -> None:

@@ -62,28 +62,43 @@ def _import_target(target: str) -> type:
     return cls
 
 
-def build(spec: Component, **context: Any) -> nn.Module:
-    """Instantiate spec.target with spec.params plus the context values its constructor accepts."""
+def resolve(spec: Component, **context: Any) -> dict:
+    """{target, params}: spec.params plus the context values (in_channels, code_dim, ...) its constructor accepts.
+    This is what is saved beside the weights; `instantiate` rebuilds the exact module from it."""
     cls = _import_target(spec.target)
-    kwargs = dict(spec.params)
+    params = dict(spec.params)
     try:
         accepted = inspect.signature(cls).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     except (TypeError, ValueError):
         accepted, takes_any = {}, False
     for key, value in context.items():
-        if key not in kwargs and (key in accepted or takes_any):
-            kwargs[key] = value
+        if key not in params and (key in accepted or takes_any):
+            params[key] = value
+    return {"target": spec.target, "params": params}
+
+
+def instantiate(resolved: dict) -> nn.Module:
+    """Build target(**params) from a resolved {target, params}."""
+    target, params = resolved["target"], resolved["params"]
+    cls = _import_target(target)
     try:
-        module = cls(**kwargs)
+        module = cls(**params)
     except Exception as e:
-        raise UserError(f"component {spec.target!r}: constructing it with params {spec.params} failed: {type(e).__name__}: {e}") from None
+        raise UserError(f"component {target!r}: constructing it with params {params} failed: {type(e).__name__}: {e}") from None
     if not isinstance(module, nn.Module):
-        raise UserError(f"component {spec.target!r} is a {type(module).__name__}, expected a torch.nn.Module")
+        raise UserError(f"component {target!r} is a {type(module).__name__}, expected a torch.nn.Module")
     return module
 
 
-def probe_autoencoder(encoder: nn.Module, decoder: nn.Module, enc_spec: Component, dec_spec: Component, image_shape: tuple[int, int, int], code_dim: int) -> tuple[int, int]:
+def build(spec: Component, **context: Any) -> tuple[nn.Module, dict]:
+    """Instantiate spec.target with spec.params plus the context values its constructor accepts; returns the
+    module and its resolved {target, params}."""
+    resolved = resolve(spec, **context)
+    return instantiate(resolved), resolved
+
+
+def probe_autoencoder(encoder: nn.Module, decoder: nn.Module, enc_target: str, dec_target: str, image_shape: tuple[int, int, int], code_dim: int) -> tuple[int, int]:
     """Run a dummy batch through encoder and decoder; return the latent grid (h, w) or raise a one-line UserError."""
     c, h, w = image_shape
     x = torch.rand(2, c, h, w)
@@ -94,19 +109,19 @@ def probe_autoencoder(encoder: nn.Module, decoder: nn.Module, enc_spec: Componen
             try:
                 z = encoder(x)
             except Exception as e:
-                raise UserError(f"encoder {enc_spec.target!r} failed on a [2, {c}, {h}, {w}] batch: {type(e).__name__}: {e}") from None
+                raise UserError(f"encoder {enc_target!r} failed on a [2, {c}, {h}, {w}] batch: {type(e).__name__}: {e}") from None
             if not isinstance(z, torch.Tensor) or z.dim() != 4:
                 got = f"rank {z.dim()} shape {list(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
-                raise UserError(f"encoder {enc_spec.target!r} must return [B, D, h, w] latents, got {got}")
+                raise UserError(f"encoder {enc_target!r} must return [B, D, h, w] latents, got {got}")
             if z.shape[1] != code_dim:
-                raise UserError(f"encoder {enc_spec.target!r} returns D={z.shape[1]} channels but vqvae.code_dim={code_dim}; make them equal")
+                raise UserError(f"encoder {enc_target!r} returns D={z.shape[1]} channels but vqvae.code_dim={code_dim}; make them equal")
             try:
                 y = decoder(z)
             except Exception as e:
-                raise UserError(f"decoder {dec_spec.target!r} failed on latents {list(z.shape)}: {type(e).__name__}: {e}") from None
+                raise UserError(f"decoder {dec_target!r} failed on latents {list(z.shape)}: {type(e).__name__}: {e}") from None
             if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
                 got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-                raise UserError(f"decoder {dec_spec.target!r} must return images of shape {list(x.shape)}, got {got}")
+                raise UserError(f"decoder {dec_target!r} must return images of shape {list(x.shape)}, got {got}")
     finally:
         encoder.train(was_training[0]), decoder.train(was_training[1])
     return int(z.shape[2]), int(z.shape[3])

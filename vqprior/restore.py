@@ -1,4 +1,8 @@
-"""Rebuild trained models from earlier stages' folders, from their saved resolved configs (nothing re-typed)."""
+"""Rebuild trained models from earlier stages' folders, from their saved constructor arguments.
+
+Nothing is re-typed and no whole config is re-validated: renaming a config key later does not break
+existing run folders.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from . import components
 from .artifacts import load_json, load_weights, read_stage
-from .config import validate_config
-from .models.pixelcnn import GatedPixelCNN
-from .models.vqvae import VQVAE, build_vqvae
+from .models.priors.base import Prior
+from .models.vqvae import VQVAE, rebuild_vqvae
 
 
 @dataclass
@@ -18,37 +22,49 @@ class TrainedVQVAE:
     model: VQVAE
     folder: Path
     manifest: dict
-    image_shape: tuple[int, int, int]
-    grid: tuple[int, int]
-    class_names: list[str] | None
+    saved: dict  # stage 1's config.json: constructor arguments, data section, class names
 
     @property
     def weights(self) -> Path:
         return self.folder / "vqvae.safetensors"
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.model.grid
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.saved["vqvae"]["image_shape"])
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.saved.get("class_names")
+
 
 @dataclass
 class TrainedPrior:
-    model: GatedPixelCNN
+    model: Prior
     folder: Path
     manifest: dict
     grid: tuple[int, int]
     class_names: list[str] | None
 
+    @property
+    def weights(self) -> Path:
+        return self.folder / "prior.safetensors"
 
-def load_vqvae(run_dir: Path, needed_by: int, device: torch.device) -> TrainedVQVAE:
+
+def load_vqvae(run_dir: Path, needed_by: int | None, device: torch.device) -> TrainedVQVAE:
     folder, manifest = read_stage(run_dir, 1, needed_by)
     saved = load_json(folder / "config.json")
-    cfg = validate_config(saved["config"])
-    image_shape = tuple(saved["image_shape"])
-    model, grid = build_vqvae(cfg.vqvae, image_shape)
+    model = rebuild_vqvae(saved["vqvae"])
     load_weights(folder / "vqvae.safetensors", model)
-    return TrainedVQVAE(model.to(device).eval(), folder, manifest, image_shape, grid, saved.get("class_names"))
+    return TrainedVQVAE(model.to(device).eval(), folder, manifest, saved)
 
 
-def load_prior(run_dir: Path, needed_by: int, device: torch.device) -> TrainedPrior:
+def load_prior(run_dir: Path, needed_by: int | None, device: torch.device) -> TrainedPrior:
     folder, manifest = read_stage(run_dir, 3, needed_by)
     saved = load_json(folder / "config.json")
-    model = GatedPixelCNN(**saved["model"])
+    model = components.instantiate(saved["prior"])
     load_weights(folder / "prior.safetensors", model)
     return TrainedPrior(model.to(device).eval(), folder, manifest, tuple(saved["grid"]), saved.get("class_names"))

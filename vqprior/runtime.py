@@ -1,10 +1,15 @@
-"""Where a stage runs (device, threads, seeds) and how it reports progress without printing."""
+"""Where a stage runs: device, threads, seeds, and whether this process is one of many (torchrun).
+
+`Runtime` is the one place that knows about processes. Everything that writes files or prints asks
+`runtime.is_main`; everything that needs a device asks `runtime.device`.
+"""
 
 from __future__ import annotations
 
 import os
 import random
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -16,23 +21,65 @@ from .errors import UserError
 T = TypeVar("T")
 
 
-def resolve_device(name: str) -> torch.device:
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    seed: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def setup(cls, run: RunSection) -> "Runtime":
+        """Pin CPU threads, seed every generator and pick the device. Under torchrun (RANK/WORLD_SIZE set) the
+        process group is joined and each process takes the GPU of its local rank."""
+        rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+        torch.set_num_threads(run.threads or cpu_count())
+        seed_everything(run.seed)
+        device = resolve_device(run.device, local if world > 1 else None)
+        if world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(device, rank, world, local, run.seed)
+
+    def seed_all(self) -> None:
+        """Every stage starts from the run's seed, so a stage gives the same result alone or inside `vqprior run`."""
+        seed_everything(self.seed)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count() if local_rank is not None else torch.cuda.current_device())
+        return torch.device("cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"run.device={name!r} is not a torch device; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"run.device={name!r} but no CUDA device is available; use run.device=auto or cpu")
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"run.device={name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"run.device={name!r} but no CUDA device is available; use run.device=auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"run.device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
     return dev
-
-
-def setup(run: RunSection) -> torch.device:
-    """Pin CPU threads and seed every generator; returns the device to use."""
-    torch.set_num_threads(run.threads or cpu_count())
-    seed_everything(run.seed)
-    return resolve_device(run.device)
 
 
 def cpu_count() -> int:
@@ -49,7 +96,7 @@ def seed_everything(seed: int) -> None:
 
 
 class Reporter:
-    """A stage's link to the console. The library default is silent; the CLI installs a rich one."""
+    """A stage's link to the console. The library default is silent; the CLI installs a rich one (rank 0 only)."""
 
     def log(self, message: str) -> None:
         pass
@@ -62,17 +109,3 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -
     """Index batches over n items, shuffled when a generator is given; the last batch may be short."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     return list(order.split(batch_size))
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay to zero: the most out of a short, fixed training budget."""
-    import math
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-

@@ -1,4 +1,4 @@
-"""Resumable training loops: periodic atomic checkpoints, and Ctrl-C / SIGTERM stop after the current step.
+"""THE training loop of stages 1 and 3: steps, metric sums, checkpoints, resume, stop requests, NaN checks.
 
 A checkpoint holds everything the rest of the run depends on (model, optimizer, scheduler, RNG states of
 torch/numpy/python, the data-order generator at the start of the epoch, the step within the epoch, the
@@ -13,7 +13,9 @@ import os
 import random
 import signal
 import threading
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .runtime import Reporter, batches
+from .runtime import Reporter, Runtime, batches
 
 
 class Interrupted(UserError):
@@ -75,26 +77,38 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class ResumableLoop:
-    """Epochs and shuffled batches that survive interruption.
+EpochCallback = Callable[[int, dict], None]
 
-        loop = ResumableLoop(...)
-        for epoch in loop.epochs():
-            acc = loop.accumulators({"loss": 0.0})
-            for idx in loop.batches("stage 1 epoch"):
-                ...one optimisation step...
-            loop.end_epoch({...metrics...})
-        loop.finish()
+
+class Trainer:
+    """Epochs of shuffled batches that survive interruption.
+
+        trainer = Trainer(...)
+        history = trainer.fit(step, on_epoch_end=[evaluate, log])
+
+    `step(idx)` computes the loss of one batch of item indices and returns {"loss": loss, ...}: every value is
+    summed over the epoch on the device (detached, no host sync per step); `loss` is also back-propagated.
+    After each epoch, `row` = {"epoch", "train_<name>": mean per batch} goes through the epoch callbacks,
+    which add to it (evaluation, pictures, logging); the epoch's raw sums are in `trainer.sums`.
+    A stop request (Ctrl-C, SIGTERM) is honoured after the current step or, if it comes during the epoch-end
+    callbacks, right after them: a checkpoint is saved and `Interrupted` raised.
     """
 
-    def __init__(self, stage: int, run_dir: Path, fingerprint: dict, stateful: dict[str, Any], n_items: int, batch_size: int,
-                 epochs: int, seed: int, checkpoint_every: int, resume: str, reporter: Reporter, lr_key: str = "the learning rate"):
-        self.stage, self.fingerprint, self.stateful = stage, json.loads(json.dumps(fingerprint)), stateful
+    def __init__(self, *, stage: int, runtime: Runtime, run_dir: Path, fingerprint: dict, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, n_items: int, batch_size: int, epochs: int, checkpoint_every: int,
+                 resume: str, reporter: Reporter, lr_key: str, warmup_steps: int = 0, extra_state: dict[str, Any] | None = None):
+        self.stage, self.runtime, self.model, self.optimizer = stage, runtime, model, optimizer
+        self.fingerprint = json.loads(json.dumps(fingerprint))
         self.n_items, self.batch_size, self.n_epochs = n_items, batch_size, epochs
         self.checkpoint_every, self.reporter, self.lr_key = checkpoint_every, reporter, lr_key
+        self.steps_per_epoch = -(-n_items // batch_size)
+        self.scheduler = cosine_schedule(optimizer, epochs * self.steps_per_epoch, min(warmup_steps, self.steps_per_epoch))
+        self.stateful = {"model": model, "optimizer": optimizer, "scheduler": self.scheduler, **(extra_state or {})}
         self.path = Path(run_dir) / ".checkpoints" / f"stage{stage}.pt"
-        self.order = torch.Generator().manual_seed(seed)
-        self.epoch, self.step, self.history, self._acc, self._saved_acc = 1, 0, [], None, None
+        self.order = torch.Generator().manual_seed(runtime.seed)
+        self.epoch, self.step, self.history = 1, 0, []
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n_batches = 0
         self._epoch_order_state = self.order.get_state()
         self._stop: StopRequest | None = None
         if resume == "restart":
@@ -115,8 +129,8 @@ class ResumableLoop:
                             f"or run with the config it was made with")
         for name, obj in self.stateful.items():
             obj.load_state_dict(ckpt["state"][name])
-        self.epoch, self.step, self.history = ckpt["epoch"], ckpt["step"], ckpt["history"]
-        self._saved_acc = ckpt["accumulators"]
+        self.epoch, self.step, self.history, self.n_batches = ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["n_batches"]
+        self.sums = {k: v.to(self.runtime.device) for k, v in ckpt["sums"].items()}
         self._epoch_order_state = ckpt["epoch_order_state"]
         self.order.set_state(self._epoch_order_state)
         _set_rng_state(ckpt["rng"])
@@ -125,15 +139,18 @@ class ResumableLoop:
     def _check_finite(self) -> None:
         """Losses are summed on the device (no per-step sync); a NaN/inf anywhere makes the sum non-finite,
         and it is caught here, before a checkpoint could store the broken state."""
-        for name, value in (self._acc or {}).items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise UserError(f"stage {self.stage} epoch {self.epoch}: the loss became {value.item()} by step {self.step}; stopped, "
-                                f"the last good checkpoint is kept; lower {self.lr_key} and run the stage again with --restart")
+        loss = self.sums.get("loss")
+        if loss is not None and not math.isfinite(loss.item()):
+            raise UserError(f"stage {self.stage} epoch {self.epoch}: the loss became {loss.item()} by step {self.step}; stopped, "
+                            f"the last good checkpoint is kept; lower {self.lr_key} and run the stage again with --restart")
 
     def save(self) -> None:
         self._check_finite()
+        if not self.runtime.is_main:
+            return
         payload = {"fingerprint": self.fingerprint, "epoch": self.epoch, "step": self.step, "history": self.history,
-                   "accumulators": self._acc, "epoch_order_state": self._epoch_order_state, "rng": _rng_state(),
+                   "sums": {k: v.cpu() for k, v in self.sums.items()}, "n_batches": self.n_batches,
+                   "epoch_order_state": self._epoch_order_state, "rng": _rng_state(),
                    "state": {name: obj.state_dict() for name, obj in self.stateful.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -144,47 +161,73 @@ class ResumableLoop:
             tmp.unlink(missing_ok=True)
             raise UserError(f"cannot write checkpoint {self.path}: {e.strerror}; free disk space or choose another run.out_dir") from None
 
-    # ---------------------------------------------------------------- iteration
-    def epochs(self) -> Iterator[int]:
+    def _stop_if_requested(self) -> None:
+        if self._stop is not None and self._stop.requested:
+            self.save()
+            raise Interrupted(f"stage {self.stage} stopped at epoch {self.epoch} step {self.step}; checkpoint saved, "
+                              f"run the same command again to resume (or with --restart to start over)")
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self, step: Callable[[torch.Tensor], dict[str, torch.Tensor]], on_epoch_end: list[EpochCallback] = ()) -> list[dict]:
         with StopRequest() as self._stop:
             while self.epoch <= self.n_epochs:
-                yield self.epoch
+                t0 = time.perf_counter()
+                self._run_epoch(step)
+                self._check_finite()
+                row = {"epoch": self.epoch, **{f"train_{k}": v.item() / max(1, self.n_batches) for k, v in self.sums.items() if v.dim() == 0},
+                       "train_seconds": time.perf_counter() - t0}
+                for callback in on_epoch_end:
+                    callback(self.epoch, row)
+                row["seconds"] = time.perf_counter() - t0
+                self.history.append(row)
                 self.epoch += 1
-                self.step, self._acc = 0, None
+                self.step, self.sums, self.n_batches = 0, {}, 0
+                self._epoch_order_state = self.order.get_state()  # where the next epoch's shuffle starts
+                self._stop_if_requested()  # a request that came during evaluation is not dropped
+        return self.history
 
-    def accumulators(self, fresh: dict) -> dict:
-        """The epoch's running sums: `fresh` at the start of an epoch, the saved ones (moved to the devices of
-        `fresh`) when resuming mid-epoch."""
-        if self._acc is None:
-            saved, self._saved_acc = self._saved_acc, None
-            self._acc = fresh if saved is None else {
-                k: saved[k].to(v.device) if isinstance(v, torch.Tensor) else saved[k] for k, v in fresh.items()}
-        return self._acc
-
-    def batches(self, description: str) -> Iterator[torch.Tensor]:
+    def _run_epoch(self, step: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> None:
         if self.step == 0:
             self._epoch_order_state = self.order.get_state()
         else:  # resuming mid-epoch: replay this epoch's order from its saved start
             self.order.set_state(self._epoch_order_state)
         order = batches(self.n_items, self.batch_size, self.order)
         remaining = order[self.step :]
-        for idx in self.reporter.track(remaining, len(remaining), f"{description} {self.epoch}"):
-            yield idx
+        self.model.train()
+        for idx in self.reporter.track(remaining, len(remaining), f"stage {self.stage} epoch {self.epoch}"):
+            out = step(idx)
+            self.optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            for k, v in out.items():
+                v = v.detach()
+                v = v.double() if v.is_floating_point() else v
+                self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+            self.n_batches += 1
             self.step += 1
-            if self._stop is not None and self._stop.requested:
-                self.save()
-                raise Interrupted(f"stage {self.stage} stopped at epoch {self.epoch} step {self.step}; checkpoint saved, "
-                                  f"run the same command again to resume (or with --restart to start over)")
+            self._stop_if_requested()
             if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self.save()
-        self._check_finite()
-
-    def end_epoch(self, row: dict) -> None:
-        self.history.append(row)
 
     def finish(self) -> None:
+        """The stage's outputs are written: the checkpoint is no longer needed."""
+        if not self.runtime.is_main:
+            return
         self.path.unlink(missing_ok=True)
         try:
             self.path.parent.rmdir()
         except OSError:
             pass
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to zero: the most out of a short, fixed training budget."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -41,6 +41,11 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("ema_sum", codebook.clone())
         # codes start as real encoder outputs from the first training batch, not as random noise
         self.register_buffer("initialized", torch.tensor(False))
+        self._init_checked = False  # host-side cache of `initialized`: read once, not synced every step
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._init_checked = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of flat [N, D] (squared Euclidean distance)."""
@@ -58,8 +63,10 @@ class VectorQuantizer(nn.Module):
         if d != self.code_dim:
             raise ValueError(f"latent has {d} channels, codebook has D={self.code_dim}")
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, d)
-        if self.training and not bool(self.initialized):
-            self._init_from(flat)
+        if self.training and not self._init_checked:
+            if not bool(self.initialized):
+                self._init_from(flat)
+            self._init_checked = True
         indices = self.nearest(flat)
         if self.training:
             self._ema_update(flat, indices)
@@ -90,15 +97,14 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _reseed_dead(self, flat: torch.Tensor) -> None:
-        dead = self.ema_count < self.dead_code_threshold
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return
-        pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+        """Codes whose EMA count fell below the threshold become random encoder outputs of this batch.
+        Written with torch.where over all K codes, so no step waits for the device to say how many died."""
+        dead = (self.ema_count < self.dead_code_threshold).unsqueeze(1)
+        pick = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
         new = flat[pick].to(self.codebook.dtype)
-        self.codebook[dead] = new
-        self.ema_sum[dead] = new
-        self.ema_count[dead] = 1.0
+        self.codebook.copy_(torch.where(dead, new, self.codebook))
+        self.ema_sum.copy_(torch.where(dead, new, self.ema_sum))
+        self.ema_count.copy_(torch.where(dead.squeeze(1), torch.ones_like(self.ema_count), self.ema_count))
         for t in (self.codebook, self.ema_sum, self.ema_count):
             _broadcast(t)
 

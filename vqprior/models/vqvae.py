@@ -62,9 +62,10 @@ class ConvDecoder(nn.Module):
 
 
 class VQVAE(nn.Module):
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: VectorQuantizer):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: VectorQuantizer, grid: tuple[int, int]):
         super().__init__()
         self.encoder, self.decoder, self.quantizer = encoder, decoder, quantizer
+        self.grid = grid  # the code map's (h, w) for the training image size
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (reconstruction, code indices [B, h, w], commitment loss)."""
@@ -82,11 +83,25 @@ class VQVAE(nn.Module):
         return self.decoder(self.quantizer.lookup(indices))
 
 
-def build_vqvae(cfg: VQVAESection, image_shape: tuple[int, int, int]) -> tuple[VQVAE, tuple[int, int]]:
-    """Build encoder and decoder from their component specs, probe them, and return (model, latent grid)."""
+def build_vqvae(cfg: VQVAESection, image_shape: tuple[int, int, int]) -> tuple[VQVAE, dict]:
+    """Build encoder and decoder from their component specs and probe them. Returns the model and its
+    constructor arguments (saved beside the weights; `rebuild_vqvae` makes the same model from them)."""
     context = {"in_channels": image_shape[0], "code_dim": cfg.code_dim}
-    encoder = components.build(cfg.encoder, **context)
-    decoder = components.build(cfg.decoder, **context)
-    grid = components.probe_autoencoder(encoder, decoder, cfg.encoder, cfg.decoder, image_shape, cfg.code_dim)
-    quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.ema_decay, cfg.commitment, cfg.dead_code_threshold)
-    return VQVAE(encoder, decoder, quantizer), grid
+    constructor = {
+        "image_shape": list(image_shape),
+        "encoder": components.resolve(cfg.encoder, **context),
+        "decoder": components.resolve(cfg.decoder, **context),
+        "quantizer": {"codebook_size": cfg.codebook_size, "code_dim": cfg.code_dim, "decay": cfg.ema_decay,
+                      "commitment": cfg.commitment, "dead_code_threshold": cfg.dead_code_threshold},
+    }
+    return rebuild_vqvae(constructor), constructor
+
+
+def rebuild_vqvae(constructor: dict) -> VQVAE:
+    """The VQ-VAE of saved constructor arguments, probed; its latent grid is `model.grid`."""
+    encoder = components.instantiate(constructor["encoder"])
+    decoder = components.instantiate(constructor["decoder"])
+    quantizer = VectorQuantizer(**constructor["quantizer"])
+    grid = components.probe_autoencoder(encoder, decoder, constructor["encoder"]["target"], constructor["decoder"]["target"],
+                                        tuple(constructor["image_shape"]), quantizer.code_dim)
+    return VQVAE(encoder, decoder, quantizer, grid)

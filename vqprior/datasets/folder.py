@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .config import DataSection
-from .data import ImageSet
-from .errors import UserError
+from ..config import DataSection
+from .imageset import ImageSet
+from ..errors import UserError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # palette images (P) are checked pixel by pixel
@@ -54,6 +54,21 @@ def _is_gray(img: Image.Image) -> bool:
     return img.mode in GRAY_MODES
 
 
+def dataset_channels(root: Path) -> int:
+    """1 when every image of the whole dataset (both splits) is grayscale, else 3: decided once for all
+    splits, so a colour file in one split cannot give the splits different shapes."""
+    gray = True
+    for f in _images_under(root):
+        try:
+            with Image.open(f) as img:
+                gray = _is_gray(img)
+        except (UnidentifiedImageError, OSError, ValueError):
+            continue  # the split loader reports unreadable files
+        if not gray:
+            break
+    return 1 if gray else 3
+
+
 def _fit(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     scale = size / min(w, h)
@@ -89,7 +104,7 @@ def load_image_folder(cfg: DataSection, split: str) -> ImageSet:
     if not opened:
         raise UserError(f"none of the {len(files)} files in the {split} split under {folder} is a readable image")
 
-    channels = cfg.channels or (1 if all(_is_gray(img) for _, img in opened) else 3)
+    channels = cfg.channels or dataset_channels(root)
     mode = "L" if channels == 1 else "RGB"
     arrays, labels = [], []
     first_size = None

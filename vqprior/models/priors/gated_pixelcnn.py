@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import GumbelNoise, Prior
+
 
 def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     a, b = x.chunk(2, dim)
@@ -51,35 +53,20 @@ class GatedLayer(nn.Module):
         return gate(v_pre), h_new
 
 
-class GatedPixelCNN(nn.Module):
+class GatedPixelCNN(Prior):
     """p(codes) = prod over raster positions of p(code_ij | codes before ij [, class])."""
 
-    def __init__(self, codebook_size: int, channels: int = 64, layers: int = 8, kernel: int = 3, num_classes: int = 0):
+    def __init__(self, codebook_size: int, channels: int = 48, layers: int = 8, kernel: int = 3, num_classes: int = 0):
         super().__init__()
+        if kernel < 3 or kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd and at least 3 (3, 5, 7, ...), got {kernel}")
+        if layers < 1 or channels < 1:
+            raise ValueError(f"layers and channels must be >= 1, got {layers} and {channels}")
         self.codebook_size, self.num_classes = codebook_size, num_classes
         self.embed = nn.Embedding(codebook_size, channels)
         self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_classes, first=i == 0) for i in range(layers))
         # per-position output head (Linear on channels-last == 1x1 convolution)
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, codebook_size))
-
-    def condition(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """Class labels [B] (int) or class weights [B, num_classes] (float, soft labels) -> conditioning vector."""
-        if not self.num_classes:
-            if labels is not None:
-                raise ValueError("this prior is unconditional; do not pass labels")
-            return None
-        if labels is None:
-            raise ValueError(f"this prior is class-conditional: pass labels in [0, {self.num_classes})")
-        dtype = self.embed.weight.dtype
-        if labels.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            if labels.shape != (batch,):
-                raise ValueError(f"expected {batch} labels, got shape {list(labels.shape)}")
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(f"labels must be in [0, {self.num_classes}), got {labels.min().item()}..{labels.max().item()}")
-            return F.one_hot(labels.long(), self.num_classes).to(dtype)
-        if labels.shape != (batch, self.num_classes):
-            raise ValueError(f"soft labels must have shape [{batch}, {self.num_classes}], got {list(labels.shape)}")
-        return labels.to(dtype)
 
     def features(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """codes [B, H, W] -> last horizontal-stack features [B, C, H, W]."""
@@ -89,8 +76,13 @@ class GatedPixelCNN(nn.Module):
             v, h = layer(v, h, cond)
         return h
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """codes [B, H, W] (long) -> logits [B, K, H, W]."""
-        h = self.features(codes, self.condition(labels, codes.shape[0]))
+        h = self.features(codes, cond)
         return self.head(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def draw(self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise) -> torch.Tensor:
+        from .gated_pixelcnn_sampler import draw_cached
+
+        return draw_cached(self, codes, cond, start, temperature, noise)
 

@@ -1,0 +1,167 @@
+"""The prior interface: what stages 3 and 4, evaluation, completion and scoring need from any prior.
+
+A prior models code maps [B, H, W] (ints in 0..K-1) autoregressively in raster order, optionally given a
+class (int labels [B]) or a soft class mix (weights [B, num_classes]). An implementation subclasses
+`Prior` and provides `logits(codes, cond)`; it may override `draw` with a faster exact sampler.
+
+Sampling draws position p as argmax(logits_p / T + Gumbel noise). The noise comes from `GumbelNoise`:
+one generator per block of SEED_BLOCK maps, seeded from (seed, block index), so a map's noise depends
+only on the seed and its index, not on the batch size or on how many processes share the work; every
+sampler takes the noise in the same order, so an incremental sampler returns exactly the naive one's maps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SEED_BLOCK = 50  # maps per noise generator; batches of maps are cut at multiples of this
+
+
+class Prior(nn.Module):
+    """p(codes | class) = prod over raster positions p of p(code_p | codes before p, class)."""
+
+    codebook_size: int
+    num_classes: int  # 0 = unconditional
+
+    def logits(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """codes [B, H, W] long, cond [B, num_classes] float or None -> logits [B, K, H, W].
+        Must be causal: logits at p may depend only on codes before p. It must also work on the first rows
+        of a map alone (codes [B, i+1, W]); the reference sampler relies on that."""
+        raise NotImplementedError
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(codes, self.condition(labels, codes.shape[0]))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def condition(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Class labels [B] (int) or class weights [B, num_classes] (float, soft labels) -> conditioning [B, num_classes]."""
+        if not self.num_classes:
+            if labels is not None:
+                raise ValueError("this prior is unconditional; do not pass labels")
+            return None
+        if labels is None:
+            raise ValueError(f"this prior is class-conditional: pass labels in [0, {self.num_classes})")
+        dtype = next(self.parameters()).dtype
+        labels = labels.to(self.device)
+        if not labels.is_floating_point():
+            if labels.shape != (batch,):
+                raise ValueError(f"expected {batch} labels, got shape {list(labels.shape)}")
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(f"labels must be in [0, {self.num_classes}), got {labels.min().item()}..{labels.max().item()}")
+            return F.one_hot(labels.long(), self.num_classes).to(dtype)
+        if labels.shape != (batch, self.num_classes):
+            raise ValueError(f"soft labels must have shape [{batch}, {self.num_classes}], got {list(labels.shape)}")
+        return labels.to(dtype)
+
+    def log_prob(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact log-likelihood of each map in nats: [B]."""
+        logits = self(codes, labels)
+        return -F.cross_entropy(logits, codes, reduction="none").flatten(1).sum(1)
+
+    def draw(self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: "GumbelNoise") -> torch.Tensor:
+        """Fill codes [B, H, W] in raster order from position `start` on (earlier positions are given).
+        This is the naive reference: the network is re-run for every position, on the rows up to it."""
+        height, width = codes.shape[1:]
+        for p in range(start, height * width):
+            i, j = divmod(p, width)
+            codes[:, i, j] = noise.draw(self.logits(codes[:, : i + 1], cond)[:, :, i, j], temperature)
+        return codes
+
+
+class GumbelNoise:
+    """Gumbel noise for maps [first, first + count) of a sampling job with one seed."""
+
+    def __init__(self, seed: int, first: int, count: int, device: torch.device):
+        if first % SEED_BLOCK:
+            raise ValueError(f"a batch of maps must start at a multiple of {SEED_BLOCK}, got {first}")
+        self.generators, self.sizes = [], []
+        for start in range(first, first + count, SEED_BLOCK):
+            state = np.random.SeedSequence([seed, start // SEED_BLOCK]).generate_state(2, np.uint32)
+            g = torch.Generator(device=device)
+            g.manual_seed(int(state[0]) << 32 | int(state[1]))
+            self.generators.append(g)
+            self.sizes.append(min(SEED_BLOCK, first + count - start))
+
+    def draw(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Codes [B] = argmax(logits / T + Gumbel) for logits [B, K]."""
+        k = logits.shape[1]
+        u = torch.cat([torch.rand(n, k, generator=g, device=logits.device, dtype=logits.dtype)
+                       for g, n in zip(self.generators, self.sizes)])
+        gumbel = u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
+        scaled = logits if temperature == 1.0 else logits / temperature
+        return gumbel.add_(scaled).argmax(1)
+
+
+@torch.no_grad()
+def sample(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor | None = None, temperature: float = 1.0,
+           seed: int = 0, method: str = "cached", first: int = 0, prefix: torch.Tensor | None = None, keep: int = 0) -> torch.Tensor:
+    """Draw `count` code maps [count, H, W] (maps first..first+count-1 of the job with this seed).
+
+    labels: int [count], soft class weights [count, num_classes], or None (unconditional prior).
+    prefix/keep: continue maps whose first `keep` raster positions are given in prefix [count, H, W].
+    method: "cached" uses the prior's own exact incremental sampler; "naive" the reference above.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if method not in ("cached", "naive"):
+        raise ValueError(f"unknown sampler {method!r}; choose cached or naive")
+    height, width = grid
+    if not 0 <= keep <= height * width:
+        raise ValueError(f"keep must be in 0..{height * width}, got {keep}")
+    device = prior.device
+    cond = prior.condition(labels, count)
+    codes = torch.zeros(count, height, width, dtype=torch.long, device=device)
+    if keep:
+        if prefix is None or tuple(prefix.shape) != (count, height, width):
+            raise ValueError(f"keep={keep} needs prefix codes of shape [{count}, {height}, {width}]")
+        codes.view(count, -1)[:, :keep] = prefix.to(device).view(count, -1)[:, :keep]
+    noise = GumbelNoise(seed, first, count, device)
+    was_training = prior.training
+    prior.eval()
+    try:
+        drawer = Prior.draw if method == "naive" else type(prior).draw
+        return drawer(prior, codes, cond, keep, temperature, noise)
+    finally:
+        prior.train(was_training)
+
+
+def check_prior(prior: nn.Module, target: str, grid: tuple[int, int] = (4, 5)) -> None:
+    """The prior contract, probed on a random map: a `Prior`, logits of shape [B, K, H, W], and causality
+    (changing the codes at and after position p leaves the logits before and at p unchanged)."""
+    from ...errors import UserError
+
+    if not isinstance(prior, Prior):
+        raise UserError(f"prior {target!r} is a {type(prior).__name__}; it must subclass vqprior.models.priors.base.Prior")
+    k, b = prior.codebook_size, 2
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, k, (b, *grid), generator=gen)
+    labels = torch.zeros(b, dtype=torch.long) if prior.num_classes else None
+    was_training = prior.training
+    prior.eval()
+    try:
+        with torch.no_grad():
+            try:
+                logits = prior(codes, labels)
+            except Exception as e:
+                raise UserError(f"prior {target!r} failed on codes [{b}, {grid[0]}, {grid[1]}]: {type(e).__name__}: {e}") from None
+            if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (b, k, *grid):
+                got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise UserError(f"prior {target!r} must return logits [B, K, H, W] = {[b, k, *grid]}, got {got}")
+            flat = codes.view(b, -1)
+            for p in (0, grid[1] + 1, flat.shape[1] - 1):
+                changed = flat.clone()
+                changed[:, p:] = torch.randint(0, k, changed[:, p:].shape, generator=gen)
+                after = prior(changed.view_as(codes), labels).flatten(2)
+                if not torch.allclose(after[:, :, : p + 1], logits.flatten(2)[:, :, : p + 1], atol=1e-5):
+                    raise UserError(f"prior {target!r} is not causal: its logits at raster position {p} change with the codes "
+                                    f"at or after it; a prior may only look at earlier positions")
+    finally:
+        prior.train(was_training)
