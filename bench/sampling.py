@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import pin_threads, timed  # noqa: E402
 
 from vqprior.config import Config  # noqa: E402
-from vqprior.models.pixelcnn import GatedPixelCNN  # noqa: E402
-from vqprior.models.sampling import _draw, sample  # noqa: E402
+from vqprior.models.priors.base import GumbelNoise, sample  # noqa: E402
+from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN  # noqa: E402
 
 
 def load_model(run: Path) -> tuple[GatedPixelCNN, str]:
@@ -31,8 +31,7 @@ def load_model(run: Path) -> tuple[GatedPixelCNN, str]:
         from vqprior.restore import load_prior
 
         return load_prior(run, needed_by=4, device=torch.device("cpu")).model, f"trained prior from {run}"
-    p = Config().prior
-    return GatedPixelCNN(64, p.channels, p.layers, p.kernel, 10).eval(), "randomly initialised default prior"
+    return GatedPixelCNN(64, **Config().prior.network.params, num_classes=10).eval(), "randomly initialised default prior"
 
 
 def naive_estimate(model, batch, grid, labels) -> float:
@@ -40,13 +39,13 @@ def naive_estimate(model, batch, grid, labels) -> float:
     height, width = grid
     cond = model.condition(labels, batch)
     codes = torch.randint(0, model.codebook_size, (batch, height, width))
-    g = torch.Generator().manual_seed(0)
+    noise = GumbelNoise(0, 0, batch, torch.device("cpu"))
     total = 0.0
     with torch.no_grad():
         for i in range(height):
             t0 = time.perf_counter()
             h = model.features(codes[:, : i + 1], cond)
-            _draw(model.head(h[:, :, i, 0]), 1.0, g)
+            noise.draw(model.head(h[:, :, i, 0]), 1.0)
             total += (time.perf_counter() - t0) * width
     return total
 

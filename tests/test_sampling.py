@@ -82,3 +82,55 @@ def test_bad_labels_are_clear_errors(labels, message):
 def test_temperature_must_be_positive():
     with pytest.raises(ValueError, match="temperature"):
         sample(random_prior(), 2, (3, 3), temperature=0.0)
+
+
+@pytest.mark.parametrize("keep", [1, 7, 10, 24, 48])
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_continuing_a_prefix_cached_equals_naive_and_keeps_the_prefix(keep, num_classes):
+    model = random_prior(num_classes)
+    labels = torch.arange(5) % num_classes if num_classes else None
+    prefix = torch.randint(0, 16, (5, 7, 7), generator=torch.Generator().manual_seed(1))
+    naive = sample(model, 5, (7, 7), labels, seed=4, method="naive", prefix=prefix, keep=keep)
+    cached = sample(model, 5, (7, 7), labels, seed=4, method="cached", prefix=prefix, keep=keep)
+    assert torch.equal(naive, cached)
+    assert torch.equal(cached.view(5, -1)[:, :keep], prefix.view(5, -1)[:, :keep])
+    assert not torch.equal(cached.view(5, -1)[:, keep:], prefix.view(5, -1)[:, keep:])
+
+
+def test_map_noise_depends_on_seed_and_index_not_on_batching():
+    from vqprior.stages.s4_sample import generate
+
+    model = random_prior(10)
+    labels = torch.arange(150) % 10
+    whole = generate(model, 150, (7, 7), labels, 1.0, seed=3, batch_size=1000)
+    pieces = generate(model, 150, (7, 7), labels, 1.0, seed=3, batch_size=50)
+    assert torch.equal(whole, pieces)
+    # seed 3's second block is not seed 4's first block (chunk seeds used to be seed + chunk)
+    seed4 = generate(model, 150, (7, 7), torch.cat([labels[50:], labels[:50]]), 1.0, seed=4, batch_size=50)
+    assert (whole[50:100] != seed4[:50]).any()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -1.0])
+def test_non_finite_temperature_is_refused(bad):
+    with pytest.raises(ValueError, match="temperature"):
+        sample(random_prior(), 2, (3, 3), temperature=bad)
+
+
+def test_soft_labels_change_the_samples():
+    model = random_prior(10)
+    hard = sample(model, 20, (7, 7), torch.full((20,), 3), seed=0)
+    soft_w = torch.zeros(20, 10, dtype=torch.float64)
+    soft_w[:, 3] = soft_w[:, 8] = 0.5
+    soft = sample(model, 20, (7, 7), soft_w, seed=0)
+    one_hot = torch.nn.functional.one_hot(torch.full((20,), 3), 10).double()
+    assert torch.equal(sample(model, 20, (7, 7), one_hot, seed=0), hard)  # a one-hot soft label is the hard label
+    assert (soft != hard).float().mean() > 0.2
+
+
+def test_log_prob_is_the_sum_of_per_position_log_softmax():
+    model = random_prior(10)
+    codes = torch.randint(0, 16, (3, 5, 4))
+    labels = torch.tensor([1, 2, 3])
+    logp = torch.log_softmax(model(codes, labels), 1)
+    ref = torch.stack([sum(logp[b, codes[b, i, j], i, j] for i in range(5) for j in range(4)) for b in range(3)])
+    assert torch.allclose(model.log_prob(codes, labels), ref)
