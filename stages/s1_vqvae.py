@@ -16,6 +16,7 @@ from vqprior.errors import UserError
 from vqprior.evaluation import reconstruction_metrics
 from vqprior.models.quantizer import code_usage
 from vqprior.models.vqvae import VQVAE, build_vqvae
+from vqprior.report.progress import ProgressWriter
 from vqprior.runtime import Reporter, Runtime
 from vqprior.training import Trainer
 
@@ -34,7 +35,7 @@ def _load_component_weights(model: VQVAE, cfg: Config) -> None:
             module.requires_grad_(False)
 
 
-def _reconstruction_grid(model: VQVAE, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _reconstruction_grid(model: VQVAE, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, int]:
     """Rows alternate: up to 16 test originals, then their reconstructions (two pairs of rows when there are 32)."""
     per_row = min(16, len(images))
     n_rows = 2 if len(images) >= 32 else 1
@@ -67,6 +68,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
                       optimizer=torch.optim.Adam(params, lr=cfg.vqvae.lr), n_items=len(train), batch_size=cfg.vqvae.batch_size,
                       epochs=cfg.vqvae.epochs, checkpoint_every=cfg.run.checkpoint_every, resume=resume, reporter=reporter,
                       lr_key="vqvae.lr", warmup_steps=100)
+    progress = ProgressWriter(cfg.run_dir(), 1, trainer.epoch, rt.is_main, cfg.run.tensorboard)
     for split, data in (("train", train), ("test", test)):
         if data.skipped:
             reporter.log(f"[yellow]warning:[/] skipped {data.skipped} unreadable file(s) in the {split} split (data.strict=true makes this an error)")
@@ -85,6 +87,8 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         row.update({f"test_{name}": v for name, v in reconstruction_metrics(model, test, device).items()})
         reporter.log(f"  epoch {epoch}/{cfg.vqvae.epochs}: train mse {row['train_recon_mse']:.4f} | test mse {row['test_recon_mse']:.4f}"
                      f" | codes used {row['test_usage']:.0%} of {k}, perplexity {row['test_perplexity']:.1f} | {row['train_seconds']:.0f}s")
+        progress.picture(epoch, *_reconstruction_grid(model, test.images, device))
+        progress.log(row)
 
     history = trainer.fit(step, [evaluate])
     pairs, per_row = _reconstruction_grid(model, test.images, device)
@@ -96,8 +100,10 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
                                             "class_names": train.class_names, "config": cfg.model_dump(mode="json")})
             save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
             save_image(pairs, out / "reconstructions.png", nrow=per_row, padding=2, pad_value=0.5)
+            progress.finish(out, "reconstructions.gif")
             write_manifest(out, 1, {}, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started}, fingerprint(cfg),
                            {"data": {"source": cfg.data.source, "train": len(train), "test": len(test)}})
         trainer.finish()
+        progress.cleanup()
     rt.barrier()
     return cfg.run_dir() / "stage1"

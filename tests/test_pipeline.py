@@ -32,14 +32,30 @@ def tiny_run(tmp_path_factory):
 
 def test_every_stage_writes_its_artifacts(tiny_run):
     expected = {
-        "stage1": {"vqvae.safetensors", "config.json", "metrics.json", "reconstructions.png", "manifest.json"},
+        "stage1": {"vqvae.safetensors", "config.json", "metrics.json", "metrics.jsonl", "reconstructions.png", "reconstructions.gif",
+                   "epochs", "manifest.json"},
         "stage2": {"train_codes.npy", "train_labels.npy", "test_codes.npy", "test_labels.npy", "manifest.json"},
-        "stage3": {"prior.safetensors", "config.json", "metrics.json", "manifest.json"},
+        "stage3": {"prior.safetensors", "config.json", "metrics.json", "metrics.jsonl", "samples.gif", "epochs", "manifest.json"},
         "stage4": {"samples.png", "samples.npz", "rows.json", "manifest.json"},
     }
     for stage, files in expected.items():
         assert {p.name for p in (tiny_run / stage).iterdir()} == files
     assert not list(tiny_run.glob(".stage*")), "temporary folders left behind"
+    assert not (tiny_run / "progress").exists(), "live progress folder left behind"
+
+
+def test_one_picture_and_one_metrics_line_per_epoch(tmp_path):
+    result = invoke("run", *tiny_args(tmp_path), "--set", "vqvae.epochs=2", "--set", "prior.epochs=3", "--n", 1)
+    assert result.exit_code == 0, result.output
+    for stage, gif, epochs in (("stage1", "reconstructions.gif", 2), ("stage3", "samples.gif", 3)):
+        folder = tmp_path / "t" / stage
+        lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert [row["epoch"] for row in lines] == list(range(1, epochs + 1))
+        assert lines == json.loads((folder / "metrics.json").read_text())["epochs"][: epochs] or all(
+            set(a) <= set(b) for a, b in zip(lines, json.loads((folder / "metrics.json").read_text())["epochs"]))
+        assert sorted(p.name for p in (folder / "epochs").iterdir()) == [f"epoch_{e:03d}.png" for e in range(1, epochs + 1)]
+        with Image.open(folder / gif) as animation:
+            assert animation.n_frames == epochs and animation.size == Image.open(folder / "epochs" / "epoch_001.png").size
 
 
 def test_code_maps_are_small_ints_matching_the_manifest(tiny_run):

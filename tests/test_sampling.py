@@ -98,7 +98,7 @@ def test_continuing_a_prefix_cached_equals_naive_and_keeps_the_prefix(keep, num_
 
 
 def test_map_noise_depends_on_seed_and_index_not_on_batching():
-    from vqprior.stages.s4_sample import generate
+    from vqprior.models.priors.base import generate
 
     model = random_prior(10)
     labels = torch.arange(150) % 10

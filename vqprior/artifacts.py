@@ -39,10 +39,17 @@ def stage_dir(run_dir: Path, stage: int) -> Path:
 @contextlib.contextmanager
 def writing_stage(run_dir: Path, stage: int) -> Iterator[Path]:
     """Yield a fresh temporary folder; on success it replaces stage<N>, on any error it is removed."""
-    run_dir = Path(run_dir)
+    with writing_folder(stage_dir(run_dir, stage), f"stage {stage}") as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def writing_folder(final: Path, what: str) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `final`; on success it replaces `final`, on any error it is removed."""
+    run_dir = Path(final).parent
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".stage{stage}.tmp-{os.getpid()}"
+        tmp = run_dir / f".{final.name}.tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
@@ -50,8 +57,7 @@ def writing_stage(run_dir: Path, stage: int) -> Iterator[Path]:
         raise UserError(f"cannot write to {run_dir}: {e.strerror}; choose a writable run.out_dir") from None
     try:
         yield tmp
-        final = stage_dir(run_dir, stage)
-        old = run_dir / f".stage{stage}.old-{os.getpid()}"
+        old = run_dir / f".{final.name}.old-{os.getpid()}"
         if final.exists():
             final.rename(old)
         tmp.rename(final)
@@ -59,7 +65,7 @@ def writing_stage(run_dir: Path, stage: int) -> Iterator[Path]:
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.errno == 28:
-            raise UserError(f"disk full while writing stage {stage} to {run_dir}; free space and run the stage again") from None
+            raise UserError(f"disk full while writing {what} to {run_dir}; free space and run it again") from None
         raise
 
 

@@ -66,6 +66,8 @@ class RunSection(Section):
     threads: int = Field(0, ge=0)
     # training steps between checkpoints of stages 1 and 3 (0 = only when interrupted); a checkpoint costs milliseconds
     checkpoint_every: int = Field(200, ge=0)
+    # also log every epoch's metrics to TensorBoard under <run>/tensorboard (needs pip install 'vqprior[tensorboard]')
+    tensorboard: bool = False
 
 
 class DataSection(Section):

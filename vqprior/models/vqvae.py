@@ -105,3 +105,19 @@ def rebuild_vqvae(constructor: dict) -> VQVAE:
     grid = components.probe_autoencoder(encoder, decoder, constructor["encoder"]["target"], constructor["decoder"]["target"],
                                         tuple(constructor["image_shape"]), quantizer.code_dim)
     return VQVAE(encoder, decoder, quantizer, grid)
+
+
+@torch.no_grad()
+def decode_images(model: VQVAE, codes: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Code maps [N, h, w] -> uint8 images [N, C, H, W] on the CPU."""
+    device = next(model.parameters()).device
+    out = [model.decode(codes[i : i + batch].to(device)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+           for i in range(0, len(codes), batch)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_images(model: VQVAE, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> code maps [N, h, w] (long) on the CPU."""
+    device = next(model.parameters()).device
+    return torch.cat([model.encode(images[i : i + batch].to(device).float().div_(255)).cpu() for i in range(0, len(images), batch)])

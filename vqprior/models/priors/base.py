@@ -133,6 +133,20 @@ def sample(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor
         prior.train(was_training)
 
 
+def generate(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor | None = None, temperature: float = 1.0,
+             seed: int = 0, batch_size: int = 1000, method: str = "cached", track=None) -> torch.Tensor:
+    """`count` code maps [count, H, W] on the CPU, in batches; map n always gets the same noise (seed, n),
+    whatever the batch size. `track(iterable, total, description)` may wrap the batches (a progress bar)."""
+    batch = -(-batch_size // SEED_BLOCK) * SEED_BLOCK
+    starts = range(0, count, batch)
+    chunks = []
+    for start in (track(starts, len(starts), "sampling") if track else starts):
+        stop = min(count, start + batch)
+        chunk_labels = None if labels is None else labels[start:stop]
+        chunks.append(sample(prior, stop - start, grid, chunk_labels, temperature, seed, method, first=start).cpu())
+    return torch.cat(chunks)
+
+
 def check_prior(prior: nn.Module, target: str, grid: tuple[int, int] = (4, 5)) -> None:
     """The prior contract, probed on a random map: a `Prior`, logits of shape [B, K, H, W], and causality
     (changing the codes at and after position p leaves the logits before and at p unchanged)."""

@@ -1,0 +1,55 @@
+"""Fréchet distance between Gaussians fitted to two feature sets, and precision/recall (Kynkäänniemi et al. 2019)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = features.double()
+    mu = x.mean(0)
+    centred = x - mu
+    return mu, centred.T @ centred / (len(x) - 1)
+
+
+def frechet_distance_from_stats(mu1: torch.Tensor, s1: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor) -> float:
+    """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+
+    Tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2), a symmetric
+    PSD matrix: computed with eigh, with no complex parts or a general matrix square root."""
+    w, v = torch.linalg.eigh(s1)
+    root1 = (v * w.clamp_min(0).sqrt()) @ v.T
+    middle = root1 @ s2 @ root1
+    tr_cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    return float((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * tr_cross)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    return frechet_distance_from_stats(*gaussian_stats(a), *gaussian_stats(b))
+
+
+def _knn_radii(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    """Distance from each row of x to its k-th nearest other row."""
+    radii = []
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(x[i : i + chunk], x)
+        radii.append(d.kthvalue(k + 1, dim=1).values)  # +1: the point itself is at distance 0
+    return torch.cat(radii)
+
+
+def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Whether each point lies within the radius of at least one centre."""
+    out = []
+    for i in range(0, len(points), chunk):
+        d = torch.cdist(points[i : i + chunk], centres)
+        out.append((d <= radii[None, :]).any(1))
+    return torch.cat(out)
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Precision: share of fake samples inside the real manifold (union of k-NN balls of real features);
+    recall: share of real samples inside the fake manifold."""
+    real, fake = real.float(), fake.float()
+    precision = _covered(fake, real, _knn_radii(real, k)).double().mean()
+    recall = _covered(real, fake, _knn_radii(fake, k)).double().mean()
+    return float(precision), float(recall)

@@ -1,0 +1,155 @@
+"""`vqprior eval`: how good a finished run is, in numbers that compare across runs.
+
+Headline: the Fréchet distance (FD) between features of generated images and of real test images, as a
+ratio to the floor (the FD between held-out real training images and the same test images: what a perfect
+generator would score with this many images). Beside it: conditional accuracy, precision/recall, the
+VQ-VAE's reconstruction FD (the ceiling it sets on samples), NLLs. `reference="valid"` scores against
+the held-out validation slice instead, for choosing settings without looking at the test split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..artifacts import read_stage
+from ..codes import load_code_maps
+from ..config import DataSection
+from ..datasets import ImageSet, load_split, to_float
+from ..models.priors.base import generate
+from ..models.vqvae import decode_images, encode_images
+from ..restore import load_prior, load_vqvae
+from ..runtime import Reporter
+from .classifier import load_or_train_classifier
+from .frechet import frechet_distance_from_stats, gaussian_stats, precision_recall
+from .likelihood import nll_bits_per_code
+from .reconstruction import reconstruction_metrics
+
+HOLDOUT = 10_000  # held-out real training images: the floor's real set, never seen by the classifier
+
+
+def split_holdout(train: ImageSet) -> tuple[ImageSet, ImageSet]:
+    """(fit, valid): the last min(10,000, 1/6) of the training split is held out."""
+    h = min(HOLDOUT, len(train) // 6)
+    return train.slice(0, len(train) - h), train.slice(len(train) - h, len(train))
+
+
+def class_counts(n: int, num_classes: int) -> list[int]:
+    """n spread evenly over the classes (the first n % C classes get one more)."""
+    return [n // num_classes + (c < n % num_classes) for c in range(num_classes)]
+
+
+@torch.no_grad()
+def decoder_bits_per_image(vq, images: torch.Tensor, sigma: float, device: torch.device) -> torch.Tensor:
+    """-log2 p(x | z) per image under a 256-level discretised Gaussian around the decoder output."""
+    out = []
+    normal = torch.distributions.Normal(0.0, 1.0)
+    for i in range(0, len(images), 1000):
+        x = images[i : i + 1000]
+        mean = vq.model.decode(vq.model.encode(to_float(x).to(device))).double().clamp(0, 1)
+        v = x.to(device).double()
+        upper = torch.where(v >= 255, torch.full_like(v, math.inf), (v + 0.5) / 255)
+        lower = torch.where(v <= 0, torch.full_like(v, -math.inf), (v - 0.5) / 255)
+        p = normal.cdf((upper - mean) / sigma) - normal.cdf((lower - mean) / sigma)
+        out.append(-p.clamp_min(1e-12).log2().flatten(1).sum(1).cpu())
+    return torch.cat(out)
+
+
+def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = None, reference: str = "test",
+                 device: torch.device = torch.device("cpu"), reporter: Reporter = Reporter(), seed: int = 0) -> tuple[dict, torch.Tensor]:
+    """Every metric of a finished run, and the uint8 sample images it scored."""
+    started = time.perf_counter()
+    vq = load_vqvae(run_dir, needed_by=None, device=device)
+    prior = load_prior(run_dir, needed_by=None, device=device)
+    data_cfg = DataSection.model_validate(vq.saved["data"])
+    train, test = load_split(data_cfg, "train"), load_split(data_cfg, "test")
+    if train.labels is None:
+        raise_unlabeled(data_cfg)
+    fit, valid = split_holdout(train)
+    # the floor's real set is never the one scored against; both are unseen by the classifier
+    ref, other = (test, valid) if reference == "test" else (valid, test)
+    temperature = temperature if temperature is not None else vq_sample_temperature(prior)
+    classifier, cls_info = load_or_train_classifier(fit, test, device, reporter)
+
+    t0 = time.perf_counter()
+    ref_feats, _ = classifier.features_and_predictions(ref.images)
+    other_feats, _ = classifier.features_and_predictions(other.images)
+    ref_stats = gaussian_stats(ref_feats)
+    floor = frechet_distance_from_stats(*gaussian_stats(other_feats), *ref_stats)
+
+    # VQ-VAE: reconstructions of the reference images against those images
+    recon = reconstruction_metrics(vq.model, test, device)
+    recon_images = decode_images(vq.model, encode_images(vq.model, ref.images))
+    recon_fd = frechet_distance_from_stats(*gaussian_stats(classifier.features_and_predictions(recon_images)[0]), *ref_stats)
+
+    # prior: NLL of the test codes, and an upper bound on the image NLL
+    folder, manifest = read_stage(run_dir, 2)
+    codes, labels = load_code_maps(folder, manifest, "test").tensors(device)
+    if not prior.model.num_classes:
+        labels = None
+    bits_per_code = nll_bits_per_code(prior.model, codes, labels)
+    positions = codes.shape[1] * codes.shape[2]
+    sigmas = [0.02 * 1.25**i for i in range(12)]
+    val_bits = [decoder_bits_per_image(vq, valid.images[:2000], s, device).mean().item() for s in sigmas]
+    sigma = sigmas[min(range(len(sigmas)), key=val_bits.__getitem__)]
+    dims = math.prod(test.images.shape[1:])
+    decoder_bits = decoder_bits_per_image(vq, test.images, sigma, device).mean().item()
+    bpd = (bits_per_code * positions + decoder_bits) / dims
+
+    # samples
+    t_sample = time.perf_counter()
+    num_classes = prior.model.num_classes
+    if num_classes:
+        per_class = class_counts(n, num_classes)
+        sample_labels = torch.cat([torch.full((k,), c, dtype=torch.long) for c, k in enumerate(per_class)])
+    else:
+        sample_labels = None
+    sample_codes = generate(prior.model, n, prior.grid, sample_labels, temperature, seed)
+    images = decode_images(vq.model, sample_codes)
+    sample_seconds = time.perf_counter() - t_sample
+    feats, preds = classifier.features_and_predictions(images)
+    fd = frechet_distance_from_stats(*gaussian_stats(feats), *ref_stats)
+    precision, recall = precision_recall(ref_feats, feats)
+
+    result = {
+        "run": str(run_dir), "reference": reference, "n_samples": n, "temperature": temperature, "seed": seed,
+        "classifier": cls_info,
+        "floor": {"fd": floor, "real_images": len(other), "reference_images": len(ref)},
+        "vqvae": {"test_recon_mse": recon["recon_mse"], "test_psnr": recon["psnr"], "perplexity": recon["perplexity"],
+                  "usage": recon["usage"], "dead_codes": recon["dead_codes"], "codebook_size": vq.model.quantizer.codebook_size,
+                  "recon_fd": recon_fd, "recon_fd_ratio": recon_fd / floor},
+        "prior": {"test_bits_per_code": bits_per_code, "test_bits_per_map": bits_per_code * positions,
+                  "image_nll_bound_bits_per_dim": bpd, "decoder_sigma": sigma, "decoder_bits_per_image": decoder_bits,
+                  "conditional_on_true_class": bool(num_classes)},
+        "samples": {"fd": fd, "fd_ratio": fd / floor, "precision": precision, "recall": recall, "seconds": sample_seconds},
+    }
+    if num_classes:
+        correct = preds == sample_labels
+        result["samples"]["conditional_accuracy"] = float(correct.double().mean())
+        result["samples"]["per_class_accuracy"] = {str(name): float(correct[sample_labels == c].double().mean())
+                                                   for c, name in enumerate(prior.class_names)}
+    else:
+        p = torch.bincount(preds, minlength=cls_info["num_classes"]).double() / len(preds)
+        entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+        result["samples"]["class_coverage"] = entropy / math.log(cls_info["num_classes"])
+    result["seconds"] = time.perf_counter() - started
+    result["seconds_without_classifier_training"] = time.perf_counter() - t0
+    return result, images
+
+
+def vq_sample_temperature(prior) -> float:
+    """The temperature stage 4 used by default for this run."""
+    from ..artifacts import load_json
+
+    saved = load_json(prior.folder / "config.json")
+    return float(saved.get("config", {}).get("sample", {}).get("temperature", 1.0))
+
+
+def raise_unlabeled(data_cfg: DataSection) -> None:
+    from ..errors import UserError
+
+    raise UserError(f"vqprior eval needs a labelled dataset (its classifier is trained on the labels); data.source={data_cfg.source!r} "
+                    f"has none: put the images into class subfolders")
