@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vqprior import components
 from vqprior.artifacts import output_sha, read_stage, save_json, save_weights, stage_dir, write_manifest, writing_stage
@@ -52,10 +53,13 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     model = components.instantiate(resolved)
     check_prior(model, resolved["target"], grid)
     model.to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.prior.ema_decay), use_buffers=True) if cfg.prior.ema_decay else None
+    final = ema.module if ema is not None else model  # what is evaluated, sampled from and saved as prior.safetensors
     trainer = Trainer(stage=3, runtime=rt, run_dir=cfg.run_dir(), fingerprint=fingerprint(cfg), model=model,
                       optimizer=torch.optim.Adam(model.parameters(), lr=cfg.prior.lr), n_items=len(train_codes),
                       batch_size=cfg.prior.batch_size, epochs=cfg.prior.epochs, checkpoint_every=cfg.run.checkpoint_every,
-                      resume=resume, reporter=reporter, lr_key="prior.lr", warmup_steps=200)
+                      resume=resume, reporter=reporter, lr_key="prior.lr", warmup_steps=200,
+                      extra_state={"ema": ema} if ema is not None else None)
     progress = ProgressWriter(cfg.run_dir(), 3, trainer.epoch, rt.is_main, cfg.run.tensorboard)
     vq = load_vqvae(cfg.run_dir(), needed_by=3, device=device)  # only to show each epoch's samples as images
     grid_labels = torch.arange(model.num_classes).repeat_interleave(GRID_PER_CLASS) if conditional else None
@@ -72,24 +76,30 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     def evaluate(epoch: int, row: dict) -> None:
         positions = grid[0] * grid[1]
         row["train_bits_per_code"] = row["train_loss"] / 0.6931471805599453
-        row["test_bits_per_code"] = nll_bits_per_code(model, test_codes, test_labels)
+        row["test_bits_per_code"] = nll_bits_per_code(final, test_codes, test_labels)
         row["test_bits_per_map"] = row["test_bits_per_code"] * positions
+        if ema is not None:
+            row["test_bits_per_code_without_ema"] = nll_bits_per_code(model, test_codes, test_labels)
         reporter.log(f"  epoch {epoch}/{cfg.prior.epochs}: train {row['train_bits_per_code']:.3f} | test {row['test_bits_per_code']:.3f} "
-                     f"bits/code = {row['test_bits_per_map']:.1f} bits/map | {row['train_seconds']:.0f}s")
+                     f"bits/code = {row['test_bits_per_map']:.1f} bits/map"
+                     + (f" (last weights {row['test_bits_per_code_without_ema']:.3f})" if ema is not None else "")
+                     + f" | {row['train_seconds']:.0f}s")
 
     def picture(epoch: int, row: dict) -> None:
         # the same seed and labels every epoch: the GIF shows the same digits taking shape
         count = len(grid_labels) if grid_labels is not None else GRID_PER_CLASS * GRID_PER_CLASS
-        codes = sample(model, count, grid, grid_labels, 1.0, seed=0)
+        codes = sample(final, count, grid, grid_labels, 1.0, seed=0)
         images = to_float(decode_images(vq.model, codes))
         progress.picture(epoch, images, GRID_PER_CLASS)
         progress.log(row)
 
-    history = trainer.fit(step, [evaluate, picture])
+    history = trainer.fit(step, [evaluate, picture], after_step=[lambda: ema.update_parameters(model)] if ema is not None else [])
 
     if rt.is_main:
         with writing_stage(cfg.run_dir(), 3) as out:
-            save_weights(out / "prior.safetensors", model)
+            save_weights(out / "prior.safetensors", final)
+            if ema is not None:
+                save_weights(out / "prior_last.safetensors", model)
             save_json(out / "config.json", {"prior": resolved, "grid": list(grid), "class_names": class_names,
                                             "config": cfg.model_dump(mode="json")})
             save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})

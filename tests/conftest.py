@@ -19,5 +19,5 @@ def tiny_args(out_dir, name="t"):
         "--set", "data.train_limit=600", "--set", "data.test_limit=200",
         "--set", "vqvae.epochs=1", "--set", "vqvae.codebook_size=16", "--set", "vqvae.code_dim=8",
         "--set", "vqvae.encoder.params={hidden=16, res_blocks=1}", "--set", "vqvae.decoder.params={hidden=16, res_blocks=1}",
-        "--set", "prior.epochs=1", "--set", "prior.network.params={channels=8, layers=2, kernel=3}",
+        "--set", "prior.epochs=1", "--set", "prior.network.params={channels=8, layers=2, kernel=3}", "--set", "prior.ema_decay=0",
     ]

@@ -45,7 +45,7 @@ class CrashAfter(Reporter):
 def config(out, name, **extra):
     args = tiny_args(out, name)
     sets = [args[i + 1] for i in range(0, len(args), 2) if args[i] == "--set"] + [f"run.name={name}"]
-    sets += ["vqvae.epochs=2", "vqvae.batch_size=32", "prior.epochs=2", "prior.batch_size=32", "run.checkpoint_every=5"]
+    sets += ["vqvae.epochs=2", "vqvae.batch_size=32", "prior.epochs=2", "prior.batch_size=32", "run.checkpoint_every=5", "prior.ema_decay=0.9"]
     sets += [f"{k}={v}" for k, v in extra.items()]
     return load_config(overrides=sets)
 
@@ -101,7 +101,8 @@ def test_stage3_signal_then_resume_is_bitwise_identical(reference, tmp_path):
     with pytest.raises(Interrupted):
         s3_prior.run(cfg, SignalAfter(23))
     s3_prior.run(cfg)
-    assert_same(weights(reference / "ref" / "stage3" / "prior.safetensors"), weights(tmp_path / "ref" / "stage3" / "prior.safetensors"))
+    for name in ("prior.safetensors", "prior_last.safetensors"):  # the EMA and the last weights
+        assert_same(weights(reference / "ref" / "stage3" / name), weights(tmp_path / "ref" / "stage3" / name))
 
 
 def test_same_config_and_seed_give_the_same_weights(reference, tmp_path):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Annotated, Optional, TypeVar
 
 import typer
@@ -18,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .artifacts import is_current, run_lock
-from .config import Config, load_config, presets
+from .config import Config, RunSection, load_config, presets
 from .errors import UserError
 from .runtime import Reporter, Runtime
 
@@ -156,6 +158,105 @@ def run_all(preset: Preset = None, config: ConfigFile = None, set_: Sets = [], n
     Like make: a stage whose outputs are intact and were made from the same settings and inputs is skipped,
     an interrupted one resumes from its checkpoint; --restart redoes everything."""
     _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart, incremental=True)
+
+
+def _run_dir_of(name: Optional[str], out_dir: str) -> Path:
+    if name is not None:
+        RunSection(name=name)  # the same rules as run.name
+    run_dir = Path(out_dir) / (name or "mnist")
+    if not (run_dir / "stage1").is_dir():
+        raise UserError(f"no finished run in {run_dir}; run `vqprior run` first (or pass --name / --out-dir)")
+    return run_dir
+
+
+OutDir = Annotated[str, typer.Option("--out-dir", help="Folder that holds the runs.")]
+
+
+@app.command("eval")
+def eval_run(name: Name = None, out_dir: OutDir = "artifacts",
+             n: Annotated[int, typer.Option("--n", "-n", min=100, help="Samples to draw and score, spread evenly over classes.")] = 10_000,
+             temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (default: the run's sample.temperature).")] = None,
+             reference: Annotated[str, typer.Option(help="Score against the 'test' split, or the held-out 'valid' slice (for tuning).")] = "test",
+             seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0) -> None:
+    """Score a finished run: sample FD / floor, conditional accuracy, precision/recall, reconstruction, NLL.
+
+    Writes <run>/eval/eval.json and the sample grid it scored, and prints one table."""
+    try:
+        if reference not in ("test", "valid"):
+            raise UserError(f"--reference {reference!r}: choose test or valid")
+        if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+            raise UserError(f"--temperature {temperature}: must be a finite number > 0")
+        from .evaluation.run_eval import evaluate_run, write_eval
+
+        run_dir = _run_dir_of(name, out_dir)
+        rt = Runtime.setup(RunSection())
+        with run_lock(run_dir):
+            result, images = evaluate_run(run_dir, n, temperature, reference, rt.device, ConsoleReporter(), seed)
+            folder = write_eval(run_dir, result, images)
+        console.print(eval_table(result))
+        console.print(f"[green]eval done[/] in {result['seconds']:.0f}s -> {folder / 'eval.json'}")
+    except UserError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was written", 130)
+
+
+def eval_table(result: dict):
+    from rich.table import Table
+
+    s, v, p, f = result["samples"], result["vqvae"], result["prior"], result["floor"]
+    table = Table(title=f"{result['run']}: {result['n_samples']} samples at temperature {result['temperature']:g} vs the {result['reference']} split")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_column("meaning")
+    rows = [("samples FD / floor", f"{s['fd_ratio']:.2f}x", f"FD {s['fd']:.2f}; floor {f['fd']:.2f} (real vs real); 1.0 = as close as real data")]
+    if "conditional_accuracy" in s:
+        worst = min(s["per_class_accuracy"].items(), key=lambda kv: kv[1])
+        rows.append(("conditional accuracy", f"{s['conditional_accuracy']:.1%}", f"samples read as their class; worst: {worst[0]} {worst[1]:.1%}"))
+    else:
+        rows.append(("class coverage", f"{s['class_coverage']:.3f}", "entropy of predicted classes / log C; 1 = all classes equally"))
+    rows += [
+        ("precision / recall", f"{s['precision']:.3f} / {s['recall']:.3f}", "samples inside the real manifold / real inside the samples'"),
+        ("reconstruction FD / floor", f"{v['recon_fd_ratio']:.2f}x", "the VQ-VAE's ceiling on sample quality"),
+        ("test recon MSE / PSNR", f"{v['test_recon_mse']:.4f} / {v['test_psnr']:.1f} dB", "pixels in [0, 1]"),
+        ("codebook", f"{v['usage']:.0%} of {v['codebook_size']}, ppl {v['perplexity']:.1f}", f"{v['dead_codes']} dead codes on the test split"),
+        ("prior test NLL", f"{p['test_bits_per_code']:.3f} bits/code", f"{p['test_bits_per_map']:.1f} bits per map"),
+        ("image NLL bound", f"{p['image_nll_bound_bits_per_dim']:.3f} bits/dim", f"prior + decoder (discretised Gaussian, sigma {p['decoder_sigma']:.3f})"),
+        ("feature classifier", f"{result['classifier']['test_accuracy']:.2%}", "its accuracy on the real test split"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+@app.command("report")
+def report(name: Name = None, out_dir: OutDir = "artifacts") -> None:
+    """Write <run>/report.html: config, timings, curves, pictures, GIFs and the eval table, in one file."""
+    try:
+        from .report.html import write_report
+
+        path = write_report(_run_dir_of(name, out_dir))
+        console.print(f"[green]report[/] -> {path}")
+    except UserError as e:
+        _fail(str(e))
+
+
+@app.command("runs")
+def runs(out_dir: OutDir = "artifacts") -> None:
+    """List every run under the output folder with its headline numbers side by side."""
+    from rich.table import Table
+
+    from .report.runs import collect_runs
+
+    rows = collect_runs(Path(out_dir))
+    if not rows:
+        _fail(f"no runs under {out_dir}; run `vqprior run` first", 2)
+    table = Table(title=f"runs in {out_dir}")
+    for col in ("run", "K", "bits/map", "FD / floor", "cond. acc.", "recon FD / floor", "wall time"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in rows:
+        table.add_row(*r)
+    Console(highlight=False).print(table)
 
 
 def main() -> None:

@@ -168,11 +168,13 @@ class Trainer:
                               f"run the same command again to resume (or with --restart to start over)")
 
     # ---------------------------------------------------------------- the loop
-    def fit(self, step: Callable[[torch.Tensor], dict[str, torch.Tensor]], on_epoch_end: list[EpochCallback] = ()) -> list[dict]:
+    def fit(self, step: Callable[[torch.Tensor], dict[str, torch.Tensor]], on_epoch_end: list[EpochCallback] = (),
+            after_step: list[Callable[[], None]] = ()) -> list[dict]:
+        """Train to the last epoch; `after_step` callbacks run after every optimizer step (e.g. a weight EMA)."""
         with StopRequest() as self._stop:
             while self.epoch <= self.n_epochs:
                 t0 = time.perf_counter()
-                self._run_epoch(step)
+                self._run_epoch(step, after_step)
                 self._check_finite()
                 row = {"epoch": self.epoch, **{f"train_{k}": v.item() / max(1, self.n_batches) for k, v in self.sums.items() if v.dim() == 0},
                        "train_seconds": time.perf_counter() - t0}
@@ -186,7 +188,7 @@ class Trainer:
                 self._stop_if_requested()  # a request that came during evaluation is not dropped
         return self.history
 
-    def _run_epoch(self, step: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> None:
+    def _run_epoch(self, step: Callable[[torch.Tensor], dict[str, torch.Tensor]], after_step) -> None:
         if self.step == 0:
             self._epoch_order_state = self.order.get_state()
         else:  # resuming mid-epoch: replay this epoch's order from its saved start
@@ -200,6 +202,8 @@ class Trainer:
             out["loss"].backward()
             self.optimizer.step()
             self.scheduler.step()
+            for callback in after_step:
+                callback()
             for k, v in out.items():
                 v = v.detach()
                 v = v.double() if v.is_floating_point() else v

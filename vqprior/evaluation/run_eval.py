@@ -153,3 +153,22 @@ def raise_unlabeled(data_cfg: DataSection) -> None:
 
     raise UserError(f"vqprior eval needs a labelled dataset (its classifier is trained on the labels); data.source={data_cfg.source!r} "
                     f"has none: put the images into class subfolders")
+
+
+def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int = 10) -> Path:
+    """<run>/eval/eval.json and samples.png (the first `per_class` scored samples of each class, one row each)."""
+    from torchvision.utils import save_image
+
+    from ..artifacts import save_json, writing_folder
+
+    labels = result["samples"].get("per_class_accuracy")
+    if labels:
+        counts = class_counts(result["n_samples"], len(labels))
+        starts = [sum(counts[:c]) for c in range(len(labels))]
+        shown = torch.cat([images[s : s + min(per_class, k)] for s, k in zip(starts, counts)])
+    else:
+        shown = images[: per_class * per_class]
+    with writing_folder(Path(run_dir) / "eval", "eval") as out:
+        save_json(out / "eval.json", result)
+        save_image(to_float(shown), out / "samples.png", nrow=per_class, padding=2, pad_value=0.5)
+    return Path(run_dir) / "eval"
