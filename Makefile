@@ -1,10 +1,11 @@
-# Two entry points: `make run` (whole pipeline on MNIST) and `make test`.
+# Two entry points: `make run` (whole pipeline on MNIST, then its evaluation and report) and `make test`.
 # Each creates .venv on first use and re-installs only when pyproject.toml changes.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+EVAL_ARGS ?=
 
 .PHONY: run test bench clean
 
@@ -15,13 +16,14 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/vqprior run $(ARGS)
+	$(BIN)/vqprior eval $(EVAL_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/sampling.py
-	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/quality_sweep.py --help
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from vqprior.artifacts import load_weights, save_json, save_weights, write_manifest, writing_stage
@@ -42,7 +41,7 @@ def _reconstruction_grid(model: VQVAE, images: torch.Tensor, device: torch.devic
     x = to_float(images[: per_row * n_rows]).to(device)
     with torch.no_grad():
         model.eval()
-        recon = model(x)[0].clamp(0, 1)
+        recon = model.reconstruct(x)
         model.train()
     shape = x.shape[1:]
     return torch.stack([x.view(n_rows, per_row, *shape), recon.view(n_rows, per_row, *shape)], 1).flatten(0, 2).cpu(), per_row
@@ -77,15 +76,15 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
 
     def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         x = to_float(train.images[idx]).to(device, non_blocking=True)
-        recon, codes, commitment = model(x)
-        rec = F.mse_loss(recon, x)
-        return {"loss": rec + commitment, "recon_mse": rec, "code_counts": torch.bincount(codes.flatten(), minlength=k)}
+        out, codes, commitment = model(x)
+        rec = model.reconstruction_loss(out, x)
+        return {"loss": rec + commitment, "recon_loss": rec, "code_counts": torch.bincount(codes.flatten(), minlength=k)}
 
     def evaluate(epoch: int, row: dict) -> None:
         usage = code_usage(trainer.sums["code_counts"].cpu())
         row.update({"train_perplexity": usage["perplexity"], "train_usage": usage["usage"]})
         row.update({f"test_{name}": v for name, v in reconstruction_metrics(model, test, device).items()})
-        reporter.log(f"  epoch {epoch}/{cfg.vqvae.epochs}: train mse {row['train_recon_mse']:.4f} | test mse {row['test_recon_mse']:.4f}"
+        reporter.log(f"  epoch {epoch}/{cfg.vqvae.epochs}: train {cfg.vqvae.likelihood} {row['train_recon_loss']:.4f} | test mse {row['test_recon_mse']:.4f}"
                      f" | codes used {row['test_usage']:.0%} of {k}, perplexity {row['test_perplexity']:.1f} | {row['train_seconds']:.0f}s")
         progress.picture(epoch, *_reconstruction_grid(model, test.images, device))
         progress.log(row)

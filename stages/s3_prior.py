@@ -53,15 +53,16 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     model = components.instantiate(resolved)
     check_prior(model, resolved["target"], grid)
     model.to(device)
+    vq = load_vqvae(cfg.run_dir(), needed_by=3, device=device)  # only to show each epoch's samples as images
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.prior.ema_decay), use_buffers=True) if cfg.prior.ema_decay else None
     final = ema.module if ema is not None else model  # what is evaluated, sampled from and saved as prior.safetensors
+    # the Trainer comes last: resuming restores the random generators, nothing may draw from them after it
     trainer = Trainer(stage=3, runtime=rt, run_dir=cfg.run_dir(), fingerprint=fingerprint(cfg), model=model,
                       optimizer=torch.optim.Adam(model.parameters(), lr=cfg.prior.lr), n_items=len(train_codes),
                       batch_size=cfg.prior.batch_size, epochs=cfg.prior.epochs, checkpoint_every=cfg.run.checkpoint_every,
                       resume=resume, reporter=reporter, lr_key="prior.lr", warmup_steps=200,
                       extra_state={"ema": ema} if ema is not None else None)
     progress = ProgressWriter(cfg.run_dir(), 3, trainer.epoch, rt.is_main, cfg.run.tensorboard)
-    vq = load_vqvae(cfg.run_dir(), needed_by=3, device=device)  # only to show each epoch's samples as images
     grid_labels = torch.arange(model.num_classes).repeat_interleave(GRID_PER_CLASS) if conditional else None
     n_params = sum(p.numel() for p in model.parameters())
     what = f"conditional on {len(class_names)} classes" if conditional else "unconditional"
@@ -70,8 +71,12 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
 
     def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         x = train_codes[idx]
-        loss = F.cross_entropy(model(x, None if train_labels is None else train_labels[idx]), x)
-        return {"loss": loss}
+        cond = model.condition(None if train_labels is None else train_labels[idx], len(idx))
+        if cond is not None and cfg.prior.label_dropout:
+            # some maps learn without their class (the all-zero null condition): this enables classifier-free guidance
+            keep = torch.rand(len(idx), 1, device=device) >= cfg.prior.label_dropout
+            cond = cond * keep
+        return {"loss": F.cross_entropy(model.logits(x, cond), x)}
 
     def evaluate(epoch: int, row: dict) -> None:
         positions = grid[0] * grid[1]

@@ -57,11 +57,12 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     labels, rows = requested_labels(cfg, prior.model.num_classes)
     total = cfg.sample.n * len(rows)
     seed = cfg.run.seed if cfg.sample.seed is None else cfg.sample.seed
-    reporter.log(f"stage 4: drawing {total} code maps ({cfg.sample.sampler} sampler, temperature {cfg.sample.temperature:g}, seed {seed})")
+    reporter.log(f"stage 4: drawing {total} code maps ({cfg.sample.sampler} sampler, temperature {cfg.sample.temperature:g}, "
+                 f"guidance {cfg.sample.guidance:g}, seed {seed})")
 
     t0 = time.perf_counter()
     codes = generate(prior.model, total, prior.grid, labels, cfg.sample.temperature, seed, cfg.sample.batch_size,
-                     cfg.sample.sampler, reporter.track)
+                     cfg.sample.sampler, reporter.track, cfg.sample.guidance)
     sample_seconds = time.perf_counter() - t0
     images = decode_images(vq.model, codes)
     reporter.log(f"  {total} images in {time.perf_counter() - t0:.1f}s ({total * codes[0].numel() / sample_seconds:,.0f} codes/s)")

@@ -5,8 +5,11 @@ from vqprior.errors import UserError
 
 
 def test_defaults_validate():
+    from vqprior.config import Config
+
     cfg = load_config()
-    assert cfg.vqvae.codebook_size == 64 and cfg.data.source == "mnist"
+    assert cfg.data.source == "mnist" and cfg.run.name == "mnist"
+    assert Config.model_validate(cfg.model_dump(mode="json")) == cfg  # the saved form reads back the same
 
 
 def test_overrides_are_typed_and_nested():

@@ -134,3 +134,21 @@ def test_log_prob_is_the_sum_of_per_position_log_softmax():
     logp = torch.log_softmax(model(codes, labels), 1)
     ref = torch.stack([sum(logp[b, codes[b, i, j], i, j] for i in range(5) for j in range(4)) for b in range(3)])
     assert torch.allclose(model.log_prob(codes, labels), ref)
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.0, 3.5])
+def test_guided_cached_sampler_equals_guided_naive(scale):
+    model = random_prior(10)
+    labels = torch.arange(8) % 10
+    naive = sample(model, 8, (7, 7), labels, seed=2, method="naive", guidance=scale)
+    cached = sample(model, 8, (7, 7), labels, seed=2, method="cached", guidance=scale)
+    assert torch.equal(naive, cached)
+    assert not torch.equal(cached, sample(model, 8, (7, 7), labels, seed=2))  # guidance changes the samples
+
+
+def test_guidance_zero_is_the_null_condition_and_one_is_plain_sampling():
+    model = random_prior(10)
+    labels = torch.arange(8) % 10
+    assert torch.equal(sample(model, 8, (7, 7), labels, seed=2, guidance=1.0), sample(model, 8, (7, 7), labels, seed=2))
+    null = torch.zeros(8, 10, dtype=torch.float64)  # the all-zero soft label is the null condition
+    assert torch.equal(sample(model, 8, (7, 7), labels, seed=2, guidance=0.0), sample(model, 8, (7, 7), null, seed=2))

@@ -53,7 +53,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _overrides(sets: list[str], name: Optional[str], labels: list[int], mix: Optional[str], n: Optional[int],
-               temperature: Optional[float], seed: Optional[int], sampler: Optional[str]) -> list[str]:
+               temperature: Optional[float], seed: Optional[int], sampler: Optional[str], guidance: Optional[float] = None) -> list[str]:
     out = list(sets)
     if name is not None:
         out.append(f"run.name={json.dumps(name)}")
@@ -66,7 +66,7 @@ def _overrides(sets: list[str], name: Optional[str], labels: list[int], mix: Opt
         except ValueError:
             raise UserError(f"--mix {mix!r}: expected class:weight pairs, e.g. --mix 3:0.5,8:0.5") from None
         out.append(f"sample.mix={{{table}}}")
-    for key, value in (("n", n), ("temperature", temperature), ("seed", seed)):
+    for key, value in (("n", n), ("temperature", temperature), ("seed", seed), ("guidance", guidance)):
         if value is not None:
             out.append(f"sample.{key}={value}")
     if sampler is not None:
@@ -82,6 +82,7 @@ Labels = Annotated[list[int], typer.Option("--label", "-l", help="Stage 4: class
 Mix = Annotated[Optional[str], typer.Option(help="Stage 4: draw between classes, e.g. --mix 3:0.5,8:0.5.")]
 Count = Annotated[Optional[int], typer.Option("--n", "-n", help="Stage 4: images per class.")]
 Temp = Annotated[Optional[float], typer.Option(help="Stage 4: sampling temperature (> 0).")]
+Guidance = Annotated[Optional[float], typer.Option(help="Stage 4: classifier-free guidance scale (1 = none).")]
 Seed = Annotated[Optional[int], typer.Option(help="Stage 4: sampling seed.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage (the default when a checkpoint exists); fails if there is none.")]
 Restart = Annotated[bool, typer.Option("--restart", help="Discard checkpoints and redo the stage(s) from scratch.")]
@@ -112,6 +113,10 @@ def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool) 
             out = module.run(cfg, reporter=reporter, rt=rt, **kwargs)
             if rt.is_main:
                 console.print(f"[green]stage {stage} done[/] in {time.perf_counter() - t0:.0f}s -> {out}")
+        if incremental and rt.is_main:
+            from .report.html import write_report
+
+            console.print(f"[green]report[/] -> {write_report(run_dir)} (vqprior eval adds the quality numbers)")
 
 
 def _terminate(signum, frame) -> None:
@@ -120,12 +125,12 @@ def _terminate(signum, frame) -> None:
 
 
 def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temperature, seed, sampler, resume, restart,
-             incremental: bool = False) -> None:
+             incremental: bool = False, guidance: Optional[float] = None) -> None:
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         if resume and restart:
             raise UserError("--resume and --restart contradict each other; pass one")
-        cfg = load_config(preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler))
+        cfg = load_config(preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler, guidance))
         _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto", incremental)
     except UserError as e:
         _fail(str(e), getattr(e, "exit_code", 2))
@@ -140,24 +145,26 @@ def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temp
 def run_stage(stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE, 2 code maps, 3 prior, 4 samples.")],
               preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
               mix: Mix = None, n: Count = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
-              resume: Resume = False, restart: Restart = False) -> None:
+              guidance: Guidance = None, resume: Resume = False, restart: Restart = False) -> None:
     """Run one stage; it reads the earlier stages' outputs from the run folder."""
-    if stage != 4 and (label or mix or n is not None or temperature is not None or seed is not None or sampler is not None):
-        _fail("--label/--mix/--n/--temperature/--seed/--sampler apply to stage 4 only; use --set for other stages")
+    if stage != 4 and (label or mix or n is not None or temperature is not None or seed is not None or sampler is not None
+                       or guidance is not None):
+        _fail("--label/--mix/--n/--temperature/--seed/--sampler/--guidance apply to stage 4 only; use --set for other stages")
     if stage not in RESUMABLE and (resume or restart):
         _fail(f"--resume/--restart apply to the training stages 1 and 3; stage {stage} always runs from the start")
-    _guarded([stage], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart)
+    _guarded([stage], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart, guidance=guidance)
 
 
 @app.command("run")
 def run_all(preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
             mix: Mix = None, n: Count = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
-            resume: Resume = False, restart: Restart = False) -> None:
+            guidance: Guidance = None, resume: Resume = False, restart: Restart = False) -> None:
     """Run all four stages in order (the whole pipeline on MNIST with the defaults).
 
     Like make: a stage whose outputs are intact and were made from the same settings and inputs is skipped,
     an interrupted one resumes from its checkpoint; --restart redoes everything."""
-    _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart, incremental=True)
+    _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart, incremental=True,
+             guidance=guidance)
 
 
 def _run_dir_of(name: Optional[str], out_dir: str) -> Path:
@@ -176,6 +183,7 @@ OutDir = Annotated[str, typer.Option("--out-dir", help="Folder that holds the ru
 def eval_run(name: Name = None, out_dir: OutDir = "artifacts",
              n: Annotated[int, typer.Option("--n", "-n", min=100, help="Samples to draw and score, spread evenly over classes.")] = 10_000,
              temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (default: the run's sample.temperature).")] = None,
+             guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the run's sample.guidance).")] = None,
              reference: Annotated[str, typer.Option(help="Score against the 'test' split, or the held-out 'valid' slice (for tuning).")] = "test",
              seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0) -> None:
     """Score a finished run: sample FD / floor, conditional accuracy, precision/recall, reconstruction, NLL.
@@ -186,14 +194,20 @@ def eval_run(name: Name = None, out_dir: OutDir = "artifacts",
             raise UserError(f"--reference {reference!r}: choose test or valid")
         if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
             raise UserError(f"--temperature {temperature}: must be a finite number > 0")
+        if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+            raise UserError(f"--guidance {guidance}: must be a finite number >= 0")
         from .evaluation.run_eval import evaluate_run, write_eval
 
         run_dir = _run_dir_of(name, out_dir)
         rt = Runtime.setup(RunSection())
         with run_lock(run_dir):
-            result, images = evaluate_run(run_dir, n, temperature, reference, rt.device, ConsoleReporter(), seed)
+            result, images = evaluate_run(run_dir, n, temperature, reference, rt.device, ConsoleReporter(), seed, guidance)
             folder = write_eval(run_dir, result, images)
+            from .report.html import write_report
+
+            report_path = write_report(run_dir)
         console.print(eval_table(result))
+        console.print(f"[green]report[/] -> {report_path}")
         console.print(f"[green]eval done[/] in {result['seconds']:.0f}s -> {folder / 'eval.json'}")
     except UserError as e:
         _fail(str(e))
@@ -205,7 +219,8 @@ def eval_table(result: dict):
     from rich.table import Table
 
     s, v, p, f = result["samples"], result["vqvae"], result["prior"], result["floor"]
-    table = Table(title=f"{result['run']}: {result['n_samples']} samples at temperature {result['temperature']:g} vs the {result['reference']} split")
+    table = Table(title=f"{result['run']}: {result['n_samples']} samples at temperature {result['temperature']:g}, guidance "
+                        f"{result['guidance']:g}, vs the {result['reference']} split")
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_column("meaning")

@@ -101,6 +101,8 @@ class VQVAESection(Section):
     code_dim: int = Field(32, ge=1, le=4096)
     encoder: Component = Field(default_factory=_default_encoder)
     decoder: Component = Field(default_factory=_default_decoder)
+    # reconstruction likelihood: "mse" (Gaussian) or "bce" (Bernoulli on pixel intensities: sharper MNIST strokes)
+    likelihood: Literal["mse", "bce"] = "mse"
     # beta: pulls encoder outputs towards their codes (the codebook itself moves by EMA, not by gradient)
     commitment: float = Field(0.25, ge=0)
     # EMA decay of code statistics; lower adapts faster, higher is smoother
@@ -126,6 +128,8 @@ class PriorSection(Section):
     # exponential moving average of the weights, used for evaluation and sampling (0 = off, use the last weights);
     # averages out the noise of the last steps (as BigGAN does for its generator)
     ema_decay: float = Field(0.998, ge=0, lt=1)
+    # share of training maps shown without their class (null condition), so sampling can use classifier-free guidance
+    label_dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -140,6 +144,8 @@ class SampleSection(Section):
     mix: dict[int, float] = Field(default_factory=dict)
     # softmax temperature: < 1 sharper and safer, > 1 more varied
     temperature: float = Field(1.0, gt=0, allow_inf_nan=False)
+    # classifier-free guidance scale: logits = uncond + s * (cond - uncond); 1 = plain conditional sampling
+    guidance: float = Field(1.0, ge=0, allow_inf_nan=False)
     # seed for sampling; None = run.seed. Same seed, same images.
     seed: int | None = None
     # cached: incremental, computes only what each new code changes; naive: full pass per code (reference)

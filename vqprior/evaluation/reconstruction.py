@@ -26,8 +26,8 @@ def reconstruction_metrics(model: VQVAE, data: ImageSet, device: torch.device) -
     pixels = 0
     for idx in batches(len(data), EVAL_BATCH):
         x = to_float(data.images[idx]).to(device)
-        recon, codes, _ = model(x)
-        sq_err += F.mse_loss(recon.clamp(0, 1), x, reduction="sum").double()
+        out, codes, _ = model(x)
+        sq_err += F.mse_loss(model.decoder_output_to_images(out).clamp(0, 1), x, reduction="sum").double()
         pixels += x.numel()
         counts += torch.bincount(codes.flatten(), minlength=k)
     model.train(was_training)

@@ -59,7 +59,8 @@ def decoder_bits_per_image(vq, images: torch.Tensor, sigma: float, device: torch
 
 
 def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = None, reference: str = "test",
-                 device: torch.device = torch.device("cpu"), reporter: Reporter = Reporter(), seed: int = 0) -> tuple[dict, torch.Tensor]:
+                 device: torch.device = torch.device("cpu"), reporter: Reporter = Reporter(), seed: int = 0,
+                 guidance: float | None = None) -> tuple[dict, torch.Tensor]:
     """Every metric of a finished run, and the uint8 sample images it scored."""
     started = time.perf_counter()
     vq = load_vqvae(run_dir, needed_by=None, device=device)
@@ -71,7 +72,9 @@ def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = Non
     fit, valid = split_holdout(train)
     # the floor's real set is never the one scored against; both are unseen by the classifier
     ref, other = (test, valid) if reference == "test" else (valid, test)
-    temperature = temperature if temperature is not None else vq_sample_temperature(prior)
+    saved_sample = run_sample_settings(prior)
+    temperature = temperature if temperature is not None else float(saved_sample.get("temperature", 1.0))
+    guidance = guidance if guidance is not None else float(saved_sample.get("guidance", 1.0))
     classifier, cls_info = load_or_train_classifier(fit, test, device, reporter)
 
     t0 = time.perf_counter()
@@ -107,7 +110,7 @@ def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = Non
         sample_labels = torch.cat([torch.full((k,), c, dtype=torch.long) for c, k in enumerate(per_class)])
     else:
         sample_labels = None
-    sample_codes = generate(prior.model, n, prior.grid, sample_labels, temperature, seed)
+    sample_codes = generate(prior.model, n, prior.grid, sample_labels, temperature, seed, guidance=guidance)
     images = decode_images(vq.model, sample_codes)
     sample_seconds = time.perf_counter() - t_sample
     feats, preds = classifier.features_and_predictions(images)
@@ -115,7 +118,7 @@ def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = Non
     precision, recall = precision_recall(ref_feats, feats)
 
     result = {
-        "run": str(run_dir), "reference": reference, "n_samples": n, "temperature": temperature, "seed": seed,
+        "run": str(run_dir), "reference": reference, "n_samples": n, "temperature": temperature, "guidance": guidance, "seed": seed,
         "classifier": cls_info,
         "floor": {"fd": floor, "real_images": len(other), "reference_images": len(ref)},
         "vqvae": {"test_recon_mse": recon["recon_mse"], "test_psnr": recon["psnr"], "perplexity": recon["perplexity"],
@@ -140,12 +143,11 @@ def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = Non
     return result, images
 
 
-def vq_sample_temperature(prior) -> float:
-    """The temperature stage 4 used by default for this run."""
+def run_sample_settings(prior) -> dict:
+    """The run's sample section (temperature, guidance) as saved with its prior."""
     from ..artifacts import load_json
 
-    saved = load_json(prior.folder / "config.json")
-    return float(saved.get("config", {}).get("sample", {}).get("temperature", 1.0))
+    return load_json(prior.folder / "config.json").get("config", {}).get("sample", {})
 
 
 def raise_unlabeled(data_cfg: DataSection) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import components
@@ -62,15 +63,30 @@ class ConvDecoder(nn.Module):
 
 
 class VQVAE(nn.Module):
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: VectorQuantizer, grid: tuple[int, int]):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: VectorQuantizer, grid: tuple[int, int],
+                 likelihood: str = "mse"):
         super().__init__()
         self.encoder, self.decoder, self.quantizer = encoder, decoder, quantizer
         self.grid = grid  # the code map's (h, w) for the training image size
+        # "bce": the decoder's output is per-pixel logits (Bernoulli likelihood); images are their sigmoid
+        self.likelihood = likelihood
+
+    def decoder_output_to_images(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(out) if self.likelihood == "bce" else out
+
+    def reconstruction_loss(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.likelihood == "bce":
+            return F.binary_cross_entropy_with_logits(out, x)
+        return F.mse_loss(out, x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (reconstruction, code indices [B, h, w], commitment loss)."""
+        """Returns (decoder output: images, or logits for "bce"; code indices [B, h, w]; commitment loss)."""
         q, indices, commitment_loss = self.quantizer(self.encoder(x))
         return self.decoder(q), indices, commitment_loss
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> their reconstructions in [0, 1]."""
+        return self.decoder_output_to_images(self(x)[0]).clamp(0, 1)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +96,8 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.quantizer.lookup(indices))
+        """Code maps [B, h, w] -> images [B, C, H, W] in [0, 1] (not clamped for "mse")."""
+        return self.decoder_output_to_images(self.decoder(self.quantizer.lookup(indices)))
 
 
 def build_vqvae(cfg: VQVAESection, image_shape: tuple[int, int, int]) -> tuple[VQVAE, dict]:
@@ -93,6 +110,7 @@ def build_vqvae(cfg: VQVAESection, image_shape: tuple[int, int, int]) -> tuple[V
         "decoder": components.resolve(cfg.decoder, **context),
         "quantizer": {"codebook_size": cfg.codebook_size, "code_dim": cfg.code_dim, "decay": cfg.ema_decay,
                       "commitment": cfg.commitment, "dead_code_threshold": cfg.dead_code_threshold},
+        "likelihood": cfg.likelihood,
     }
     return rebuild_vqvae(constructor), constructor
 
@@ -104,7 +122,7 @@ def rebuild_vqvae(constructor: dict) -> VQVAE:
     quantizer = VectorQuantizer(**constructor["quantizer"])
     grid = components.probe_autoencoder(encoder, decoder, constructor["encoder"]["target"], constructor["decoder"]["target"],
                                         tuple(constructor["image_shape"]), quantizer.code_dim)
-    return VQVAE(encoder, decoder, quantizer, grid)
+    return VQVAE(encoder, decoder, quantizer, grid, constructor.get("likelihood", "mse"))
 
 
 @torch.no_grad()

@@ -100,17 +100,36 @@ class GumbelNoise:
         return gumbel.add_(scaled).argmax(1)
 
 
+class GuidedNoise:
+    """Classifier-free guidance on top of GumbelNoise: the sampler runs a doubled batch (rows with the class,
+    then the same rows with the null condition), and each position is drawn once from
+    uncond + scale * (cond - uncond) and written to both halves."""
+
+    def __init__(self, noise: GumbelNoise, scale: float):
+        self.noise, self.scale = noise, scale
+
+    def draw(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        cond, uncond = logits.chunk(2)
+        code = self.noise.draw(uncond + self.scale * (cond - uncond), temperature)
+        return torch.cat([code, code])
+
+
 @torch.no_grad()
 def sample(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor | None = None, temperature: float = 1.0,
-           seed: int = 0, method: str = "cached", first: int = 0, prefix: torch.Tensor | None = None, keep: int = 0) -> torch.Tensor:
+           seed: int = 0, method: str = "cached", first: int = 0, prefix: torch.Tensor | None = None, keep: int = 0,
+           guidance: float = 1.0) -> torch.Tensor:
     """Draw `count` code maps [count, H, W] (maps first..first+count-1 of the job with this seed).
 
     labels: int [count], soft class weights [count, num_classes], or None (unconditional prior).
     prefix/keep: continue maps whose first `keep` raster positions are given in prefix [count, H, W].
     method: "cached" uses the prior's own exact incremental sampler; "naive" the reference above.
+    guidance: classifier-free guidance scale for a conditional prior trained with label dropout
+    (1 = plain conditional sampling; the null condition is the all-zero class vector).
     """
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
     if method not in ("cached", "naive"):
         raise ValueError(f"unknown sampler {method!r}; choose cached or naive")
     height, width = grid
@@ -124,17 +143,19 @@ def sample(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor
             raise ValueError(f"keep={keep} needs prefix codes of shape [{count}, {height}, {width}]")
         codes.view(count, -1)[:, :keep] = prefix.to(device).view(count, -1)[:, :keep]
     noise = GumbelNoise(seed, first, count, device)
+    if guidance != 1.0 and cond is not None:
+        cond, codes, noise = torch.cat([cond, torch.zeros_like(cond)]), torch.cat([codes, codes]), GuidedNoise(noise, guidance)
     was_training = prior.training
     prior.eval()
     try:
         drawer = Prior.draw if method == "naive" else type(prior).draw
-        return drawer(prior, codes, cond, keep, temperature, noise)
+        return drawer(prior, codes, cond, keep, temperature, noise)[:count]
     finally:
         prior.train(was_training)
 
 
 def generate(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor | None = None, temperature: float = 1.0,
-             seed: int = 0, batch_size: int = 1000, method: str = "cached", track=None) -> torch.Tensor:
+             seed: int = 0, batch_size: int = 1000, method: str = "cached", track=None, guidance: float = 1.0) -> torch.Tensor:
     """`count` code maps [count, H, W] on the CPU, in batches; map n always gets the same noise (seed, n),
     whatever the batch size. `track(iterable, total, description)` may wrap the batches (a progress bar)."""
     batch = -(-batch_size // SEED_BLOCK) * SEED_BLOCK
@@ -143,7 +164,7 @@ def generate(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tens
     for start in (track(starts, len(starts), "sampling") if track else starts):
         stop = min(count, start + batch)
         chunk_labels = None if labels is None else labels[start:stop]
-        chunks.append(sample(prior, stop - start, grid, chunk_labels, temperature, seed, method, first=start).cpu())
+        chunks.append(sample(prior, stop - start, grid, chunk_labels, temperature, seed, method, first=start, guidance=guidance).cpu())
     return torch.cat(chunks)
 
 

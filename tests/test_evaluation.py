@@ -1,0 +1,165 @@
+"""Evaluation: the Fréchet distance against closed forms, the classifier cache, eval.json, and the report in a real browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import tiny_args
+from vqprior.cli import app
+from vqprior.evaluation import classifier as classifier_module
+from vqprior.evaluation.frechet import frechet_distance, frechet_distance_from_stats, precision_recall
+
+runner = CliRunner()
+
+
+def test_frechet_distance_of_diagonal_gaussians_is_the_closed_form():
+    mu1, mu2 = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
+    a, b = torch.tensor([1.0, 4.0, 9.0]), torch.tensor([4.0, 1.0, 1.0])
+    fd = frechet_distance_from_stats(mu1.double(), torch.diag(a).double(), mu2.double(), torch.diag(b).double())
+    expected = ((mu1 - mu2) ** 2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum()
+    assert fd == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_frechet_distance_matches_a_general_matrix_square_root():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    g = torch.Generator().manual_seed(0)
+    m1, m2 = torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randn(6, 6, generator=g, dtype=torch.float64)
+    s1, s2 = m1 @ m1.T + 0.1 * torch.eye(6, dtype=torch.float64), m2 @ m2.T + 0.1 * torch.eye(6, dtype=torch.float64)
+    mu1, mu2 = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    cross = scipy_linalg.sqrtm(s1.numpy() @ s2.numpy()).real
+    expected = float(((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2 * np.trace(cross))
+    assert frechet_distance_from_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_distance_of_samples_from_one_distribution_is_small_and_shift_adds_its_square():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(20000, 4, generator=g), torch.randn(20000, 4, generator=g)
+    assert frechet_distance(a, b) < 0.01
+    assert frechet_distance(a, b + torch.tensor([3.0, 0, 0, 0])) == pytest.approx(9.0, abs=0.1)
+
+
+def test_precision_recall_of_a_collapsed_generator():
+    g = torch.Generator().manual_seed(2)
+    real = torch.randn(2000, 2, generator=g)
+    collapsed = 0.05 * torch.randn(2000, 2, generator=g)  # all near the centre of the real data
+    precision, recall = precision_recall(real, collapsed)
+    assert precision > 0.9 and recall < 0.3
+    same_p, same_r = precision_recall(real, torch.randn(2000, 2, generator=g))
+    assert same_p > 0.85 and same_r > 0.85
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    result = runner.invoke(app, ["run", *tiny_args(out), "--n", 2], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["eval", "--name", "t", "--out-dir", str(out), "--n", 200], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out / "t", result.output
+
+
+def test_eval_json_has_every_number_and_the_table_is_printed(evaluated_run):
+    run_dir, output = evaluated_run
+    ev = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert ev["n_samples"] == 200 and ev["reference"] == "test"
+    s = ev["samples"]
+    assert s["fd"] > 0 and ev["floor"]["fd"] > 0 and s["fd_ratio"] == pytest.approx(s["fd"] / ev["floor"]["fd"])
+    assert 0 <= s["conditional_accuracy"] <= 1 and set(s["per_class_accuracy"]) == {str(d) for d in range(10)}
+    assert 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1
+    v, p = ev["vqvae"], ev["prior"]
+    assert v["recon_fd_ratio"] == pytest.approx(v["recon_fd"] / ev["floor"]["fd"]) and v["test_psnr"] > 10
+    assert p["test_bits_per_map"] == pytest.approx(49 * p["test_bits_per_code"])
+    # the image bound counts the prior's bits and the decoder's, per pixel
+    assert p["image_nll_bound_bits_per_dim"] == pytest.approx((p["test_bits_per_map"] + p["decoder_bits_per_image"]) / 784)
+    assert 0 < p["image_nll_bound_bits_per_dim"] < 8
+    assert 0 <= ev["classifier"]["test_accuracy"] <= 1
+    with Image.open(run_dir / "eval" / "samples.png") as grid:
+        assert grid.size == (10 * 30 + 2, 10 * 30 + 2)  # 10 per class, one row per class
+    assert "FD / floor" in output and "conditional accuracy" in output
+
+
+def test_feature_classifier_is_cached_per_dataset(evaluated_run, monkeypatch):
+    from vqprior.config import DataSection
+    from vqprior.datasets import load_split
+    from vqprior.evaluation.run_eval import split_holdout
+
+    cfg = DataSection(train_limit=600, test_limit=200)
+    fit, _ = split_holdout(load_split(cfg, "train"))
+    test = load_split(cfg, "test")
+
+    def no_training(*a, **k):
+        raise AssertionError("the classifier was trained again")
+
+    monkeypatch.setattr(classifier_module, "train_classifier", no_training)
+    model, info = classifier_module.load_or_train_classifier(fit, test, torch.device("cpu"))
+    assert info["data_sha256"] == classifier_module.data_fingerprint(fit) and info["train_images"] == len(fit)
+    other = fit.slice(0, len(fit) - 1)
+    with pytest.raises(AssertionError, match="trained again"):
+        classifier_module.load_or_train_classifier(other, test, torch.device("cpu"))
+
+
+def test_runs_lists_the_run_with_its_numbers(evaluated_run):
+    run_dir, _ = evaluated_run
+    result = runner.invoke(app, ["runs", "--out-dir", str(run_dir.parent)])
+    assert result.exit_code == 0
+    line = next(line for line in result.output.splitlines() if " t " in line or line.strip().startswith("│ t"))
+    ev = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert f"{ev['samples']['fd_ratio']:.2f}x" in line and "16" in line
+
+
+def _browser():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--hide-scrollbars", "--virtual-time-budget=10000"]
+
+
+def test_report_renders_in_a_real_browser(evaluated_run, tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no chromium on this machine (CI installs it: apt-get install chromium)")
+    run_dir, _ = evaluated_run
+    page = run_dir / "report.html"
+    html = page.read_text()
+    assert "<script>alert" not in html and "data:image/gif;base64," in html
+    dom = subprocess.run([browser, *BROWSER_FLAGS, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    images = int(re.search(r'data-images="(\d+)"', dom).group(1))
+    decoded = int(re.search(r'data-images-decoded="(\d+)"', dom).group(1))
+    assert images >= 7 and decoded == images, f"{decoded} of {images} images decoded"
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *BROWSER_FLAGS, "--window-size=1200,2200", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (2200, 1200) and pixels.std() > 20 and len(np.unique(pixels)) > 50, "blank screenshot"
+
+
+def test_user_text_in_the_report_is_escaped(tmp_path):
+    from vqprior.report.html import write_report
+
+    run_dir = tmp_path / "evil"
+    (run_dir / "stage1").mkdir(parents=True)
+    (run_dir / "stage1" / "manifest.json").write_text(json.dumps({
+        "timings_s": {"total": 1}, "created": "now", "config": {"run": {"name": "<script>alert(1)</script>"}}}))
+    html = write_report(run_dir).read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_feature_classifier_learns_digits_from_a_few_thousand_images():
+    from vqprior.config import DataSection
+    from vqprior.datasets import load_split
+
+    train, test = load_split(DataSection(train_limit=3000), "train"), load_split(DataSection(test_limit=1000), "test")
+    model = classifier_module.train_classifier(train, torch.device("cpu"))
+    feats, preds = model.features_and_predictions(test.images)
+    assert feats.shape == (1000, classifier_module.FEATURES)
+    assert (preds == test.labels).double().mean() > 0.9
