@@ -75,8 +75,8 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     reporter.log(f"stage 1: VQ-VAE on {len(train)} images {list(image_shape)} -> {grid[0]}x{grid[1]} codes, K={k}, device {device}")
 
     def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = to_float(train.images[idx]).to(device, non_blocking=True)
-        out, codes, commitment = model(x)
+        x = to_float(train.images[trainer.shard(idx)]).to(device, non_blocking=True)
+        out, codes, commitment = trainer.module(x)
         rec = model.reconstruction_loss(out, x)
         return {"loss": rec + commitment, "recon_loss": rec, "code_counts": torch.bincount(codes.flatten(), minlength=k)}
 

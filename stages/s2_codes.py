@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -36,25 +37,33 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     dtype = code_dtype(k)
     reporter.log(f"stage 2: encoding with the stage-1 VQ-VAE into {vq.grid[0]}x{vq.grid[1]} maps of {dtype.name} codes (K={k})")
 
-    arrays: dict[str, np.ndarray] = {}
-    info: dict[str, dict] = {}
-    for split in SPLITS:
-        data = load_split(data_cfg, split)
-        codes = torch.empty(len(data), *vq.grid, dtype=torch.long)
-        with torch.no_grad():
-            for idx in reporter.track(batches(len(data), ENCODE_BATCH), -(-len(data) // ENCODE_BATCH), f"stage 2 {split}"):
-                codes[idx] = vq.model.encode(to_float(data.images[idx]).to(rt.device)).cpu()
-        arrays[f"{split}_codes"] = codes.numpy().astype(dtype)
-        if data.labels is not None:
-            arrays[f"{split}_labels"] = data.labels.numpy().astype(np.int64)
-        usage = code_usage(torch.bincount(codes.flatten(), minlength=k))
-        info[split] = {"count": len(data), "labeled": data.labels is not None, **usage}
-        reporter.log(f"  {split}: {len(data)} maps, codes used {usage['usage']:.0%}, perplexity {usage['perplexity']:.1f}")
-
-    if rt.is_main:
-        with writing_stage(cfg.run_dir(), 2) as out:
-            for name, array in arrays.items():
-                np.save(out / f"{name}.npy", array)
+    # under torchrun each process encodes one contiguous slice of every split into the same preallocated .npy
+    datasets = {split: load_split(data_cfg, split) for split in SPLITS}
+    with writing_stage(cfg.run_dir(), 2) if rt.is_main else contextlib.nullcontext() as out:
+        out = Path(rt.share(str(out) if rt.is_main else None))
+        info: dict[str, dict] = {}
+        for split, data in datasets.items():
+            path = out / f"{split}_codes.npy"
+            if rt.is_main:
+                np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(len(data), *vq.grid)).flush()
+            rt.barrier()
+            codes = np.load(path, mmap_mode="r+")
+            lo, hi = (len(data) * rt.rank) // rt.world_size, (len(data) * (rt.rank + 1)) // rt.world_size
+            with torch.no_grad():
+                for idx in reporter.track(batches(hi - lo, ENCODE_BATCH), -(-(hi - lo) // ENCODE_BATCH), f"stage 2 {split}"):
+                    idx = idx + lo
+                    codes[idx.numpy()] = vq.model.encode(to_float(data.images[idx]).to(rt.device)).cpu().numpy().astype(dtype)
+            codes.flush()
+            del codes
+            rt.barrier()
+            if rt.is_main:
+                written = np.load(path, mmap_mode="r")
+                if data.labels is not None:
+                    np.save(out / f"{split}_labels.npy", data.labels.numpy().astype(np.int64))
+                usage = code_usage(torch.from_numpy(np.bincount(written.ravel(), minlength=k)))
+                info[split] = {"count": len(data), "labeled": data.labels is not None, **usage}
+                reporter.log(f"  {split}: {len(data)} maps, codes used {usage['usage']:.0%}, perplexity {usage['perplexity']:.1f}")
+        if rt.is_main:
             write_manifest(out, 2, {"vqvae": vq.weights}, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started},
                            fingerprint(cfg), {"codebook_size": k, "grid": list(vq.grid), "dtype": dtype.name, "splits": info,
                                               "class_names": vq.class_names if info["train"]["labeled"] else None})

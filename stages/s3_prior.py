@@ -70,13 +70,15 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
                  f"{len(train_codes)} {grid[0]}x{grid[1]} maps, device {device}")
 
     def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        # drawn for the whole global batch on every process, so the same maps lose their class whatever the world size
+        keep = torch.rand(len(idx), 1, device=device) >= cfg.prior.label_dropout if cfg.prior.label_dropout else None
+        idx = trainer.shard(idx)
         x = train_codes[idx]
         cond = model.condition(None if train_labels is None else train_labels[idx], len(idx))
-        if cond is not None and cfg.prior.label_dropout:
+        if cond is not None and keep is not None:
             # some maps learn without their class (the all-zero null condition): this enables classifier-free guidance
-            keep = torch.rand(len(idx), 1, device=device) >= cfg.prior.label_dropout
-            cond = cond * keep
-        return {"loss": F.cross_entropy(model.logits(x, cond), x)}
+            cond = cond * trainer.shard(keep)
+        return {"loss": F.cross_entropy(trainer.module(x, cond), x)}  # a float class vector is a soft label
 
     def evaluate(epoch: int, row: dict) -> None:
         positions = grid[0] * grid[1]

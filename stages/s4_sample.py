@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import save_image
+from PIL import Image
+from torchvision.utils import make_grid, save_image
 
 from vqprior.artifacts import output_sha, save_json, write_manifest, writing_stage
 from vqprior.config import Config
 from vqprior.datasets import to_float
 from vqprior.errors import UserError
-from vqprior.models.priors.base import generate
+from vqprior.models.priors.base import SEED_BLOCK, generate
 from vqprior.models.vqvae import decode_images
+from vqprior.report.progress import write_gif
 from vqprior.restore import load_prior, load_vqvae
 from vqprior.runtime import Reporter, Runtime
 
@@ -48,12 +50,28 @@ def fingerprint(cfg: Config) -> dict | None:
     return {"sample": cfg.sample.model_dump(mode="json"), "seed": cfg.run.seed, "prior": prior, "vqvae": vqvae}
 
 
+def generate_shared(rt: Runtime, prior, total: int, grid, labels, cfg: Config, seed: int, reporter: Reporter) -> torch.Tensor:
+    """All `total` maps; under torchrun each process draws whole noise blocks of them and rank 0 gathers them.
+    A map's noise depends only on (seed, its index), so the images do not depend on the number of processes."""
+    blocks = list(range(0, total, SEED_BLOCK))
+    mine = blocks[(len(blocks) * rt.rank) // rt.world_size : (len(blocks) * (rt.rank + 1)) // rt.world_size]
+    lo, hi = (mine[0], min(total, mine[-1] + SEED_BLOCK)) if mine else (0, 0)
+    part = torch.empty(0, *grid, dtype=torch.long)
+    if hi > lo:
+        chunk_labels = None if labels is None else labels[lo:hi]
+        part = generate(prior, hi - lo, grid, chunk_labels, cfg.sample.temperature, seed, cfg.sample.batch_size,
+                        cfg.sample.sampler, reporter.track, cfg.sample.guidance, first=lo)
+    return torch.cat(rt.gather(part))
+
+
 def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None) -> Path:
     started = time.perf_counter()
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
     prior = load_prior(cfg.run_dir(), needed_by=4, device=rt.device)  # refuses a prior trained on another VQ-VAE's codes
     vq = load_vqvae(cfg.run_dir(), needed_by=4, device=rt.device)
+    if cfg.sample.morph:
+        return _morph(cfg, prior, vq, rt, reporter, started)
     labels, rows = requested_labels(cfg, prior.model.num_classes)
     total = cfg.sample.n * len(rows)
     seed = cfg.run.seed if cfg.sample.seed is None else cfg.sample.seed
@@ -61,8 +79,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
                  f"guidance {cfg.sample.guidance:g}, seed {seed})")
 
     t0 = time.perf_counter()
-    codes = generate(prior.model, total, prior.grid, labels, cfg.sample.temperature, seed, cfg.sample.batch_size,
-                     cfg.sample.sampler, reporter.track, cfg.sample.guidance)
+    codes = generate_shared(rt, prior.model, total, prior.grid, labels, cfg, seed, reporter)
     sample_seconds = time.perf_counter() - t0
     images = decode_images(vq.model, codes)
     reporter.log(f"  {total} images in {time.perf_counter() - t0:.1f}s ({total * codes[0].numel() / sample_seconds:,.0f} codes/s)")
@@ -78,5 +95,38 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
             write_manifest(out, 4, {"prior": prior.weights, "vqvae": vq.weights}, cfg.model_dump(mode="json"),
                            {"sampling": sample_seconds, "total": time.perf_counter() - started}, fingerprint(cfg),
                            {"seed": seed, "count": total})
+    rt.barrier()
+    return cfg.run_dir() / "stage4"
+
+
+def _morph(cfg: Config, prior, vq, rt: Runtime, reporter: Reporter, started: float) -> Path:
+    """Strips whose soft label moves from class a to class b; every step of a strip uses the same noise."""
+    a, b = cfg.sample.morph
+    num_classes = prior.model.num_classes
+    if not num_classes:
+        raise UserError("--morph needs a class-conditional prior; this one is unconditional")
+    for c in (a, b):
+        if not 0 <= c < num_classes:
+            raise UserError(f"--morph class {c} is out of range: this prior knows classes 0..{num_classes - 1}")
+    seed = cfg.run.seed if cfg.sample.seed is None else cfg.sample.seed
+    n, steps = cfg.sample.n, cfg.sample.morph_steps
+    reporter.log(f"stage 4: {n} morphs from class {a} to {b} in {steps} steps (seed {seed})")
+    frames = []
+    for k in range(steps):
+        weights = torch.zeros(n, num_classes, dtype=torch.float64)
+        weights[:, a], weights[:, b] = 1 - k / (steps - 1), k / (steps - 1)
+        # first=0 for every step: the same maps' noise, only the label changes
+        frames.append(generate(prior.model, n, prior.grid, weights, cfg.sample.temperature, seed, guidance=cfg.sample.guidance))
+    codes = torch.stack(frames, 1)  # [n, steps, h, w]
+    images = decode_images(vq.model, codes.flatten(0, 1)).view(n, steps, *vq.image_shape)
+    if rt.is_main:
+        with writing_stage(cfg.run_dir(), 4) as out:
+            save_image(to_float(images.flatten(0, 1)), out / "morph.png", nrow=steps, padding=2, pad_value=0.5)
+            gif_frames = [make_grid(to_float(images[:, k]), nrow=min(n, GRID_COLUMNS), padding=2, pad_value=0.5) for k in range(steps)]
+            write_gif([Image.fromarray(f.mul(255).round().byte().permute(1, 2, 0).numpy()) for f in gif_frames], out / "morph.gif")
+            np.savez_compressed(out / "samples.npz", images=images.numpy(), codes=codes.numpy(),
+                                weights_of_b=np.linspace(0, 1, steps))
+            write_manifest(out, 4, {"prior": prior.weights, "vqvae": vq.weights}, cfg.model_dump(mode="json"),
+                           {"total": time.perf_counter() - started}, fingerprint(cfg), {"seed": seed, "morph": [a, b], "steps": steps})
     rt.barrier()
     return cfg.run_dir() / "stage4"

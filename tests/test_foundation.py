@@ -106,8 +106,9 @@ def test_seed_changes_the_images(tmp_path):
     images = {}
     for seed in (5, 6):
         assert invoke("run-stage", 4, *tiny_args(tmp_path), "--n", 4, "--seed", seed).exit_code == 0
-        images[seed] = np.load(tmp_path / "t" / "stage4" / "samples.npz")["images"]
-    assert (images[5] != images[6]).mean() > 0.05
+        npz = np.load(tmp_path / "t" / "stage4" / "samples.npz")
+        images[seed] = npz["codes"], npz["images"]
+    assert (images[5][0] != images[6][0]).mean() > 0.3 and (images[5][1] != images[6][1]).any()
 
 
 def _hold_lock(run_dir, start, results):

@@ -182,3 +182,24 @@ def test_bad_image_folder_is_one_clear_line(tmp_path, kind, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "t" / "stage1").exists()
+
+
+PRIOR_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "masked_linear_prior.py"
+
+
+def test_own_prior_trains_and_samples_through_the_stages(tmp_path):
+    target = f'prior.network={{target="{PRIOR_EXAMPLE}:MaskedLinearPrior", params={{height=7, width=7}}}}'
+    run_dir = run_all(tmp_path, "--set", target)
+    saved = json.loads((run_dir / "stage3" / "config.json").read_text())["prior"]
+    assert saved["target"].endswith("masked_linear_prior.py:MaskedLinearPrior")
+    assert saved["params"] == {"height": 7, "width": 7, "codebook_size": 16, "num_classes": 10}
+    npz = np.load(run_dir / "stage4" / "samples.npz")
+    assert npz["codes"].shape == (20, 7, 7) and npz["images"].shape == (20, 1, 28, 28)
+
+
+def test_a_prior_that_peeks_at_the_future_is_refused_before_training(tmp_path):
+    bad = tmp_path / "peek.py"
+    bad.write_text(PRIOR_EXAMPLE.read_text().replace("diagonal=-1", "diagonal=0"))
+    result = run("run", *tiny_args(tmp_path), "--set", f'prior.network={{target="{bad}:MaskedLinearPrior"}}')
+    assert result.exit_code == 2 and "is not causal" in result.output
+    assert not (tmp_path / "t" / "stage3").exists()

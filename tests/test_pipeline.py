@@ -71,10 +71,20 @@ def test_code_maps_are_small_ints_matching_the_manifest(tiny_run):
 def test_metrics_are_reported(tiny_run):
     s1 = json.loads((tiny_run / "stage1" / "metrics.json").read_text())["final"]
     s3 = json.loads((tiny_run / "stage3" / "metrics.json").read_text())["final"]
-    assert 0 < s1["test_recon_mse"] < 0.25 and 0 < s1["test_usage"] <= 1 and s1["test_perplexity"] >= 1
-    # a trained prior beats the uniform code distribution (log2 K = 4 bits for K = 16) ...
-    assert 0 < s3["test_bits_per_code"] < 4 and s3["test_bits_per_map"] == pytest.approx(49 * s3["test_bits_per_code"])
-    # ... and the reported figure is the saved prior's cross-entropy on the test codes, recomputed here
+    assert 0 < s1["test_usage"] <= 1 and 1 <= s1["test_perplexity"] <= 16
+    # the reported reconstruction error is the saved VQ-VAE's, recomputed here on the same 200 test images
+    import torch
+    from vqprior.config import DataSection
+    from vqprior.datasets import load_split
+    from vqprior.restore import load_vqvae
+
+    vq = load_vqvae(tiny_run, None, torch.device("cpu")).model
+    x = load_split(DataSection(test_limit=200), "test").images.float() / 255
+    with torch.no_grad():
+        mse = ((vq.reconstruct(x) - x) ** 2).mean().item()
+    assert s1["test_recon_mse"] == pytest.approx(mse, rel=1e-4)
+    assert s3["test_bits_per_map"] == pytest.approx(49 * s3["test_bits_per_code"])
+    # the reported figure is the saved prior's cross-entropy on the test codes, recomputed here
     import torch
     import torch.nn.functional as F
     from vqprior.restore import load_prior

@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -14,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional, TypeVar
 
+import numpy as np
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -48,7 +51,9 @@ class ConsoleReporter(Reporter):
 
 def _fail(message: str, code: int = 2) -> None:
     one_line = " ".join(message.split())
-    console.print(f"[bold red]error:[/] {escape(one_line)}", soft_wrap=True)
+    rank = int(os.environ.get("RANK", "0"))
+    where = f"[rank {rank}] " if rank else ""  # under torchrun: which process
+    console.print(f"[bold red]error:[/] {where}{escape(one_line)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -83,6 +88,8 @@ Mix = Annotated[Optional[str], typer.Option(help="Stage 4: draw between classes,
 Count = Annotated[Optional[int], typer.Option("--n", "-n", help="Stage 4: images per class.")]
 Temp = Annotated[Optional[float], typer.Option(help="Stage 4: sampling temperature (> 0).")]
 Guidance = Annotated[Optional[float], typer.Option(help="Stage 4: classifier-free guidance scale (1 = none).")]
+Morph = Annotated[Optional[str], typer.Option(help="Stage 4: strips that move from one class to another, e.g. --morph 4:9.")]
+Steps = Annotated[Optional[int], typer.Option(help="Stage 4: steps of a --morph strip.")]
 Seed = Annotated[Optional[int], typer.Option(help="Stage 4: sampling seed.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage (the default when a checkpoint exists); fails if there is none.")]
 Restart = Annotated[bool, typer.Option("--restart", help="Discard checkpoints and redo the stage(s) from scratch.")]
@@ -98,6 +105,7 @@ def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool) 
     reporter = ConsoleReporter() if rt.is_main else Reporter()
     run_dir = cfg.run_dir()
     with run_lock(run_dir) if rt.is_main else contextlib.nullcontext():
+        rt.barrier()  # under torchrun the other processes wait until rank 0 holds the run folder
         if incremental and resume == "require":
             if not list((run_dir / ".checkpoints").glob("stage*.pt")):
                 raise UserError(f"--resume: no interrupted stage to resume in {run_dir}; run without --resume")
@@ -145,11 +153,19 @@ def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temp
 def run_stage(stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE, 2 code maps, 3 prior, 4 samples.")],
               preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
               mix: Mix = None, n: Count = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
-              guidance: Guidance = None, resume: Resume = False, restart: Restart = False) -> None:
+              guidance: Guidance = None, morph: Morph = None, steps: Steps = None, resume: Resume = False, restart: Restart = False) -> None:
     """Run one stage; it reads the earlier stages' outputs from the run folder."""
     if stage != 4 and (label or mix or n is not None or temperature is not None or seed is not None or sampler is not None
-                       or guidance is not None):
-        _fail("--label/--mix/--n/--temperature/--seed/--sampler/--guidance apply to stage 4 only; use --set for other stages")
+                       or guidance is not None or morph is not None or steps is not None):
+        _fail("--label/--mix/--n/--temperature/--seed/--sampler/--guidance/--morph/--steps apply to stage 4 only; use --set for other stages")
+    if morph is not None:
+        try:
+            a, b = (int(c) for c in morph.split(":"))
+        except ValueError:
+            _fail(f"--morph {morph!r}: expected two classes, e.g. --morph 4:9")
+        set_ = [*set_, f"sample.morph=[{a}, {b}]"] + ([f"sample.morph_steps={steps}"] if steps is not None else [])
+    elif steps is not None:
+        _fail("--steps goes with --morph")
     if stage not in RESUMABLE and (resume or restart):
         _fail(f"--resume/--restart apply to the training stages 1 and 3; stage {stage} always runs from the start")
     _guarded([stage], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart, guidance=guidance)
@@ -272,6 +288,118 @@ def runs(out_dir: OutDir = "artifacts") -> None:
     for r in rows:
         table.add_row(*r)
     Console(highlight=False).print(table)
+
+
+Inputs = Annotated[Optional[list[str]], typer.Argument(help="Image files, folders or .npz files (key 'images').")]
+FromSplit = Annotated[Optional[str], typer.Option("--from", help="Use the run's own images instead: train or test.")]
+FromN = Annotated[int, typer.Option("--n", "-n", min=1, help="With --from: how many images.")]
+
+
+def _inputs(run, inputs, from_split, n):
+    from .inputs import read_inputs
+
+    return read_inputs(inputs or [], from_split, n, run.image_shape, run._vq.saved["data"])
+
+
+def _api_command(body) -> None:
+    try:
+        body()
+    except UserError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was written", 130)
+
+
+@app.command("complete")
+def complete(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts", from_split: FromSplit = None, n: FromN = 8,
+             keep_rows: Annotated[Optional[int], typer.Option(help="Code-map rows to keep from the top (default: half).")] = None,
+             samples: Annotated[int, typer.Option(min=1, max=64, help="Completions per image.")] = 4,
+             label: Annotated[Optional[int], typer.Option(help="Class to complete as (default: inferred from the kept rows).")] = None,
+             temperature: Temp = None, guidance: Guidance = None, seed: Annotated[int, typer.Option(min=0)] = 0) -> None:
+    """Keep the top rows of each image's code map and sample the rest: original | kept part | completions."""
+
+    def body():
+        from torchvision.utils import save_image
+
+        from .api import load
+        from .artifacts import writing_folder
+
+        run = load(_run_dir_of(name, out_dir))
+        images, _, names = _inputs(run, inputs, from_split, n)
+        done = run.complete(images, keep_rows, samples, label, temperature, guidance, seed)
+        h = run.image_shape[1]
+        kept_pixels = done.keep // run.grid[1] * (h // run.grid[0])
+        masked = done.originals.clone()
+        masked[:, :, kept_pixels:, :] = 128  # what the prior did not see, greyed out
+        rows = torch.cat([done.originals[:, None], masked[:, None], done.images], 1).flatten(0, 1)
+        with writing_folder(run.folder / "complete", "completions") as out:
+            save_image(rows.float() / 255, out / "completions.png", nrow=samples + 2, padding=2, pad_value=0.5)
+            extra = {} if done.posterior is None else {"posterior": done.posterior.numpy(), "labels": done.labels.numpy()}
+            np.savez_compressed(out / "completions.npz", originals=done.originals.numpy(), images=done.images.numpy(),
+                                codes=done.codes.numpy(), keep=done.keep, **extra)
+        for i, who in enumerate(names):
+            if done.posterior is not None:
+                top = done.posterior[i].topk(min(3, run.num_classes))
+                guess = ", ".join(f"{run.class_names[c]} {p:.0%}" for p, c in zip(top.values.tolist(), top.indices.tolist()))
+                console.print(f"{who}: class posterior from the kept rows: {guess}")
+        console.print(f"[green]completions[/] ({done.keep} of {run.grid[0] * run.grid[1]} codes kept) -> {run.folder / 'complete' / 'completions.png'}")
+
+    _api_command(body)
+
+
+@app.command("score")
+def score(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts", from_split: FromSplit = None, n: FromN = 1000) -> None:
+    """Per image: bits of its codes under the prior, best class, reconstruction error, image-level bound (CSV, JSON, histogram)."""
+
+    def body():
+        import csv
+
+        from .api import load
+        from .artifacts import save_json, writing_folder
+        from .report.plots import histogram
+
+        run = load(_run_dir_of(name, out_dir))
+        images, _, names = _inputs(run, inputs, from_split, n)
+        result = run.score(images)
+        with writing_folder(run.folder / "score", "scores") as out:
+            with open(out / "scores.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["input", "code_bits", "best_class", "recon_mse", "image_bits_bound"])
+                for i, who in enumerate(names):
+                    best = int(result["best_class"][i])
+                    writer.writerow([who, f"{result['code_bits'][i]:.3f}", run.class_names[best] if best >= 0 else "",
+                                     f"{result['recon_mse'][i]:.6f}", f"{result['image_bits_bound'][i]:.2f}"])
+            save_json(out / "scores.json", {"inputs": names, **{k: v.tolist() for k, v in result.items()}})
+            (out / "histogram.png").write_bytes(histogram(result["code_bits"].tolist(), "bits of each input's code map", "bits"))
+        bits = result["code_bits"]
+        console.print(f"{len(names)} inputs: code bits median {bits.median():.1f} (min {bits.min():.1f}, max {bits.max():.1f}); "
+                      f"higher = less like the training data -> {run.folder / 'score' / 'scores.csv'}")
+
+    _api_command(body)
+
+
+@app.command("classify")
+def classify(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts", from_split: FromSplit = None, n: FromN = 1000) -> None:
+    """Use the class-conditional prior as a generative classifier: argmax_c p(codes | c) p(c)."""
+
+    def body():
+        from .api import load
+
+        run = load(_run_dir_of(name, out_dir))
+        images, labels, names = _inputs(run, inputs, from_split, n)
+        if from_split:
+            from .config import DataSection
+            from .datasets import load_split
+
+            labels = load_split(DataSection.model_validate(run._vq.saved["data"]), from_split).labels[: len(images)]
+        pred, post = run.classify(images)
+        if labels is not None:
+            console.print(f"generative classifier: {(pred == labels).double().mean():.2%} of {len(labels)} {from_split} images correct")
+        else:
+            for who, c, p in zip(names, pred.tolist(), post.max(1).values.tolist()):
+                console.print(f"{who}: {run.class_names[c]} ({p:.0%})")
+
+    _api_command(body)
 
 
 def main() -> None:

@@ -101,8 +101,9 @@ class VQVAESection(Section):
     code_dim: int = Field(32, ge=1, le=4096)
     encoder: Component = Field(default_factory=_default_encoder)
     decoder: Component = Field(default_factory=_default_decoder)
-    # reconstruction likelihood: "mse" (Gaussian) or "bce" (Bernoulli on pixel intensities: sharper MNIST strokes)
-    likelihood: Literal["mse", "bce"] = "mse"
+    # reconstruction likelihood: "bce" (Bernoulli on pixel intensities) gives sharp strokes: reconstruction FD/floor
+    # 0.60 against 6.3 for "mse" (Gaussian) at K=128, 3 epochs (README numbers)
+    likelihood: Literal["mse", "bce"] = "bce"
     # beta: pulls encoder outputs towards their codes (the codebook itself moves by EMA, not by gradient)
     commitment: float = Field(0.25, ge=0)
     # EMA decay of code statistics; lower adapts faster, higher is smoother
@@ -116,8 +117,9 @@ class VQVAESection(Section):
 
 
 def _default_prior() -> Component:
-    # 8 gated layers of 48 channels, 3-wide kernels: 48 channels for 5 epochs beat 64 for 3 in the same CPU time
-    return Component(target="vqprior.models.priors.gated_pixelcnn:GatedPixelCNN", params={"channels": 48, "layers": 8, "kernel": 3})
+    # 8 gated layers of 64 channels, 3-wide kernels: for 8 epochs, sample FD/floor 1.97 where 48 channels x 5 epochs
+    # gave 2.81 (validation slice, guidance 1.5); it fits the 10-minute budget on 2 cores (README numbers)
+    return Component(target="vqprior.models.priors.gated_pixelcnn:GatedPixelCNN", params={"channels": 64, "layers": 8, "kernel": 3})
 
 
 class PriorSection(Section):
@@ -130,7 +132,8 @@ class PriorSection(Section):
     ema_decay: float = Field(0.998, ge=0, lt=1)
     # share of training maps shown without their class (null condition), so sampling can use classifier-free guidance
     label_dropout: float = Field(0.1, ge=0, lt=1)
-    epochs: int = Field(5, ge=1)
+    # lower NLL kept lowering sample FD up to 8 epochs (48ch: 5 epochs 176.9 bits/map, 64ch: 6 170.7, 8 168.8)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
 
@@ -142,12 +145,16 @@ class SampleSection(Section):
     labels: list[int] = Field(default_factory=list)
     # soft label: class weights summing to 1, e.g. {"3" = 0.5, "8" = 0.5} draws digits between a 3 and an 8
     mix: dict[int, float] = Field(default_factory=dict)
-    # softmax temperature: < 1 sharper and safer, > 1 more varied
+    # softmax temperature: < 1 sharper and safer, > 1 more varied; 0.95 raised FD/floor from 1.97 to 2.32 (guidance 1.5)
     temperature: float = Field(1.0, gt=0, allow_inf_nan=False)
-    # classifier-free guidance scale: logits = uncond + s * (cond - uncond); 1 = plain conditional sampling
-    guidance: float = Field(1.0, ge=0, allow_inf_nan=False)
+    # classifier-free guidance scale: logits = uncond + s * (cond - uncond); 1 = plain conditional sampling.
+    # 1.5 measured best: FD/floor 11.7 at 1, 2.8 at 1.5, 5.0 at 2 (48ch prior); accuracy 89% -> 98% -> 99.6%
+    guidance: float = Field(1.5, ge=0, allow_inf_nan=False)
     # seed for sampling; None = run.seed. Same seed, same images.
     seed: int | None = None
+    # class morph: [a, b] draws n strips whose soft label moves from a to b in morph_steps steps, one noise per strip
+    morph: list[int] = Field(default_factory=list, max_length=2)
+    morph_steps: int = Field(9, ge=2, le=100)
     # cached: incremental, computes only what each new code changes; naive: full pass per code (reference)
     sampler: Literal["cached", "naive"] = "cached"
     # how many maps are generated at once (memory vs. speed); rounded up to a multiple of 50, the noise block,
@@ -157,6 +164,8 @@ class SampleSection(Section):
 
     @model_validator(mode="after")
     def _mix_is_distribution(self) -> "SampleSection":
+        if self.morph and (len(self.morph) != 2 or self.labels or self.mix):
+            raise ValueError("morph takes two classes, e.g. --morph 4:9, and no labels or mix")
         if self.mix:
             if self.labels:
                 raise ValueError("give either labels or mix, not both")

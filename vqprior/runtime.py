@@ -56,6 +56,26 @@ class Runtime:
         """Every stage starts from the run's seed, so a stage gives the same result alone or inside `vqprior run`."""
         seed_everything(self.seed)
 
+    def share(self, value):
+        """Rank 0's value on every process (any picklable object); the value itself with one process."""
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value) -> list:
+        """Every process's value, in rank order (one process: [value])."""
+        if not self.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist

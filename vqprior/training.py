@@ -86,7 +86,9 @@ class Trainer:
         trainer = Trainer(...)
         history = trainer.fit(step, on_epoch_end=[evaluate, log])
 
-    `step(idx)` computes the loss of one batch of item indices and returns {"loss": loss, ...}: every value is
+    `step(idx)` gets the global batch of item indices (the same whatever the number of processes), takes this
+    process's part with `trainer.shard`, computes its loss through `trainer.module` (the model, wrapped in
+    DistributedDataParallel under torchrun) and returns {"loss": loss, ...}: every value is
     summed over the epoch on the device (detached, no host sync per step); `loss` is also back-propagated.
     After each epoch, `row` = {"epoch", "train_<name>": mean per batch} goes through the epoch callbacks,
     which add to it (evaluation, pictures, logging); the epoch's raw sums are in `trainer.sums`.
@@ -102,6 +104,15 @@ class Trainer:
         self.n_items, self.batch_size, self.n_epochs = n_items, batch_size, epochs
         self.checkpoint_every, self.reporter, self.lr_key = checkpoint_every, reporter, lr_key
         self.steps_per_epoch = -(-n_items // batch_size)
+        if batch_size % runtime.world_size:
+            raise UserError(f"the batch size {batch_size} does not divide among {runtime.world_size} processes; "
+                            f"choose a multiple of {runtime.world_size} ({lr_key.split('.')[0]}.batch_size)")
+        # under torchrun: gradients are averaged across processes; the model's own methods stay reachable as self.model
+        self.module = model
+        if runtime.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.module = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
         self.scheduler = cosine_schedule(optimizer, epochs * self.steps_per_epoch, min(warmup_steps, self.steps_per_epoch))
         self.stateful = {"model": model, "optimizer": optimizer, "scheduler": self.scheduler, **(extra_state or {})}
         self.path = Path(run_dir) / ".checkpoints" / f"stage{stage}.pt"
@@ -162,7 +173,12 @@ class Trainer:
             raise UserError(f"cannot write checkpoint {self.path}: {e.strerror}; free disk space or choose another run.out_dir") from None
 
     def _stop_if_requested(self) -> None:
-        if self._stop is not None and self._stop.requested:
+        requested = self._stop is not None and self._stop.requested
+        if self.runtime.distributed:  # a signal to any process stops them all, at the same step
+            flag = torch.tensor([float(requested)], device=self.runtime.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = bool(flag.item())
+        if requested:
             self.save()
             raise Interrupted(f"stage {self.stage} stopped at epoch {self.epoch} step {self.step}; checkpoint saved, "
                               f"run the same command again to resume (or with --restart to start over)")
@@ -175,8 +191,10 @@ class Trainer:
             while self.epoch <= self.n_epochs:
                 t0 = time.perf_counter()
                 self._run_epoch(step, after_step)
+                self._reduce_sums()
                 self._check_finite()
-                row = {"epoch": self.epoch, **{f"train_{k}": v.item() / max(1, self.n_batches) for k, v in self.sums.items() if v.dim() == 0},
+                per_batch = max(1, self.n_batches * self.runtime.world_size)
+                row = {"epoch": self.epoch, **{f"train_{k}": v.item() / per_batch for k, v in self.sums.items() if v.dim() == 0},
                        "train_seconds": time.perf_counter() - t0}
                 for callback in on_epoch_end:
                     callback(self.epoch, row)
@@ -186,7 +204,32 @@ class Trainer:
                 self.step, self.sums, self.n_batches = 0, {}, 0
                 self._epoch_order_state = self.order.get_state()  # where the next epoch's shuffle starts
                 self._stop_if_requested()  # a request that came during evaluation is not dropped
+        self._check_replicas_agree()
         return self.history
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This process's contiguous part of a global batch (all of it with one process)."""
+        if not self.runtime.distributed:
+            return batch
+        return batch.tensor_split(self.runtime.world_size)[self.runtime.rank]
+
+    def _reduce_sums(self) -> None:
+        """Each process summed its own shard; the epoch's metrics are over all of them."""
+        if self.runtime.distributed:
+            for v in self.sums.values():
+                torch.distributed.all_reduce(v)
+
+    def _check_replicas_agree(self) -> None:
+        """Under torchrun every process must end with the same weights; checked, not assumed."""
+        if not self.runtime.distributed:
+            return
+        flat = torch.cat([t.detach().flatten().double() for t in self.model.state_dict().values() if t.is_floating_point()])
+        reference = flat.clone()
+        torch.distributed.broadcast(reference, src=0)
+        differs = torch.tensor([float(not torch.equal(flat, reference))], device=flat.device)
+        torch.distributed.all_reduce(differs, op=torch.distributed.ReduceOp.MAX)
+        if differs.item():
+            raise RuntimeError(f"stage {self.stage}: the processes ended with different weights")
 
     def _run_epoch(self, step: Callable[[torch.Tensor], dict[str, torch.Tensor]], after_step) -> None:
         if self.step == 0:

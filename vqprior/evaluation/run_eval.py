@@ -42,19 +42,26 @@ def class_counts(n: int, num_classes: int) -> list[int]:
     return [n // num_classes + (c < n % num_classes) for c in range(num_classes)]
 
 
+def pixel_bits(images: torch.Tensor, means: torch.Tensor, sigma: float) -> torch.Tensor:
+    """-log2 p(images | means) per image: each pixel's 256 levels under a Gaussian of std `sigma` around
+    the mean (in [0, 1]; uint8 means are read as v/255), discretised to the level's bin, the end bins open."""
+    v = images.double()
+    mean = means.double() / 255 if means.dtype == torch.uint8 else means.double().clamp(0, 1)
+    normal = torch.distributions.Normal(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64))
+    upper = torch.where(v >= 255, torch.full_like(v, math.inf), (v + 0.5) / 255)
+    lower = torch.where(v <= 0, torch.full_like(v, -math.inf), (v - 0.5) / 255)
+    p = normal.cdf((upper - mean.to(v.device)) / sigma) - normal.cdf((lower - mean.to(v.device)) / sigma)
+    return -p.clamp_min(1e-12).log2().flatten(1).sum(1).cpu()
+
+
 @torch.no_grad()
 def decoder_bits_per_image(vq, images: torch.Tensor, sigma: float, device: torch.device) -> torch.Tensor:
-    """-log2 p(x | z) per image under a 256-level discretised Gaussian around the decoder output."""
+    """-log2 p(x | z(x)) per image under the discretised Gaussian around the decoder's output."""
     out = []
-    normal = torch.distributions.Normal(0.0, 1.0)
     for i in range(0, len(images), 1000):
         x = images[i : i + 1000]
-        mean = vq.model.decode(vq.model.encode(to_float(x).to(device))).double().clamp(0, 1)
-        v = x.to(device).double()
-        upper = torch.where(v >= 255, torch.full_like(v, math.inf), (v + 0.5) / 255)
-        lower = torch.where(v <= 0, torch.full_like(v, -math.inf), (v - 0.5) / 255)
-        p = normal.cdf((upper - mean) / sigma) - normal.cdf((lower - mean) / sigma)
-        out.append(-p.clamp_min(1e-12).log2().flatten(1).sum(1).cpu())
+        mean = vq.model.decode(vq.model.encode(to_float(x).to(device)))
+        out.append(pixel_bits(x.to(device), mean, sigma))
     return torch.cat(out)
 
 

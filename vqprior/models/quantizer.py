@@ -15,9 +15,19 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _broadcast(t: torch.Tensor) -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.broadcast(t, src=0)
+def _pick_rows(flat: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` random rows of the whole batch: with one process, rows of `flat`; under torchrun, rows of all
+    processes' batches together, drawn alike on every process, so the result does not depend on the world size."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flat[torch.randint(0, flat.shape[0], (count,), device=flat.device)]
+    sizes = [torch.zeros(1, dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([flat.shape[0]], device=flat.device))
+    sizes = torch.cat(sizes)
+    offset = sizes[: dist.get_rank()].sum()
+    picks = torch.randint(0, int(sizes.sum()), (count,), device=flat.device) - offset
+    mine = (picks >= 0) & (picks < flat.shape[0])
+    rows = torch.where(mine[:, None], flat[picks.clamp(0, flat.shape[0] - 1)], torch.zeros((), dtype=flat.dtype, device=flat.device))
+    return _all_reduce_sum(rows)
 
 
 class VectorQuantizer(nn.Module):
@@ -76,9 +86,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, flat: torch.Tensor) -> None:
-        pick = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
-        self.codebook.copy_(flat[pick])
-        _broadcast(self.codebook)
+        self.codebook.copy_(_pick_rows(flat, self.codebook_size))
         self.ema_sum.copy_(self.codebook)
         self.ema_count.fill_(1.0)
         self.initialized.fill_(True)
@@ -100,13 +108,10 @@ class VectorQuantizer(nn.Module):
         """Codes whose EMA count fell below the threshold become random encoder outputs of this batch.
         Written with torch.where over all K codes, so no step waits for the device to say how many died."""
         dead = (self.ema_count < self.dead_code_threshold).unsqueeze(1)
-        pick = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
-        new = flat[pick].to(self.codebook.dtype)
+        new = _pick_rows(flat, self.codebook_size).to(self.codebook.dtype)
         self.codebook.copy_(torch.where(dead, new, self.codebook))
         self.ema_sum.copy_(torch.where(dead, new, self.ema_sum))
         self.ema_count.copy_(torch.where(dead.squeeze(1), torch.ones_like(self.ema_count), self.ema_count))
-        for t in (self.codebook, self.ema_sum, self.ema_count):
-            _broadcast(t)
 
 
 def code_usage(counts: torch.Tensor) -> dict[str, float]:

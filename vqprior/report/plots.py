@@ -53,3 +53,13 @@ def code_usage_histogram(counts, title: str) -> bytes:
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     return _png(fig)
+
+
+def histogram(values: list[float], title: str, xlabel: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.hist(values, bins=min(50, max(5, len(values) // 5)))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("inputs")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return _png(fig)

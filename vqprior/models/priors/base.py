@@ -155,15 +155,17 @@ def sample(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor
 
 
 def generate(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor | None = None, temperature: float = 1.0,
-             seed: int = 0, batch_size: int = 1000, method: str = "cached", track=None, guidance: float = 1.0) -> torch.Tensor:
-    """`count` code maps [count, H, W] on the CPU, in batches; map n always gets the same noise (seed, n),
-    whatever the batch size. `track(iterable, total, description)` may wrap the batches (a progress bar)."""
+             seed: int = 0, batch_size: int = 1000, method: str = "cached", track=None, guidance: float = 1.0,
+             first: int = 0) -> torch.Tensor:
+    """Maps first..first+count-1 of the job with this seed [count, H, W], on the CPU, in batches; map n always
+    gets the same noise (seed, n), whatever the batch size. `track(iterable, total, description)` may wrap the
+    batches (a progress bar)."""
     batch = -(-batch_size // SEED_BLOCK) * SEED_BLOCK
-    starts = range(0, count, batch)
+    starts = range(first, first + count, batch)
     chunks = []
     for start in (track(starts, len(starts), "sampling") if track else starts):
-        stop = min(count, start + batch)
-        chunk_labels = None if labels is None else labels[start:stop]
+        stop = min(first + count, start + batch)
+        chunk_labels = None if labels is None else labels[start - first : stop - first]
         chunks.append(sample(prior, stop - start, grid, chunk_labels, temperature, seed, method, first=start, guidance=guidance).cpu())
     return torch.cat(chunks)
 

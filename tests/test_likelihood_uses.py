@@ -1,0 +1,186 @@
+"""What a likelihood model does beyond sampling: the Python API, completion, Bayes classification, scoring, morphs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from typer.testing import CliRunner
+
+import vqprior
+from conftest import tiny_args
+from vqprior.api import class_posterior
+from vqprior.cli import app
+from vqprior.errors import UserError
+from vqprior.models.priors.base import sample
+from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    result.flat = " ".join(result.output.split())
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run whose prior has seen enough data to tell digits from noise."""
+    out = tmp_path_factory.mktemp("api")
+    args = [*tiny_args(out), "--set", "data.train_limit=6000", "--set", "vqvae.epochs=2", "--set", "vqvae.codebook_size=32",
+            "--set", "vqvae.encoder.params={hidden=32, res_blocks=1}", "--set", "vqvae.decoder.params={hidden=32, res_blocks=1}",
+            "--set", "prior.network.params={channels=32, layers=4, kernel=3}", "--set", "prior.epochs=3", "--n", 2]
+    result = invoke("run", *args)
+    assert result.exit_code == 0, result.output
+    return out / "t"
+
+
+def test_python_api_in_five_lines(trained):
+    run = vqprior.load(trained, device="cpu")
+    out = run.generate(labels=[3, 3, 7], seed=0)
+    assert out.images.shape == (3, 1, 28, 28) and out.images.dtype == torch.uint8 and out.codes.shape == (3, 7, 7)
+    codes = run.encode(out.images)
+    assert codes.shape == (3, 7, 7) and run.decode(codes).shape == (3, 1, 28, 28)
+    assert torch.equal(run.decode(out.codes), out.images)  # generate = sample codes, then decode them
+    assert torch.equal(run.generate(labels=[3, 3, 7], seed=0).images, out.images)
+    soft = run.generate(labels=torch.tensor([[0.5] + [0.0] * 8 + [0.5]], dtype=torch.float64), seed=0)
+    assert soft.images.shape == (1, 1, 28, 28)
+
+
+def test_api_bad_inputs_are_clear(trained):
+    run = vqprior.load(trained, device="cpu")
+    with pytest.raises(UserError, match="images must be"):
+        run.encode(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    with pytest.raises(UserError, match="class-conditional"):
+        run.generate(n=4)
+    with pytest.raises(UserError, match="out of range"):
+        run.complete(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), keep_rows=9)
+
+
+def test_completion_keeps_the_kept_codes_and_finds_the_class(trained):
+    run = vqprior.load(trained, device="cpu")
+    from vqprior.config import DataSection
+    from vqprior.datasets import load_split
+
+    test = load_split(DataSection(test_limit=2000), "test")
+    sevens = test.images[test.labels == 7][:20]
+    done = run.complete(sevens, keep_rows=4, samples=3, seed=1)
+    assert done.keep == 28 and done.codes.shape == (20, 3, 7, 7) and done.images.shape == (20, 3, 1, 28, 28)
+    kept = run.encode(sevens).view(20, 1, -1)[:, :, :28]
+    assert torch.equal(done.codes.view(20, 3, -1)[:, :, :28], kept.expand(20, 3, 28))
+    assert torch.allclose(done.posterior.sum(1), torch.ones(20, dtype=torch.float64))
+    assert (done.posterior.argmax(1) == 7).float().mean() >= 0.6  # the top half of a 7 mostly says 7
+    assert done.labels.shape == (20, 3)
+
+
+def test_prefix_completion_through_the_api_is_the_naive_sampler(trained):
+    run = vqprior.load(trained, device="cpu")
+    prefix = run.encode(torch.zeros(4, 1, 28, 28, dtype=torch.uint8))
+    labels = torch.tensor([1, 2, 3, 4])
+    naive = sample(run.prior, 4, run.grid, labels, 1.0, 5, "naive", prefix=prefix, keep=17, guidance=1.5)
+    cached = sample(run.prior, 4, run.grid, labels, 1.0, 5, "cached", prefix=prefix, keep=17, guidance=1.5)
+    assert torch.equal(naive, cached)
+
+
+def test_bayes_posterior_on_separable_synthetic_codes():
+    # class c -> maps whose codes are mostly c: a few steps of training make the classes trivially separable
+    torch.manual_seed(0)
+    k, classes = 6, 4
+    labels = torch.arange(400) % classes
+    codes = labels[:, None, None].expand(400, 5, 5).clone()
+    noise = torch.rand(400, 5, 5) < 0.1
+    codes[noise] = torch.randint(0, k, (int(noise.sum()),))
+    model = GatedPixelCNN(k, channels=16, layers=3, num_classes=classes)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(60):
+        loss = F.cross_entropy(model(codes, labels), codes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    post = class_posterior(model, codes[:40], torch.full((classes,), -np.log(classes)), positions=10)
+    assert torch.allclose(post.sum(1), torch.ones(40, dtype=torch.float64))
+    assert (post.argmax(1) == labels[:40]).all()
+    # a skewed class prior moves the posterior of an ambiguous (empty) prefix to the frequent class
+    skew = torch.log(torch.tensor([0.01, 0.01, 0.97, 0.01]))
+    assert (class_posterior(model, codes[:5], skew, positions=0).argmax(1) == 2).all()
+
+
+def test_score_says_noise_is_less_likely_than_digits(trained):
+    run = vqprior.load(trained, device="cpu")
+    from vqprior.config import DataSection
+    from vqprior.datasets import load_split
+
+    digits = load_split(DataSection(test_limit=100), "test").images
+    noise = torch.randint(0, 256, (100, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    d, z = run.score(digits), run.score(noise)
+    assert d["code_bits"].median() < z["code_bits"].median()
+    assert d["image_bits_bound"].median() < z["image_bits_bound"].median()
+    assert d["recon_mse"].median() < z["recon_mse"].median()
+
+
+def test_generative_classifier_beats_chance(trained):
+    run = vqprior.load(trained, device="cpu")
+    from vqprior.config import DataSection
+    from vqprior.datasets import load_split
+
+    test = load_split(DataSection(test_limit=300), "test")
+    pred, post = run.classify(test.images)
+    assert (pred == test.labels).double().mean() > 0.3 and post.shape == (300, 10)  # chance is 0.1
+
+
+def test_complete_score_classify_commands(trained, tmp_path):
+    where = ["--name", "t", "--out-dir", trained.parent]
+    result = invoke("complete", *where, "--from", "test", "--n", 3, "--samples", 2)
+    assert result.exit_code == 0 and "class posterior" in result.flat, result.output
+    with Image.open(trained / "complete" / "completions.png") as grid:
+        assert grid.size == (4 * 30 + 2, 3 * 30 + 2)  # original | kept | 2 completions, one row per image
+    png = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(png)
+    npz = tmp_path / "some.npz"
+    np.savez(npz, images=np.zeros((2, 1, 28, 28), np.uint8))
+    result = invoke("score", png, npz, *where)
+    assert result.exit_code == 0, result.output
+    rows = (trained / "score" / "scores.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("input,code_bits")
+    assert (trained / "score" / "histogram.png").is_file() and len(json.loads((trained / "score" / "scores.json").read_text())["code_bits"]) == 3
+    result = invoke("classify", *where, "--from", "test", "--n", 50)
+    assert result.exit_code == 0 and "generative classifier" in result.flat
+
+
+@pytest.mark.parametrize("args,message", [
+    (["complete", "--from", "test", "--keep-rows", "8"], "out of range"),
+    (["score", "{tmp}/wrong.png"], "this run's images are 28x28"),
+    (["score", "{tmp}/broken.png"], "cannot read"),
+    (["score"], "no input"),
+    (["complete", "--from", "test", "--label", "12"], "out of range"),
+])
+def test_bad_inputs_to_the_likelihood_commands(trained, tmp_path, args, message):
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "wrong.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    before = sorted(p.name for p in trained.iterdir())
+    result = invoke(*args, "--name", "t", "--out-dir", trained.parent)
+    assert result.exit_code == 2 and message in result.flat and "Traceback" not in result.output, result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+    assert sorted(p.name for p in trained.iterdir()) == before
+
+
+def test_morph_strip_and_gif(trained):
+    args = [*tiny_args(trained.parent)]
+    result = invoke("run-stage", 4, *args, "--morph", "4:9", "--steps", 5, "--n", 3)
+    assert result.exit_code == 0, result.output
+    with Image.open(trained / "stage4" / "morph.gif") as gif:
+        assert gif.n_frames <= 5
+    with Image.open(trained / "stage4" / "morph.png") as strip:
+        assert strip.size == (5 * 30 + 2, 3 * 30 + 2)
+    npz = np.load(trained / "stage4" / "samples.npz")
+    assert npz["codes"].shape == (3, 5, 7, 7) and not np.array_equal(npz["codes"][:, 0], npz["codes"][:, -1])
+    # the ends of a morph are the plain class-conditional samples of the same noise
+    run = vqprior.load(trained, device="cpu")
+    ends = sample(run.prior, 3, run.grid, torch.tensor([4, 4, 4]), run.temperature, 0, guidance=run.guidance)
+    assert torch.equal(torch.from_numpy(npz["codes"][:, 0]), ends)

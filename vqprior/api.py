@@ -1,0 +1,228 @@
+"""The Python API over a finished run: generate, encode, decode, complete, score, classify.
+
+    import vqprior
+    run = vqprior.load("artifacts/mnist")
+    out = run.generate(labels=[3, 3, 7], seed=0)      # out.images: uint8 [3, 1, 28, 28], out.codes: [3, 7, 7]
+    codes = run.encode(out.images)
+    scores = run.score(out.images)                   # bits per image, best class, reconstruction error
+
+Images go in and come out as uint8 tensors [N, C, H, W] (numpy arrays and floats in [0, 1] are accepted).
+The CLI commands eval, complete, score and classify are thin wrappers over this.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .artifacts import load_json, read_stage
+from .errors import UserError
+from .models.priors.base import generate as generate_codes
+from .models.priors.base import sample
+from .models.vqvae import decode_images, encode_images
+from .restore import load_prior, load_vqvae
+from .runtime import resolve_device
+
+LN2 = math.log(2)
+
+
+@dataclass
+class Generated:
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    codes: torch.Tensor  # long [N, h, w]
+
+
+@dataclass
+class Completion:
+    originals: torch.Tensor  # uint8 [N, C, H, W]
+    codes: torch.Tensor  # long [N, k, h, w]: k completions of each image's code map
+    images: torch.Tensor  # uint8 [N, k, C, H, W]
+    keep: int  # raster positions of the code map that were kept
+    posterior: torch.Tensor | None  # [N, classes]: p(class | kept codes), when the class was inferred
+    labels: torch.Tensor | None  # long [N, k]: the class each completion was drawn for
+
+
+class Run:
+    """A finished run folder's VQ-VAE and prior, ready to use."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto"):
+        self.folder = Path(run_dir)
+        if not (self.folder / "stage3").is_dir():
+            raise UserError(f"{self.folder} has no trained prior (stage 3); run `vqprior run` first or point at a run folder")
+        self.device = resolve_device(device)
+        self._vq = load_vqvae(self.folder, None, self.device)
+        self._prior = load_prior(self.folder, None, self.device)
+        self.vqvae, self.prior = self._vq.model, self._prior.model
+        self.grid, self.image_shape = self._prior.grid, self._vq.image_shape
+        self.class_names = self._prior.class_names
+        self.num_classes = self.prior.num_classes
+        sample_cfg = load_json(self._prior.folder / "config.json").get("config", {}).get("sample", {})
+        self.temperature = float(sample_cfg.get("temperature", 1.0))
+        self.guidance = float(sample_cfg.get("guidance", 1.0))
+        self.log_class_prior = self._class_prior()
+
+    def _class_prior(self) -> torch.Tensor | None:
+        """log p(class) from the training labels' frequencies."""
+        if not self.num_classes:
+            return None
+        folder, _ = read_stage(self.folder, 2)
+        counts = np.bincount(np.load(folder / "train_labels.npy"), minlength=self.num_classes).astype(np.float64)
+        return torch.from_numpy(np.log(np.maximum(counts, 1) / counts.sum())).to(self.device)
+
+    # ------------------------------------------------------------------ images <-> codes
+    def as_images(self, images) -> torch.Tensor:
+        """uint8 [N, C, H, W] from a tensor or array (uint8, or floats in [0, 1]); checks the run's image shape."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.dim() == 3 and self.image_shape[0] == 1:
+            x = x.unsqueeze(1)
+        if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.image_shape):
+            raise UserError(f"images must be [N, {', '.join(map(str, self.image_shape))}] for this run, got {list(x.shape)}")
+        if x.dtype != torch.uint8:
+            x = x.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+        return x
+
+    def encode(self, images) -> torch.Tensor:
+        """Images -> code maps [N, h, w]."""
+        return encode_images(self.vqvae, self.as_images(images))
+
+    def decode(self, codes) -> torch.Tensor:
+        """Code maps [N, h, w] -> uint8 images [N, C, H, W]."""
+        return decode_images(self.vqvae, torch.as_tensor(codes).long())
+
+    # ------------------------------------------------------------------ sampling
+    def _labels(self, labels, n: int | None) -> tuple[torch.Tensor | None, int]:
+        if not self.num_classes:
+            if labels is not None:
+                raise UserError("this run's prior is unconditional; pass n=..., not labels")
+            if n is None:
+                raise UserError("pass n=... (how many images) for an unconditional prior")
+            return None, n
+        if labels is None:
+            raise UserError(f"this run's prior is class-conditional: pass labels (classes 0..{self.num_classes - 1}, or soft weights)")
+        t = torch.as_tensor(labels)
+        t = t.double() if t.is_floating_point() else t.long()
+        if not t.is_floating_point() and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
+            raise UserError(f"labels must be classes 0..{self.num_classes - 1}, got {t.tolist()}")
+        return t, len(t)
+
+    def generate(self, labels=None, n: int | None = None, temperature: float | None = None, guidance: float | None = None,
+                 seed: int = 0) -> Generated:
+        """One image per label (int classes, or soft class weights [N, classes]); or n images from an unconditional prior."""
+        labels, count = self._labels(labels, n)
+        codes = generate_codes(self.prior, count, self.grid, labels, self.temperature if temperature is None else temperature,
+                               seed, guidance=self.guidance if guidance is None else guidance)
+        return Generated(self.decode(codes), codes)
+
+    # ------------------------------------------------------------------ likelihoods
+    def class_log_likelihoods(self, codes: torch.Tensor, positions: int | None = None) -> torch.Tensor:
+        """log p(first `positions` codes | class) in nats for every class: [N, classes] ([N, 1] if unconditional)."""
+        return class_log_likelihoods(self.prior, codes, positions)
+
+    def posterior(self, codes: torch.Tensor, positions: int | None = None) -> torch.Tensor:
+        """p(class | codes) by Bayes' rule over the prior's own likelihood and the training class frequencies."""
+        if not self.num_classes:
+            raise UserError("this run's prior is unconditional: it has no classes to infer")
+        return class_posterior(self.prior, codes, self.log_class_prior.cpu(), positions)
+
+    @torch.no_grad()
+    def score(self, images) -> dict[str, torch.Tensor]:
+        """Per image: bits of its code map (marginal over classes for a conditional prior), the best class,
+        reconstruction MSE, and an upper bound on the image's bits (codes + pixels under a discretised Gaussian)."""
+        x = self.as_images(images)
+        codes = self.encode(x)
+        ll = self.class_log_likelihoods(codes)
+        if self.num_classes:
+            joint = ll + self.log_class_prior.cpu()
+            code_nats, best = -torch.logsumexp(joint, 1), joint.argmax(1)
+        else:
+            code_nats, best = -ll[:, 0], torch.full((len(x),), -1)
+        recon = self.decode(codes)
+        mse = (recon.double() - x.double()).div(255).pow(2).flatten(1).mean(1)
+        from .evaluation.run_eval import pixel_bits
+
+        pixel = pixel_bits(x, recon, self.decoder_sigma())
+        return {"code_bits": code_nats / LN2, "best_class": best, "recon_mse": mse, "pixel_bits": pixel,
+                "image_bits_bound": code_nats / LN2 + pixel}
+
+    def decoder_sigma(self) -> float:
+        """The pixel noise σ that `vqprior eval` chose on the validation slice (0.1 when the run was not evaluated)."""
+        ev = self.folder / "eval" / "eval.json"
+        return float(load_json(ev)["prior"]["decoder_sigma"]) if ev.is_file() else 0.1
+
+    def classify(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior as a generative classifier: argmax_c p(codes | c) p(c). Returns (classes [N], posterior [N, C])."""
+        post = self.posterior(self.encode(images))
+        return post.argmax(1), post
+
+    # ------------------------------------------------------------------ completion
+    def complete(self, images, keep_rows: int | None = None, samples: int = 4, label: int | None = None,
+                 temperature: float | None = None, guidance: float | None = None, seed: int = 0) -> Completion:
+        """Keep the top `keep_rows` rows of each image's code map (default: the top half) and sample the rest
+        `samples` times. A conditional prior without `label` infers the class from the kept rows (Bayes)
+        and draws each completion's class from that posterior."""
+        x = self.as_images(images)
+        height, width = self.grid
+        keep_rows = height // 2 if keep_rows is None else keep_rows
+        if not 0 <= keep_rows <= height:
+            raise UserError(f"--keep-rows {keep_rows} is out of range: the code maps have {height} rows (0..{height})")
+        keep = keep_rows * width
+        codes = self.encode(x)
+        n = len(codes)
+        posterior, labels = None, None
+        gen = torch.Generator().manual_seed(seed)
+        if self.num_classes:
+            if label is None:
+                posterior = self.posterior(codes, keep)
+                labels = torch.multinomial(posterior, samples, replacement=True, generator=gen)
+            else:
+                if not 0 <= label < self.num_classes:
+                    raise UserError(f"--label {label} is out of range: this prior knows classes 0..{self.num_classes - 1}")
+                labels = torch.full((n, samples), label, dtype=torch.long)
+        elif label is not None:
+            raise UserError("this run's prior is unconditional; drop --label")
+        prefix = codes.repeat_interleave(samples, 0)
+        flat_labels = None if labels is None else labels.reshape(-1)
+        t = self.temperature if temperature is None else temperature
+        g = self.guidance if guidance is None else guidance
+        out = torch.cat([sample(self.prior, len(prefix[i : i + 1000]), self.grid,
+                                None if flat_labels is None else flat_labels[i : i + 1000], t, seed, first=i,
+                                prefix=prefix[i : i + 1000], keep=keep, guidance=g).cpu()
+                         for i in range(0, len(prefix), 1000)])
+        images_out = self.decode(out).view(n, samples, *self.image_shape)
+        return Completion(x, out.view(n, samples, height, width), images_out, keep, posterior, labels)
+
+
+@torch.no_grad()
+def class_log_likelihoods(prior, codes: torch.Tensor, positions: int | None = None) -> torch.Tensor:
+    """log p(the first `positions` raster codes | class) in nats, for every class: [N, classes] ([N, 1] when
+    unconditional). One teacher-forced pass per class; causality makes later codes irrelevant."""
+    device = next(prior.parameters()).device
+    codes = torch.as_tensor(codes).long().to(device)
+    positions = codes.shape[1] * codes.shape[2] if positions is None else positions
+    classes = range(prior.num_classes) if prior.num_classes else [None]
+    out = torch.empty(len(codes), len(classes), dtype=torch.float64)
+    was_training = prior.training
+    prior.eval()
+    for i in range(0, len(codes), 500):
+        chunk = codes[i : i + 500]
+        for c_idx, c in enumerate(classes):
+            labels = None if c is None else torch.full((len(chunk),), c, dtype=torch.long, device=device)
+            logp = -F.cross_entropy(prior(chunk, labels), chunk, reduction="none").flatten(1)
+            out[i : i + 500, c_idx] = logp[:, :positions].double().sum(1).cpu()
+    prior.train(was_training)
+    return out
+
+
+def class_posterior(prior, codes: torch.Tensor, log_class_prior: torch.Tensor, positions: int | None = None) -> torch.Tensor:
+    """p(c | codes) ∝ p(codes | c) p(c): [N, classes], rows summing to 1."""
+    return torch.softmax(class_log_likelihoods(prior, codes, positions) + log_class_prior, 1)
+
+
+def load(run_dir: str | Path = "artifacts/mnist", device: str = "auto") -> Run:
+    """A finished run folder, ready to generate, encode, decode, complete, score and classify."""
+    return Run(run_dir, device)
