@@ -116,15 +116,32 @@ class VQVAESection(Section):
     lr: float = Field(2e-3, gt=0)
 
 
-def _default_prior() -> Component:
+PRIOR_KINDS = {
     # 8 gated layers of 64 channels, 3-wide kernels: for 8 epochs, sample FD/floor 1.97 where 48 channels x 5 epochs
     # gave 2.81 (validation slice, guidance 1.5); it fits the 10-minute budget on 2 cores (README numbers)
-    return Component(target="vqprior.models.priors.gated_pixelcnn:GatedPixelCNN", params={"channels": 64, "layers": 8, "kernel": 3})
+    "gated_pixelcnn": ("vqprior.models.priors.gated_pixelcnn:GatedPixelCNN", {"channels": 64, "layers": 8, "kernel": 3}),
+    # the PixelRNN paper's recurrent priors (README, "Prior kinds", compares the three at equal training time)
+    "row_lstm": ("vqprior.models.priors.pixel_rnn:RowLSTM", {"channels": 64, "layers": 4, "kernel": 3}),
+    "diagonal_bilstm": ("vqprior.models.priors.pixel_rnn:DiagonalBiLSTM", {"channels": 64, "layers": 4}),
+}
+
+
+def prior_network(kind: str) -> Component:
+    target, params = PRIOR_KINDS[kind]
+    return Component(target=target, params=dict(params))
+
+
+def prior_kind(target: str) -> str:
+    """The kind whose network class `target` names, or "custom"."""
+    return next((kind for kind, (t, _) in PRIOR_KINDS.items() if t == target), "custom")
 
 
 class PriorSection(Section):
+    # gated_pixelcnn, row_lstm or diagonal_bilstm: setting it picks that network with its default size;
+    # "custom" when network.target names a class of your own
+    kind: Literal["gated_pixelcnn", "row_lstm", "diagonal_bilstm", "custom"] = "gated_pixelcnn"
     # the network: any vqprior.models.priors.base.Prior; codebook_size and num_classes are filled in
-    network: Component = Field(default_factory=_default_prior)
+    network: Component = Field(default_factory=lambda: prior_network("gated_pixelcnn"))
     # condition on class labels when the codes have them (false: always unconditional)
     conditional: bool = True
     # exponential moving average of the weights, used for evaluation and sampling (0 = off, use the last weights);
@@ -136,6 +153,22 @@ class PriorSection(Section):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_of_saved_network(cls, data: Any) -> Any:
+        # configs saved before prior.kind existed name only the network
+        if isinstance(data, dict) and "kind" not in data and isinstance(data.get("network"), dict) and "target" in data["network"]:
+            data = {**data, "kind": prior_kind(str(data["network"]["target"]))}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_matches_network(self) -> "PriorSection":
+        actual = prior_kind(self.network.target)
+        if actual != self.kind:
+            raise ValueError(f"prior.kind is {self.kind!r} but prior.network.target {self.network.target!r} is "
+                             f"{'a class of your own' if actual == 'custom' else actual!r}; set only one of them")
+        return self
 
 
 class SampleSection(Section):
@@ -253,14 +286,24 @@ def load_config(preset: str | None = None, file: str | Path | None = None, overr
     """Defaults <- preset <- file <- overrides, validated."""
     data: dict = Config().model_dump(mode="json")
     data["run"]["name"] = None  # named after the data source unless a preset, file or --set names it
+    layers = []
     if preset:
         if preset not in presets():
             raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(presets())}")
-        data = _merge(data, _read_toml(PRESET_DIR / f"{preset}.toml"))
+        layers.append(_read_toml(PRESET_DIR / f"{preset}.toml"))
     if file:
-        data = _merge(data, _read_toml(Path(file)))
-    for item in overrides or []:
-        data = _merge(data, _parse_override(item))
+        layers.append(_read_toml(Path(file)))
+    layers += [_parse_override(item) for item in overrides or []]
+    # prior.kind picks the network before any layer's network params apply, wherever it is set
+    kinds = [layer["prior"]["kind"] for layer in layers if isinstance(layer.get("prior"), dict) and "kind" in layer["prior"]]
+    if kinds and kinds[-1] in PRIOR_KINDS:
+        data["prior"]["network"] = prior_network(kinds[-1]).model_dump(mode="json")
+    for layer in layers:
+        prior = layer.get("prior")
+        network = prior.get("network") if isinstance(prior, dict) else None
+        if isinstance(network, dict) and "target" in network and "kind" not in prior:  # a new network class sets its kind
+            layer = {**layer, "prior": {**prior, "kind": prior_kind(str(network["target"]))}}
+        data = _merge(data, layer)
     return validate_config(data)
 
 

@@ -1,0 +1,100 @@
+"""The three prior kinds side by side on the same codes, at equal training time, measured in one run.
+
+    .venv/bin/python bench/prior_kinds.py [--run artifacts/mnist] [--seconds 470] [--kinds gated_pixelcnn,row_lstm,diagonal_bilstm]
+
+Stages 1 and 2 of --run (a finished default run) are copied into artifacts/kinds/<kind>, so every kind trains
+on the very same code maps. Each kind's training speed is timed on 30 batches first; its epoch count is then the
+number of whole epochs that fit in --seconds (default: the training seconds of --run's stage 3, so with a default
+run the gated PixelCNN row is that run again). Then stage 3 and `vqprior eval` (10,000 samples against the test
+split). One line per kind: parameters, seconds per epoch, epochs, stage-3 wall time, test bits per map, sample
+FD / floor, conditional accuracy (worst class), and seconds to sample 10,000 maps with the exact sampler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import pin_threads  # noqa: E402
+
+from vqprior import components  # noqa: E402
+from vqprior.artifacts import load_json  # noqa: E402
+from vqprior.codes import load_code_maps  # noqa: E402
+from vqprior.config import PRIOR_KINDS, load_config  # noqa: E402
+from vqprior.evaluation.run_eval import evaluate_run  # noqa: E402
+from vqprior.runtime import Runtime  # noqa: E402
+from vqprior.stages import s3_prior  # noqa: E402
+
+
+def seconds_per_epoch(cfg, codes: torch.Tensor, labels: torch.Tensor | None, num_classes: int, codebook_size: int) -> tuple[float, int]:
+    """Training time of one epoch, from 30 timed batches (after 5 warm-up batches) of the real codes; parameters."""
+    torch.manual_seed(0)
+    model = components.instantiate(components.resolve(cfg.prior.network, codebook_size=codebook_size, num_classes=num_classes))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.prior.lr)
+    batch = cfg.prior.batch_size
+    for step in range(35):
+        if step == 5:
+            started = time.perf_counter()
+        x = codes[step * batch : (step + 1) * batch]
+        y = None if labels is None else labels[step * batch : (step + 1) * batch]
+        loss = F.cross_entropy(model(x, y), x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    per_batch = (time.perf_counter() - started) / 30
+    return per_batch * -(-len(codes) // batch), sum(p.numel() for p in model.parameters())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default="artifacts/mnist", help="a finished run whose stages 1 and 2 are shared")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="stage-3 training budget per kind (default: the training seconds of --run's own stage 3)")
+    ap.add_argument("--kinds", default=",".join(PRIOR_KINDS))
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="artifacts/kinds")
+    args = ap.parse_args()
+    source = Path(args.run)
+    stage2 = load_json(source / "stage2" / "manifest.json")
+    train = load_code_maps(source / "stage2", stage2, "train")
+    codes, labels = train.tensors(torch.device("cpu"))
+    num_classes = len(stage2["class_names"]) if stage2.get("class_names") else 0
+    if args.seconds is None:
+        args.seconds = sum(e["train_seconds"] for e in load_json(source / "stage3" / "metrics.json")["epochs"])
+    print(f"# threads={pin_threads(args.threads)} torch {torch.__version__}; codes of {source}; {args.seconds:.0f} s of "
+          f"stage-3 training per kind; {args.n} samples vs the test split", flush=True)
+    for kind in args.kinds.split(","):
+        run_dir = Path(args.out) / kind
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        for stage in (1, 2):
+            shutil.copytree(source / f"stage{stage}", run_dir / f"stage{stage}")
+        cfg = load_config(overrides=[f"prior.kind={kind}", f'run.out_dir="{args.out}"', f'run.name="{kind}"'])
+        per_epoch, n_params = seconds_per_epoch(cfg, codes, labels, num_classes, stage2["codebook_size"])
+        cfg.prior.epochs = max(1, int(args.seconds // per_epoch))
+        started = time.perf_counter()
+        s3_prior.run(cfg, rt=Runtime.setup(cfg.run))
+        stage3_seconds = time.perf_counter() - started
+        trained = sum(e["train_seconds"] for e in load_json(run_dir / "stage3" / "metrics.json")["epochs"])
+        ev, _ = evaluate_run(run_dir, args.n, cfg.sample.temperature, "test", seed=0, guidance=cfg.sample.guidance)
+        s = ev["samples"]
+        worst = min(s["per_class_accuracy"].items(), key=lambda kv: kv[1]) if "per_class_accuracy" in s else ("-", float("nan"))
+        params = cfg.prior.network.params
+        print(f"{kind}: {', '.join(f'{k}={v}' for k, v in params.items())}"
+              + f" ({n_params / 1e6:.2f}M parameters)"
+              + f" | {per_epoch:.0f} s/epoch -> {cfg.prior.epochs} epochs: {trained:.0f} s training, stage 3 {stage3_seconds:.0f} s"
+              f" | test {ev['prior']['test_bits_per_map']:.1f} bits/map | samples FD/floor {s['fd_ratio']:.2f}"
+              f" | cond acc {s.get('conditional_accuracy', float('nan')):.1%} (worst {worst[0]} {worst[1]:.1%})"
+              f" | sampling {args.n} maps {s['seconds']:.1f} s (guidance {ev['guidance']:g})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

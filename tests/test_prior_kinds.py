@@ -1,0 +1,168 @@
+"""The three prior kinds (gated PixelCNN, Row LSTM, Diagonal BiLSTM): one interface, exact samplers, causality,
+and the receptive fields the PixelRNN paper describes."""
+
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from vqprior.config import load_config
+from vqprior.errors import UserError
+from vqprior.models.priors.base import check_prior, sample
+from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
+from vqprior.models.priors.pixel_rnn import DiagonalBiLSTM, RowLSTM, skew, unskew
+from vqprior.training import DebiasedEMA
+
+KINDS = {
+    "gated_pixelcnn": lambda k, c: GatedPixelCNN(k, channels=8, layers=6, num_classes=c),
+    "row_lstm": lambda k, c: RowLSTM(k, channels=8, layers=3, num_classes=c),
+    "diagonal_bilstm": lambda k, c: DiagonalBiLSTM(k, channels=8, layers=3, num_classes=c),
+}
+
+
+def random_prior(kind, num_classes=0, codebook=16, seed=0):
+    torch.manual_seed(seed)
+    model = KINDS[kind](codebook, num_classes).double()
+    with torch.no_grad():  # larger weights than the default init, so every path matters
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model
+
+
+def input_dependence(model, codes, i, j):
+    """Which input positions the logits at (i, j) depend on, by gradients through the embeddings."""
+    seen = {}
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        seen["embedding"] = out
+
+    handle = model.embed.register_forward_hook(keep)
+    try:
+        logits = model(codes)
+    finally:
+        handle.remove()
+    logits[0, :, i, j].sum().backward()
+    return seen["embedding"].grad[0].abs().sum(-1) > 0
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("grid", [(7, 7), (5, 9), (6, 3)])
+def test_nothing_at_or_after_a_position_reaches_its_logits(kind, grid):
+    model = random_prior(kind)
+    codes = torch.randint(0, 16, (1, *grid))
+    height, width = grid
+    for i in range(height):
+        for j in range(width):
+            seen = input_dependence(model, codes, i, j)
+            future = [(r, c) for r in range(height) for c in range(width) if (r, c) >= (i, j) and seen[r, c]]
+            assert not future, f"{kind}: logits at ({i},{j}) depend on {future}"
+    check_prior(model, kind, grid)  # the contract probe the stages run agrees
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_receptive_fields_are_the_papers(kind):
+    # (4, 1) in a 7x7 map: the Row LSTM's triangle reaches one more column per row above (a code first reaches the
+    # position right of it, so row i-r ends at column j+r-1), and everything further to the upper right is out of
+    # its context; the Diagonal BiLSTM and the gated PixelCNN see every earlier code
+    model = random_prior(kind)
+    codes = torch.randint(0, 16, (1, 7, 7))
+    i, j = 4, 1
+    seen = input_dependence(model, codes, i, j)
+    earlier = {(r, c) for r in range(7) for c in range(7) if (r, c) < (i, j)}
+    missed = {(r, c) for (r, c) in earlier if not seen[r, c]}
+    if kind == "row_lstm":
+        triangle = {(r, c) for (r, c) in earlier if r == i or c <= j + (i - r) - 1}
+        assert missed == earlier - triangle
+        assert (3, 2) in missed and (0, 6) in missed and (3, 1) not in missed and (0, 4) not in missed
+    else:
+        assert not missed, f"{kind} is blind to {sorted(missed)}"
+
+
+@pytest.mark.parametrize("kind", ["row_lstm", "diagonal_bilstm"])
+@pytest.mark.parametrize("num_classes", [0, 10])
+@pytest.mark.parametrize("grid", [(7, 7), (5, 9), (6, 4), (1, 5)])
+def test_incremental_sampler_draws_exactly_the_naive_samples(kind, num_classes, grid):
+    model = random_prior(kind, num_classes)
+    labels = torch.arange(6) % num_classes if num_classes else None
+    for seed in (0, 1):
+        naive = sample(model, 6, grid, labels, seed=seed, method="naive")
+        cached = sample(model, 6, grid, labels, seed=seed, method="cached")
+        assert torch.equal(naive, cached)
+        assert len(naive.unique()) > 3
+
+
+@pytest.mark.parametrize("kind", ["row_lstm", "diagonal_bilstm"])
+def test_incremental_sampler_continues_a_prefix_and_guides_exactly(kind):
+    model = random_prior(kind, num_classes=4)
+    labels = torch.tensor([0, 1, 2, 3])
+    prefix = torch.randint(0, 16, (4, 7, 7))
+    for keep in (1, 7, 17, 48):
+        naive = sample(model, 4, (7, 7), labels, seed=3, method="naive", prefix=prefix, keep=keep, guidance=1.5)
+        cached = sample(model, 4, (7, 7), labels, seed=3, method="cached", prefix=prefix, keep=keep, guidance=1.5)
+        assert torch.equal(naive, cached)
+        assert torch.equal(cached.view(4, -1)[:, :keep], prefix.view(4, -1)[:, :keep])
+
+
+@pytest.mark.parametrize("kind", ["row_lstm", "diagonal_bilstm"])
+def test_recurrent_priors_in_float32_match_and_low_temperature_is_greedy(kind):
+    model = random_prior(kind, num_classes=3).float()
+    labels = torch.tensor([0, 1, 2])
+    codes = sample(model, 3, (5, 6), labels, temperature=1e-6, seed=0)
+    assert torch.equal(model(codes, labels).argmax(1), codes)
+    assert torch.equal(sample(model, 3, (5, 6), labels, seed=4, method="naive"), sample(model, 3, (5, 6), labels, seed=4))
+
+
+def test_skew_moves_row_i_right_by_i_and_back():
+    x = torch.arange(2 * 3 * 4).view(1, 2, 3, 4).float()
+    s = skew(x)
+    assert s.shape == (1, 2, 3, 6)
+    assert torch.equal(s[0, :, 2, 2:6], x[0, :, 2]) and (s[0, :, 2, :2] == 0).all()
+    assert torch.equal(unskew(s, 4), x)
+
+
+def test_prior_kind_picks_the_network_and_keeps_its_params(tmp_path):
+    cfg = load_config(overrides=["prior.network.params.channels=32", "prior.kind=diagonal_bilstm"])
+    assert cfg.prior.network.target.endswith("pixel_rnn:DiagonalBiLSTM")
+    assert cfg.prior.network.params == {"channels": 32, "layers": 4}
+    assert load_config(overrides=["prior.kind=row_lstm"]).prior.network.params["kernel"] == 3
+    own = load_config(overrides=["prior.network.target=examples/masked_linear_prior.py:MaskedLinearPrior"])
+    assert own.prior.kind == "custom"
+    # a later network target wins and sets its kind; both in one place must agree
+    later = load_config(overrides=["prior.kind=row_lstm", "prior.network.target=vqprior.models.priors.gated_pixelcnn:GatedPixelCNN"])
+    assert later.prior.kind == "gated_pixelcnn"
+    both = tmp_path / "both.toml"
+    both.write_text('[prior]\nkind = "row_lstm"\n[prior.network]\ntarget = "vqprior.models.priors.gated_pixelcnn:GatedPixelCNN"\n')
+    with pytest.raises(UserError, match="prior.kind is 'row_lstm' but prior.network.target"):
+        load_config(file=both)
+    with pytest.raises(UserError, match="prior.kind: Input should be"):
+        load_config(overrides=["prior.kind=pixelrnn"])
+
+
+def test_a_config_saved_without_prior_kind_still_loads():
+    from vqprior.config import Config, validate_config
+
+    data = Config().model_dump(mode="json")
+    del data["prior"]["kind"]
+    assert validate_config(data).prior.kind == "gated_pixelcnn"
+
+
+def test_debiased_ema_is_the_normalised_exponential_average_of_the_trained_weights():
+    model = torch.nn.Linear(3, 2, bias=False)
+    ema = AveragedModel(model, multi_avg_fn=DebiasedEMA(0.9), use_buffers=True)
+    seen = []
+    for _ in range(15):
+        with torch.no_grad():
+            model.weight.normal_()
+        seen.append(model.weight.clone())
+        ema.update_parameters(model)
+    weights = torch.tensor([0.9 ** (len(seen) - 1 - s) for s in range(len(seen))])
+    expected = sum(w * x for w, x in zip(weights, seen)) / weights.sum()
+    assert torch.allclose(ema.module.weight, expected, atol=1e-6)
+    # resumed: a fresh DebiasedEMA reads the count once from the averaged model and continues the same average
+    resumed = AveragedModel(model, multi_avg_fn=DebiasedEMA(0.9), use_buffers=True)
+    resumed.load_state_dict(ema.state_dict())
+    with torch.no_grad():
+        model.weight.normal_()
+    ema.update_parameters(model)
+    resumed.update_parameters(model)
+    assert torch.allclose(ema.module.weight, resumed.module.weight)
