@@ -42,7 +42,8 @@ class Runtime:
         """Pin CPU threads, seed every generator and pick the device. Under torchrun (RANK/WORLD_SIZE set) the
         process group is joined and each process takes the GPU of its local rank."""
         rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-        torch.set_num_threads(run.threads or cpu_count())
+        # processes on one machine share its cores (torchrun sets LOCAL_WORLD_SIZE); more threads than cores slows all
+        torch.set_num_threads(run.threads or max(1, cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
         seed_everything(run.seed)
         device = resolve_device(run.device, local if world > 1 else None)
         if world > 1:
