@@ -4,7 +4,7 @@
 
 Stages 1 and 2 of --run (a finished default run) are copied into artifacts/kinds/<kind>, so every kind trains
 on the very same code maps. Each kind's training speed is timed on 30 batches first; its epoch count is then the
-number of whole epochs that fit in --seconds (default: the training seconds of --run's stage 3, so with a default
+whole number of epochs nearest to --seconds (default: the training seconds of --run's stage 3, so with a default
 run the gated PixelCNN row is that run again). Then stage 3 and `vqprior eval` (10,000 samples against the test
 split). One line per kind: parameters, seconds per epoch, epochs, stage-3 wall time, test bits per map, sample
 FD / floor, conditional accuracy (worst class), and seconds to sample 10,000 maps with the exact sampler.
@@ -79,7 +79,7 @@ def main() -> None:
             shutil.copytree(source / f"stage{stage}", run_dir / f"stage{stage}")
         cfg = load_config(overrides=[f"prior.kind={kind}", f'run.out_dir="{args.out}"', f'run.name="{kind}"'])
         per_epoch, n_params = seconds_per_epoch(cfg, codes, labels, num_classes, stage2["codebook_size"])
-        cfg.prior.epochs = max(1, int(args.seconds // per_epoch))
+        cfg.prior.epochs = max(1, round(args.seconds / per_epoch))  # the nearest whole number of epochs
         started = time.perf_counter()
         s3_prior.run(cfg, rt=Runtime.setup(cfg.run))
         stage3_seconds = time.perf_counter() - started

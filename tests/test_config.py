@@ -27,7 +27,7 @@ def test_preset_file_and_overrides_apply_in_order(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[prior]\nepochs = 7\nbatch_size = 3\n")
     cfg = load_config("quick", f, ["prior.batch_size=5"])
-    assert cfg.vqvae.epochs == 1  # preset
+    assert cfg.vqvae.epochs == 2  # preset
     assert cfg.prior.epochs == 7  # file beats preset
     assert cfg.prior.batch_size == 5  # --set beats file
     assert "quick" in presets()

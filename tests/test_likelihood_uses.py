@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +52,20 @@ def test_python_api_in_five_lines(trained):
     assert torch.equal(run.generate(labels=[3, 3, 7], seed=0).images, out.images)
     soft = run.generate(labels=torch.tensor([[0.5] + [0.0] * 8 + [0.5]], dtype=torch.float64), seed=0)
     assert soft.images.shape == (1, 1, 28, 28)
+
+
+def test_the_readme_python_example_runs(trained):
+    # the README's Python block, verbatim except for the run folder it loads
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    example = next(b for b in blocks if "vqprior.load(" in b)
+    assert len(example.strip().splitlines()) <= 6
+    scope: dict = {}
+    exec(example.replace('"artifacts/mnist"', repr(str(trained))), scope)
+    assert scope["out"].images.shape == (3, 1, 28, 28)
+    assert scope["classes"].shape == (3,) and torch.allclose(scope["posterior"].sum(1), torch.ones(3, dtype=scope["posterior"].dtype))
+    assert set(scope["scores"]) >= {"code_bits", "best_class", "recon_mse", "image_bits_bound"}
+    assert scope["done"].images.shape == (3, 4, 1, 28, 28)
 
 
 def test_api_bad_inputs_are_clear(trained):
