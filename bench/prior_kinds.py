@@ -1,6 +1,6 @@
 """The three prior kinds side by side on the same codes, at equal training time, measured in one run.
 
-    .venv/bin/python bench/prior_kinds.py [--run artifacts/mnist] [--seconds 470] [--kinds gated_pixelcnn,row_lstm,diagonal_bilstm]
+    .venv/bin/python bench/prior_kinds.py [--run artifacts/mnist] [--seconds S] [--kinds gated_pixelcnn,row_lstm,diagonal_bilstm]
 
 Stages 1 and 2 of --run (a finished default run) are copied into artifacts/kinds/<kind>, so every kind trains
 on the very same code maps. Each kind's training speed is timed on 30 batches first; its epoch count is then the

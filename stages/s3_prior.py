@@ -20,7 +20,7 @@ from vqprior.models.vqvae import decode_images
 from vqprior.report.progress import ProgressWriter
 from vqprior.restore import load_vqvae
 from vqprior.runtime import Reporter, Runtime
-from vqprior.training import DebiasedEMA, Trainer
+from vqprior.training import Trainer, debiased_ema
 
 GRID_PER_CLASS = 10  # the per-epoch sample grid: 10 of each class (10x10 for an unconditional prior)
 CODE_FILES = ("train_codes.npy", "test_codes.npy", "train_labels.npy", "test_labels.npy")
@@ -54,7 +54,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     check_prior(model, resolved["target"], grid)
     model.to(device)
     vq = load_vqvae(cfg.run_dir(), needed_by=3, device=device)  # only to show each epoch's samples as images
-    ema = AveragedModel(model, multi_avg_fn=DebiasedEMA(cfg.prior.ema_decay), use_buffers=True) if cfg.prior.ema_decay else None
+    ema = AveragedModel(model, multi_avg_fn=debiased_ema(cfg.prior.ema_decay), use_buffers=True) if cfg.prior.ema_decay else None
     final = ema.module if ema is not None else model  # what is evaluated, sampled from and saved as prior.safetensors
     # the Trainer comes last: resuming restores the random generators, nothing may draw from them after it
     trainer = Trainer(stage=3, runtime=rt, run_dir=cfg.run_dir(), fingerprint=fingerprint(cfg), model=model,

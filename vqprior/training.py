@@ -280,18 +280,20 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class DebiasedEMA:
+def debiased_ema(decay: float):
     """`multi_avg_fn` for torch's AveragedModel: an exponential moving average of the weights with Adam's bias
-    correction. At update t the new weights get (1 - decay) / (1 - decay^t) instead of (1 - decay), so the average
+    correction. Update t gives the new weights (1 - decay) / (1 - decay^t) instead of (1 - decay), so the average
     weighs only trained steps: a short run (the quick preset's 900 steps at decay 0.998) no longer keeps 16% of its
-    first, untrained weights. For long runs it is the plain EMA."""
-
-    def __init__(self, decay: float):
-        self.decay, self.updates = decay, None
+    first, untrained weights. For long runs it is the plain EMA. The weight is computed on the device from
+    AveragedModel's own count, so there is no host sync and a resumed run continues the same average."""
 
     @torch.no_grad()
-    def __call__(self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        if self.updates is None:  # read once (after a resume), then counted here: no device sync per step
-            self.updates = int(num_averaged)
-        self.updates += 1
-        torch._foreach_lerp_(averaged, current, (1 - self.decay) / (1 - self.decay ** self.updates))
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # integer buffers (counters) follow the model
+            torch._foreach_copy_(averaged, current)
+            return
+        step = num_averaged.to(averaged[0].dtype) + 1  # AveragedModel copied the weights at step 1 and counts from there
+        weight = (1 - decay) / (1 - decay**step)
+        torch._foreach_add_(averaged, torch._foreach_mul(torch._foreach_sub(current, averaged), weight))
+
+    return update

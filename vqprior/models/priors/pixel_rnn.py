@@ -126,17 +126,18 @@ def diagonal_lstm(pre: torch.Tensor, state_weight: torch.Tensor) -> torch.Tensor
     dirs, batch, c4, height, width = pre.shape
     c = c4 // 4
     skewed = skew(pre).permute(4, 0, 2, 1, 3).reshape(-1, dirs, c4, batch * height)  # [columns, D, 4C, B*H]
-    rows = torch.arange(height, device=pre.device)
+    # per skewed column, the rows whose diagonal has started and not ended; the others keep a zero state, so the
+    # boundary is zero, as in the sampler
+    rows, cols = torch.arange(height, device=pre.device), torch.arange(len(skewed), device=pre.device)[:, None]
+    inside = ((rows <= cols) & (cols < rows + width)).to(pre.dtype)
     hidden = cell = pre.new_zeros(dirs, c, batch, height)
     columns = []
-    for col, pre_col in enumerate(skewed.unbind(0)):  # unbind: one backward op, not a zero tensor per column
+    for pre_col, inside_col in zip(skewed.unbind(0), inside):  # unbind: one backward op, not a zero tensor per column
         above = F.pad(hidden, (1, 0))[..., :height]  # skewed row r-1 of the previous column is (i-1, j)
         state = torch.cat([above, hidden], 1).view(dirs, 2 * c, batch * height)
         gates = torch.baddbmm(pre_col, state_weight, state)
         hidden, cell = lstm_cell(gates.view(dirs, c4, batch, height), cell)
-        # rows whose diagonal has not started (or has ended) keep a zero state: the boundary is zero, as in the sampler
-        inside = ((rows <= col) & (col < rows + width)).to(pre.dtype)
-        hidden, cell = hidden * inside, cell * inside
+        hidden, cell = hidden * inside_col, cell * inside_col
         columns.append(hidden)
     return unskew(torch.stack(columns, -1).transpose(1, 2), width)
 

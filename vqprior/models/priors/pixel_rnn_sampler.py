@@ -98,8 +98,10 @@ def draw_diagonal_bilstm(model: DiagonalBiLSTM, codes: torch.Tensor, cond: torch
         for j in range(width):
             x = zeros if previous_code is None else model.embed(previous_code)  # the first layer reads (i, j-1)
             for n, layer in enumerate(layers):
-                pre_fwd, pre_bwd = torch.addmm(in_bias[n], x, in_mat[n]).chunk(2, 1)
-                if not layer.first:  # the first layer's right-to-left input is the code itself, known after the draw
+                if layer.first:  # only the left-to-right half: the right-to-left input is the code itself, known after the draw
+                    pre_fwd = torch.addmm(in_bias[0][:, : 4 * c], x, in_mat[0][:, : 4 * c])
+                else:
+                    pre_fwd, pre_bwd = torch.addmm(in_bias[n], x, in_mat[n]).chunk(2, 1)
                     bwd_inputs[n].append(pre_bwd)
                 gates = pre_fwd.addmm(fwd_above[n][j], fwd_taps[n][0]).addmm_(left_h[n], fwd_taps[n][1])
                 left_h[n], left_c[n] = lstm_cell(gates, left_c[n])
@@ -109,7 +111,7 @@ def draw_diagonal_bilstm(model: DiagonalBiLSTM, codes: torch.Tensor, cond: torch
                     out += x
                 x = out
             previous_code = _place(codes, i, j, start, model, x, noise, temperature)
-            bwd_inputs[0].append(torch.addmm(in_bias[0], model.embed(previous_code), in_mat[0]).chunk(2, 1)[1])
+            bwd_inputs[0].append(torch.addmm(in_bias[0][:, 4 * c :], model.embed(previous_code), in_mat[0][:, 4 * c :]))
         if i + 1 == height:
             break
         for n in range(len(layers)):  # row i is complete: sweep it right to left
