@@ -15,6 +15,7 @@ from vqprior.codes import load_code_maps
 from vqprior.config import Config
 from vqprior.evaluation import nll_bits_per_code
 from vqprior.datasets import to_float
+from vqprior.errors import UserError
 from vqprior.models.priors import check_prior, sample
 from vqprior.models.vqvae import decode_images
 from vqprior.report.progress import ProgressWriter
@@ -54,6 +55,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     check_prior(model, resolved["target"], grid)
     model.to(device)
     vq = load_vqvae(cfg.run_dir(), needed_by=3, device=device)  # only to show each epoch's samples as images
+    if (vq.model.quantizer.codebook_size, tuple(vq.grid)) != (manifest["codebook_size"], grid):
+        raise UserError(f"stage 2's manifest says K={manifest['codebook_size']} on a {grid[0]}x{grid[1]} grid but the stage-1 VQ-VAE has "
+                        f"K={vq.model.quantizer.codebook_size} on {vq.grid[0]}x{vq.grid[1]}; run `vqprior run-stage 2` again")
     ema = AveragedModel(model, multi_avg_fn=debiased_ema(cfg.prior.ema_decay), use_buffers=True) if cfg.prior.ema_decay else None
     final = ema.module if ema is not None else model  # what is evaluated, sampled from and saved as prior.safetensors
     # the Trainer comes last: resuming restores the random generators, nothing may draw from them after it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -37,9 +38,19 @@ def requested_labels(cfg: Config, num_classes: int) -> tuple[torch.Tensor | None
         weights = torch.zeros(num_classes, dtype=torch.float64)
         for c, w in s.mix.items():
             weights[c] = w
-        return weights.repeat(s.n, 1), [" + ".join(f"{w:g}*{c}" for c, w in s.mix.items())]
+        return weights.repeat(s.per_class, 1), [" + ".join(f"{w:g}*{c}" for c, w in s.mix.items())]
     classes = s.labels or list(range(num_classes))
-    return torch.tensor(classes).repeat_interleave(s.n), [str(c) for c in classes]
+    return torch.tensor(classes).repeat_interleave(s.per_class), [str(c) for c in classes]
+
+
+def check_size(cfg: Config, total: int, grid: tuple[int, int], image_shape: tuple[int, ...], what: str) -> None:
+    """Refuse, before any work, a job larger than sample.limit, saying how big and how long it would be."""
+    if total <= cfg.sample.limit:
+        return
+    gb = total * (math.prod(image_shape) + 8 * math.prod(grid)) / 1e9
+    minutes = total / 1000 / 60  # about 1,000 maps/s with the cached sampler on 2 CPU cores (README)
+    raise UserError(f"{what} = {total:,} maps: about {gb:.1f} GB in memory and samples.npz, and ~{minutes:.0f} min on 2 CPU cores; "
+                    f"that is more than sample.limit={cfg.sample.limit:,}: lower --per-class, or --set sample.limit={total} to confirm")
 
 
 def fingerprint(cfg: Config) -> dict | None:
@@ -68,12 +79,14 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     started = time.perf_counter()
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
-    prior = load_prior(cfg.run_dir(), needed_by=4, device=rt.device)  # refuses a prior trained on another VQ-VAE's codes
     vq = load_vqvae(cfg.run_dir(), needed_by=4, device=rt.device)
+    # refuses a prior trained on another VQ-VAE's codes (hashes) or for another codebook or grid (shapes)
+    prior = load_prior(cfg.run_dir(), needed_by=4, device=rt.device, vqvae=vq)
     if cfg.sample.morph:
         return _morph(cfg, prior, vq, rt, reporter, started)
     labels, rows = requested_labels(cfg, prior.model.num_classes)
-    total = cfg.sample.n * len(rows)
+    total = cfg.sample.per_class * len(rows)
+    check_size(cfg, total, prior.grid, vq.image_shape, f"--per-class {cfg.sample.per_class} x {len(rows)} row(s)")
     seed = cfg.run.seed if cfg.sample.seed is None else cfg.sample.seed
     reporter.log(f"stage 4: drawing {total} code maps ({cfg.sample.sampler} sampler, temperature {cfg.sample.temperature:g}, "
                  f"guidance {cfg.sample.guidance:g}, seed {seed})")
@@ -84,7 +97,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     images = decode_images(vq.model, codes)
     reporter.log(f"  {total} images in {time.perf_counter() - t0:.1f}s ({total * codes[0].numel() / sample_seconds:,.0f} codes/s)")
 
-    per_row = cfg.sample.n
+    per_row = cfg.sample.per_class
     shown = torch.cat([images[r * per_row : r * per_row + min(per_row, GRID_COLUMNS)] for r in range(len(rows))])
     if rt.is_main:
         with writing_stage(cfg.run_dir(), 4) as out:
@@ -109,7 +122,8 @@ def _morph(cfg: Config, prior, vq, rt: Runtime, reporter: Reporter, started: flo
         if not 0 <= c < num_classes:
             raise UserError(f"--morph class {c} is out of range: this prior knows classes 0..{num_classes - 1}")
     seed = cfg.run.seed if cfg.sample.seed is None else cfg.sample.seed
-    n, steps = cfg.sample.n, cfg.sample.morph_steps
+    n, steps = cfg.sample.per_class, cfg.sample.morph_steps
+    check_size(cfg, n * steps, prior.grid, vq.image_shape, f"--per-class {n} strips x {steps} steps")
     reporter.log(f"stage 4: {n} morphs from class {a} to {b} in {steps} steps (seed {seed})")
     frames = []
     for k in range(steps):

@@ -28,7 +28,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished")
-    result = runner.invoke(app, ["run", *tiny_args(out), "--n", "2"], catch_exceptions=False)
+    result = runner.invoke(app, ["run", *tiny_args(out), "--per-class", "2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out / "t"
 
@@ -183,7 +183,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(finished_run, tmp_path):
     shutil.copytree(finished_run, run_dir)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     (run_dir / ".lock").write_text(dead)
-    result = runner.invoke(app, ["run-stage", "4", *tiny_args(tmp_path), "--n", "1"], catch_exceptions=False)
+    result = runner.invoke(app, ["run-stage", "4", *tiny_args(tmp_path), "--per-class", "1"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert not (run_dir / ".lock").exists()
 

@@ -80,10 +80,10 @@ def test_stage_4_on_two_processes_draws_the_images_of_one(both, tmp_path):
 
     for stage in ("stage1", "stage2", "stage3"):
         shutil.copytree(both[1] / stage, tmp_path / "t" / stage)
-    result = torchrun(tmp_path, "run-stage", 4, "--set", "sample.n=70")  # 700 maps: 14 noise blocks over 2 processes
+    result = torchrun(tmp_path, "run-stage", 4, "--set", "sample.per_class=70")  # 700 maps: 14 noise blocks over 2 processes
     assert result.returncode == 0, result.stderr[-3000:]
     shutil.copytree(tmp_path / "t", tmp_path / "solo" / "t", ignore=shutil.ignore_patterns("stage4"))
-    single(tmp_path / "solo", "run-stage", 4, "--n", 70)
+    single(tmp_path / "solo", "run-stage", 4, "--per-class", 70)
     a = np.load(tmp_path / "t" / "stage4" / "samples.npz")["images"]
     b = np.load(tmp_path / "solo" / "t" / "stage4" / "samples.npz")["images"]
     assert a.shape == (700, 1, 28, 28) and np.array_equal(a, b)

@@ -60,9 +60,9 @@ def test_precision_recall_of_a_collapsed_generator():
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    result = runner.invoke(app, ["run", *tiny_args(out), "--n", 2], catch_exceptions=False)
+    result = runner.invoke(app, ["run", *tiny_args(out), "--per-class", 2], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["eval", "--name", "t", "--out-dir", str(out), "--n", 200], catch_exceptions=False)
+    result = runner.invoke(app, ["eval", "--name", "t", "--out-dir", str(out), "--n", 200, "--device", "cpu"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out / "t", result.output
 

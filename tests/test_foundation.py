@@ -42,20 +42,20 @@ def manifests(run_dir):
 
 
 def test_run_is_incremental_like_make(tmp_path):
-    first = invoke("run", *tiny_args(tmp_path), "--n", 2)
+    first = invoke("run", *tiny_args(tmp_path), "--per-class", 2)
     assert first.exit_code == 0, first.output
     run_dir = tmp_path / "t"
     before = manifests(run_dir)
-    again = invoke("run", *tiny_args(tmp_path), "--n", 2)
+    again = invoke("run", *tiny_args(tmp_path), "--per-class", 2)
     assert again.exit_code == 0 and again.output.count("up to date") == 4, again.output
     assert manifests(run_dir) == before
     # a new sampling setting redoes stage 4 only; a new prior setting redoes stages 3 and 4
-    more = invoke("run", *tiny_args(tmp_path), "--n", 3)
+    more = invoke("run", *tiny_args(tmp_path), "--per-class", 3)
     assert more.output.count("up to date") == 3 and "stage 4 done" in more.output
-    prior = invoke("run", *tiny_args(tmp_path), "--n", 3, "--set", "prior.lr=0.002")
+    prior = invoke("run", *tiny_args(tmp_path), "--per-class", 3, "--set", "prior.lr=0.002")
     assert prior.output.count("up to date") == 2 and "stage 3 done" in prior.output and "stage 4 done" in prior.output
     # --restart redoes everything
-    restart = invoke("run", *tiny_args(tmp_path), "--n", 3, "--set", "prior.lr=0.002", "--restart")
+    restart = invoke("run", *tiny_args(tmp_path), "--per-class", 3, "--set", "prior.lr=0.002", "--restart")
     assert "up to date" not in restart.output and "stage 1 done" in restart.output
 
 
@@ -73,7 +73,7 @@ def test_run_after_an_interrupted_stage_3_resumes_it_without_retraining_1_and_2(
     with pytest.raises(UserError):
         s3_prior.run(cfg, SignalAfter(5))
     assert (run_dir / ".checkpoints" / "stage3.pt").is_file()
-    result = invoke("run", *tiny_args(tmp_path), "--n", 1)
+    result = invoke("run", *tiny_args(tmp_path), "--per-class", 1)
     assert result.exit_code == 0, result.output
     assert result.output.count("up to date") == 2 and "stage 3: resuming from epoch 2 step 0" in result.output
     assert {s: m for s, m in manifests(run_dir).items() if s < 3} == before
@@ -105,7 +105,7 @@ def test_seed_changes_the_images(tmp_path):
         assert invoke("run-stage", stage, *tiny_args(tmp_path)).exit_code == 0
     images = {}
     for seed in (5, 6):
-        assert invoke("run-stage", 4, *tiny_args(tmp_path), "--n", 4, "--seed", seed).exit_code == 0
+        assert invoke("run-stage", 4, *tiny_args(tmp_path), "--per-class", 4, "--seed", seed).exit_code == 0
         npz = np.load(tmp_path / "t" / "stage4" / "samples.npz")
         images[seed] = npz["codes"], npz["images"]
     assert (images[5][0] != images[6][0]).mean() > 0.3 and (images[5][1] != images[6][1]).any()
@@ -148,7 +148,7 @@ def test_a_killed_holder_does_not_block_the_next_run(tmp_path):
 def test_sigterm_during_stage_2_or_4_leaves_no_lock_or_temporary_folder(tmp_path, stage):
     for s in (1, 2, 3):
         assert invoke("run-stage", s, *tiny_args(tmp_path, "sig")).exit_code == 0
-    extra = ["--n", "200000", "--set", "sample.batch_size=50"] if stage == 4 else []
+    extra = ["--per-class", "200000", "--set", "sample.limit=2000000", "--set", "sample.batch_size=50"] if stage == 4 else []
     args = [sys.executable, "-m", "vqprior", "run-stage", str(stage), *tiny_args(tmp_path, "sig"), *extra]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "sig"

@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("api")
     args = [*tiny_args(out), "--set", "data.train_limit=6000", "--set", "vqvae.epochs=2", "--set", "vqvae.codebook_size=32",
             "--set", "vqvae.encoder.params={hidden=32, res_blocks=1}", "--set", "vqvae.decoder.params={hidden=32, res_blocks=1}",
-            "--set", "prior.network.params={channels=32, layers=4, kernel=3}", "--set", "prior.epochs=3", "--n", 2]
+            "--set", "prior.network.params={channels=32, layers=4, kernel=3}", "--set", "prior.epochs=3", "--per-class", 2]
     result = invoke("run", *args)
     assert result.exit_code == 0, result.output
     return out / "t"
@@ -150,7 +150,7 @@ def test_generative_classifier_beats_chance(trained):
 
 
 def test_complete_score_classify_commands(trained, tmp_path):
-    where = ["--name", "t", "--out-dir", trained.parent]
+    where = ["--name", "t", "--out-dir", trained.parent, "--device", "cpu"]
     result = invoke("complete", *where, "--from", "test", "--n", 3, "--samples", 2)
     assert result.exit_code == 0 and "class posterior" in result.flat, result.output
     with Image.open(trained / "complete" / "completions.png") as grid:
@@ -180,7 +180,7 @@ def test_bad_inputs_to_the_likelihood_commands(trained, tmp_path, args, message)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     before = sorted(p.name for p in trained.iterdir())
-    result = invoke(*args, "--name", "t", "--out-dir", trained.parent)
+    result = invoke(*args, "--name", "t", "--out-dir", trained.parent, "--device", "cpu")
     assert result.exit_code == 2 and message in result.flat and "Traceback" not in result.output, result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
     assert sorted(p.name for p in trained.iterdir()) == before
@@ -188,7 +188,7 @@ def test_bad_inputs_to_the_likelihood_commands(trained, tmp_path, args, message)
 
 def test_morph_strip_and_gif(trained):
     args = [*tiny_args(trained.parent)]
-    result = invoke("run-stage", 4, *args, "--morph", "4:9", "--steps", 5, "--n", 3)
+    result = invoke("run-stage", 4, *args, "--morph", "4:9", "--steps", 5, "--per-class", 3)
     assert result.exit_code == 0, result.output
     with Image.open(trained / "stage4" / "morph.gif") as gif:
         assert gif.n_frames <= 5

@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory):
     for stage in (1, 2, 3):
         result = invoke("run-stage", stage, *tiny_args(out))
         assert result.exit_code == 0, result.output
-    result = invoke("run-stage", 4, *tiny_args(out), "--n", 3, "--label", 2, "--label", 7, "--seed", 5)
+    result = invoke("run-stage", 4, *tiny_args(out), "--per-class", 3, "--label", 2, "--label", 7, "--seed", 5)
     assert result.exit_code == 0, result.output
     return out / "t"
 
@@ -46,7 +46,7 @@ def test_every_stage_writes_its_artifacts(tiny_run):
 
 
 def test_one_picture_and_one_metrics_line_per_epoch(tmp_path):
-    result = invoke("run", *tiny_args(tmp_path), "--set", "vqvae.epochs=2", "--set", "prior.epochs=3", "--set", "prior.ema_decay=0", "--n", 1)
+    result = invoke("run", *tiny_args(tmp_path), "--set", "vqvae.epochs=2", "--set", "prior.epochs=3", "--set", "prior.ema_decay=0", "--per-class", 1)
     assert result.exit_code == 0, result.output
     for stage, gif, epochs in (("stage1", "reconstructions.gif", 2), ("stage3", "samples.gif", 3)):
         folder = tmp_path / "t" / stage
@@ -108,13 +108,13 @@ def test_samples_have_the_requested_classes_and_shapes(tiny_run):
 
 def test_same_seed_same_images(tiny_run, tmp_path):
     first = np.load(tiny_run / "stage4" / "samples.npz")["images"]
-    result = invoke("run-stage", 4, *tiny_args(tiny_run.parent), "--n", 3, "--label", 2, "--label", 7, "--seed", 5)
+    result = invoke("run-stage", 4, *tiny_args(tiny_run.parent), "--per-class", 3, "--label", 2, "--label", 7, "--seed", 5)
     assert result.exit_code == 0
     assert np.array_equal(first, np.load(tiny_run / "stage4" / "samples.npz")["images"])
 
 
 def test_soft_label_sampling(tiny_run):
-    result = invoke("run-stage", 4, *tiny_args(tiny_run.parent), "--n", 2, "--mix", "3:0.5,8:0.5")
+    result = invoke("run-stage", 4, *tiny_args(tiny_run.parent), "--per-class", 2, "--mix", "3:0.5,8:0.5")
     assert result.exit_code == 0, result.output
     weights = np.load(tiny_run / "stage4" / "samples.npz")["label_weights"]
     assert weights.shape == (2, 10) and weights[0, 3] == 0.5 and weights[0, 8] == 0.5

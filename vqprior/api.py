@@ -7,7 +7,11 @@
     scores = run.score(out.images)                   # bits per image, best class, reconstruction error
 
 Images go in and come out as uint8 tensors [N, C, H, W] (numpy arrays and floats in [0, 1] are accepted).
-The CLI commands eval, complete, score and classify are thin wrappers over this.
+The CLI commands eval, complete, score and classify are thin wrappers over this. Every mistake in what is
+passed in raises `vqprior.errors.UserError` with a one-line message.
+
+Loading builds only vqprior's built-in components. A run whose config names code of its own (a dotted or a
+file path) loads only with `trust_code=True`: that code then runs as you, so pass it only for runs you trust.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import load_json, read_stage
+from .components import trusting_code
+from .config import MAX_SEED, SampleSection, format_validation_error
 from .errors import UserError
 from .models.priors.base import generate as generate_codes
 from .models.priors.base import sample
@@ -50,13 +56,14 @@ class Completion:
 class Run:
     """A finished run folder's VQ-VAE and prior, ready to use."""
 
-    def __init__(self, run_dir: str | Path, device: str = "auto"):
+    def __init__(self, run_dir: str | Path, device: str = "auto", trust_code: bool = False):
         self.folder = Path(run_dir)
         if not (self.folder / "stage3").is_dir():
             raise UserError(f"{self.folder} has no trained prior (stage 3); run `vqprior run` first or point at a run folder")
         self.device = resolve_device(device)
-        self._vq = load_vqvae(self.folder, None, self.device)
-        self._prior = load_prior(self.folder, None, self.device)
+        with trusting_code(trust_code):
+            self._vq = load_vqvae(self.folder, None, self.device)
+            self._prior = load_prior(self.folder, None, self.device, vqvae=self._vq)
         self.vqvae, self.prior = self._vq.model, self._prior.model
         self.grid, self.image_shape = self._prior.grid, self._vq.image_shape
         self.class_names = self._prior.class_names
@@ -77,13 +84,23 @@ class Run:
     # ------------------------------------------------------------------ images <-> codes
     def as_images(self, images) -> torch.Tensor:
         """uint8 [N, C, H, W] from a tensor or array (uint8, or floats in [0, 1]); checks the run's image shape."""
-        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        try:
+            x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"images must be a tensor or array [N, {', '.join(map(str, self.image_shape))}], got {type(images).__name__} ({e})") from None
         if x.dim() == 3 and self.image_shape[0] == 1:
             x = x.unsqueeze(1)
-        if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.image_shape):
-            raise UserError(f"images must be [N, {', '.join(map(str, self.image_shape))}] for this run, got {list(x.shape)}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.image_shape) or len(x) == 0:
+            raise UserError(f"images must be [N >= 1, {', '.join(map(str, self.image_shape))}] for this run, got {list(x.shape)}")
         if x.dtype != torch.uint8:
-            x = x.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+            if x.dtype == torch.bool or x.is_complex():
+                raise UserError(f"images must be uint8 or floats in [0, 1], got {x.dtype}")
+            x = x.double()
+            if not torch.isfinite(x).all():
+                raise UserError("images contain NaN or infinite values")
+            if x.min() < 0 or x.max() > 1:
+                raise UserError(f"float images must be in [0, 1], got {x.min().item():g}..{x.max().item():g} (uint8 images are read as 0..255)")
+            x = x.mul(255).round().to(torch.uint8)
         return x
 
     def encode(self, images) -> torch.Tensor:
@@ -92,27 +109,63 @@ class Run:
 
     def decode(self, codes) -> torch.Tensor:
         """Code maps [N, h, w] -> uint8 images [N, C, H, W]."""
-        return decode_images(self.vqvae, torch.as_tensor(codes).long())
+        return decode_images(self.vqvae, self.as_codes(codes))
+
+    def as_codes(self, codes) -> torch.Tensor:
+        """Code maps as long [N, h, w], checked against the run's grid and codebook."""
+        try:
+            t = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"codes must be integers [N, {self.grid[0]}, {self.grid[1]}], got {type(codes).__name__} ({e})") from None
+        k = self.vqvae.quantizer.codebook_size
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() != 3 or tuple(t.shape[1:]) != tuple(self.grid):
+            raise UserError(f"codes must be integers [N, {self.grid[0]}, {self.grid[1]}], got {t.dtype} {list(t.shape)}")
+        t = t.long()
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
+            raise UserError(f"codes must be in 0..{k - 1} (K={k}), got {int(t.min())}..{int(t.max())}")
+        return t
+
+    @staticmethod
+    def _sampling(temperature: float | None, guidance: float | None, seed: int) -> None:
+        try:
+            SampleSection.model_validate({k: v for k, v in (("temperature", temperature), ("guidance", guidance)) if v is not None})
+        except Exception as e:
+            raise UserError(format_validation_error(e).replace("config: sample.", "")) from None
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+            raise UserError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
 
     # ------------------------------------------------------------------ sampling
     def _labels(self, labels, n: int | None) -> tuple[torch.Tensor | None, int]:
         if not self.num_classes:
             if labels is not None:
                 raise UserError("this run's prior is unconditional; pass n=..., not labels")
-            if n is None:
-                raise UserError("pass n=... (how many images) for an unconditional prior")
-            return None, n
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 1_000_000:
+                raise UserError(f"pass n=... (how many images, 1..1,000,000) for an unconditional prior, got {n!r}")
+            return None, int(n)
         if labels is None:
             raise UserError(f"this run's prior is class-conditional: pass labels (classes 0..{self.num_classes - 1}, or soft weights)")
-        t = torch.as_tensor(labels)
-        t = t.double() if t.is_floating_point() else t.long()
-        if not t.is_floating_point() and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
+        try:
+            t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"labels must be a list of classes or soft weights [N, {self.num_classes}] ({e})") from None
+        if t.is_floating_point():
+            t = t.double()
+            if t.dim() != 2 or t.shape[1] != self.num_classes or not len(t):
+                raise UserError(f"soft labels must be weights [N, {self.num_classes}], got shape {list(t.shape)}")
+            if not torch.isfinite(t).all() or (t < 0).any() or ((t.sum(1) - 1).abs() > 1e-6).any():
+                raise UserError("soft labels must be finite weights >= 0 that sum to 1 in every row")
+            return t, len(t)
+        if t.dim() != 1 or not len(t) or t.dtype == torch.bool or t.is_complex():
+            raise UserError(f"labels must be a non-empty list of classes 0..{self.num_classes - 1}, got shape {list(t.shape)}")
+        t = t.long()
+        if int(t.min()) < 0 or int(t.max()) >= self.num_classes:
             raise UserError(f"labels must be classes 0..{self.num_classes - 1}, got {t.tolist()}")
         return t, len(t)
 
     def generate(self, labels=None, n: int | None = None, temperature: float | None = None, guidance: float | None = None,
                  seed: int = 0) -> Generated:
         """One image per label (int classes, or soft class weights [N, classes]); or n images from an unconditional prior."""
+        self._sampling(temperature, guidance, seed)
         labels, count = self._labels(labels, n)
         codes = generate_codes(self.prior, count, self.grid, labels, self.temperature if temperature is None else temperature,
                                seed, guidance=self.guidance if guidance is None else guidance)
@@ -121,13 +174,19 @@ class Run:
     # ------------------------------------------------------------------ likelihoods
     def class_log_likelihoods(self, codes: torch.Tensor, positions: int | None = None) -> torch.Tensor:
         """log p(first `positions` codes | class) in nats for every class: [N, classes] ([N, 1] if unconditional)."""
-        return class_log_likelihoods(self.prior, codes, positions)
+        return class_log_likelihoods(self.prior, self.as_codes(codes), self._positions(positions))
+
+    def _positions(self, positions: int | None) -> int | None:
+        total = self.grid[0] * self.grid[1]
+        if positions is not None and (isinstance(positions, bool) or not isinstance(positions, (int, np.integer)) or not 0 <= positions <= total):
+            raise UserError(f"positions must be an integer in 0..{total}, got {positions!r}")
+        return positions
 
     def posterior(self, codes: torch.Tensor, positions: int | None = None) -> torch.Tensor:
         """p(class | codes) by Bayes' rule over the prior's own likelihood and the training class frequencies."""
         if not self.num_classes:
             raise UserError("this run's prior is unconditional: it has no classes to infer")
-        return class_posterior(self.prior, codes, self.log_class_prior.cpu(), positions)
+        return class_posterior(self.prior, self.as_codes(codes), self.log_class_prior.cpu(), self._positions(positions))
 
     @torch.no_grad()
     def score(self, images) -> dict[str, torch.Tensor]:
@@ -165,10 +224,13 @@ class Run:
         """Keep the top `keep_rows` rows of each image's code map (default: the top half) and sample the rest
         `samples` times. A conditional prior without `label` infers the class from the kept rows (Bayes)
         and draws each completion's class from that posterior."""
+        self._sampling(temperature, guidance, seed)
+        if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= 64:
+            raise UserError(f"samples must be an integer in 1..64, got {samples!r}")
         x = self.as_images(images)
         height, width = self.grid
         keep_rows = height // 2 if keep_rows is None else keep_rows
-        if not 0 <= keep_rows <= height:
+        if isinstance(keep_rows, bool) or not isinstance(keep_rows, (int, np.integer)) or not 0 <= keep_rows <= height:
             raise UserError(f"--keep-rows {keep_rows} is out of range: the code maps have {height} rows (0..{height})")
         keep = keep_rows * width
         codes = self.encode(x)
@@ -223,6 +285,7 @@ def class_posterior(prior, codes: torch.Tensor, log_class_prior: torch.Tensor, p
     return torch.softmax(class_log_likelihoods(prior, codes, positions) + log_class_prior, 1)
 
 
-def load(run_dir: str | Path = "artifacts/mnist", device: str = "auto") -> Run:
-    """A finished run folder, ready to generate, encode, decode, complete, score and classify."""
-    return Run(run_dir, device)
+def load(run_dir: str | Path = "artifacts/mnist", device: str = "auto", trust_code: bool = False) -> Run:
+    """A finished run folder, ready to generate, encode, decode, complete, score and classify. trust_code=True allows
+    components that are not vqprior built-ins (their code runs as you): only for run folders you trust."""
+    return Run(run_dir, device, trust_code)

@@ -23,8 +23,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .artifacts import is_current, run_lock
-from .config import Config, RunSection, load_config, presets
-from .errors import UserError
+from .components import trusting_code
+from .config import MAX_SEED, Config, RunSection, load_config, presets, validate_run_name
+from .errors import UserError, os_error_message
 from .runtime import Reporter, Runtime
 
 T = TypeVar("T")
@@ -57,6 +58,22 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def _one_line_errors(interrupted: str = "interrupted; nothing was written") -> Iterator[None]:
+    """A user's mistake, Ctrl-C, a full disk or a permission problem ends the command with one line and a non-zero exit."""
+    try:
+        yield
+    except UserError as e:
+        _fail(str(e), getattr(e, "exit_code", 2))
+    except KeyboardInterrupt:
+        _fail(interrupted, 130)
+    except OSError as e:
+        message = os_error_message(e)
+        if message is None:
+            raise
+        _fail(message)
+
+
 def _overrides(sets: list[str], name: Optional[str], labels: list[int], mix: Optional[str], n: Optional[int],
                temperature: Optional[float], seed: Optional[int], sampler: Optional[str], guidance: Optional[float] = None) -> list[str]:
     out = list(sets)
@@ -71,12 +88,19 @@ def _overrides(sets: list[str], name: Optional[str], labels: list[int], mix: Opt
         except ValueError:
             raise UserError(f"--mix {mix!r}: expected class:weight pairs, e.g. --mix 3:0.5,8:0.5") from None
         out.append(f"sample.mix={{{table}}}")
-    for key, value in (("n", n), ("temperature", temperature), ("seed", seed), ("guidance", guidance)):
+    for key, value in (("per_class", n), ("temperature", temperature), ("seed", seed), ("guidance", guidance)):
         if value is not None:
-            out.append(f"sample.{key}={value}")
+            out.append(f"sample.{key}={_toml_number(value)}")
     if sampler is not None:
         out.append(f"sample.sampler={json.dumps(sampler)}")
     return out
+
+
+def _toml_number(value: float | int) -> str:
+    """A CLI number as a TOML value; nan and infinities are spelled so TOML reads them (and the config refuses them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return repr(value)
 
 
 Preset = Annotated[Optional[str], typer.Option(help=f"Start from a preset: {', '.join(presets())}.")]
@@ -85,12 +109,14 @@ Sets = Annotated[list[str], typer.Option("--set", "-s", help="Override one value
 Name = Annotated[Optional[str], typer.Option(help="Run name: outputs go to <run.out_dir>/<name>/ (default: the data source, e.g. mnist).")]
 Labels = Annotated[list[int], typer.Option("--label", "-l", help="Stage 4: class to draw (repeatable; default all classes).")]
 Mix = Annotated[Optional[str], typer.Option(help="Stage 4: draw between classes, e.g. --mix 3:0.5,8:0.5.")]
-Count = Annotated[Optional[int], typer.Option("--n", "-n", help="Stage 4: images per class.")]
+PerClass = Annotated[Optional[int], typer.Option("--per-class", help="Stage 4: images per requested class (strips for --morph).")]
 Temp = Annotated[Optional[float], typer.Option(help="Stage 4: sampling temperature (> 0).")]
 Guidance = Annotated[Optional[float], typer.Option(help="Stage 4: classifier-free guidance scale (1 = none).")]
 Morph = Annotated[Optional[str], typer.Option(help="Stage 4: strips that move from one class to another, e.g. --morph 4:9.")]
 Steps = Annotated[Optional[int], typer.Option(help="Stage 4: steps of a --morph strip.")]
 Seed = Annotated[Optional[int], typer.Option(help="Stage 4: sampling seed.")]
+Trust = Annotated[bool, typer.Option("--trust-code", help="Allow components that are not vqprior built-ins (a dotted or file path in the "
+                                     "config or run folder): their code runs as you. Only for code you trust.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage (the default when a checkpoint exists); fails if there is none.")]
 Restart = Annotated[bool, typer.Option("--restart", help="Discard checkpoints and redo the stage(s) from scratch.")]
 Sampler = Annotated[Optional[str], typer.Option(help="Stage 4: cached (fast, default) or naive (reference).")]
@@ -133,17 +159,15 @@ def _terminate(signum, frame) -> None:
 
 
 def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temperature, seed, sampler, resume, restart,
-             incremental: bool = False, guidance: Optional[float] = None) -> None:
+             incremental: bool = False, guidance: Optional[float] = None, trust_code: bool = False) -> None:
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
-        if resume and restart:
-            raise UserError("--resume and --restart contradict each other; pass one")
-        cfg = load_config(preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler, guidance))
-        _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto", incremental)
-    except UserError as e:
-        _fail(str(e), getattr(e, "exit_code", 2))
-    except KeyboardInterrupt:
-        _fail("interrupted; the stage that was running left its last checkpoint (if any) and wrote no outputs", 130)
+        with _one_line_errors("interrupted; the stage that was running left its last checkpoint (if any) and wrote no outputs"), \
+                trusting_code(trust_code):
+            if resume and restart:
+                raise UserError("--resume and --restart contradict each other; pass one")
+            cfg = load_config(preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler, guidance))
+            _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto", incremental)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -152,12 +176,13 @@ def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temp
 @app.command("run-stage")
 def run_stage(stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE, 2 code maps, 3 prior, 4 samples.")],
               preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
-              mix: Mix = None, n: Count = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
-              guidance: Guidance = None, morph: Morph = None, steps: Steps = None, resume: Resume = False, restart: Restart = False) -> None:
+              mix: Mix = None, per_class: PerClass = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
+              guidance: Guidance = None, morph: Morph = None, steps: Steps = None, resume: Resume = False, restart: Restart = False,
+              trust_code: Trust = False) -> None:
     """Run one stage; it reads the earlier stages' outputs from the run folder."""
-    if stage != 4 and (label or mix or n is not None or temperature is not None or seed is not None or sampler is not None
+    if stage != 4 and (label or mix or per_class is not None or temperature is not None or seed is not None or sampler is not None
                        or guidance is not None or morph is not None or steps is not None):
-        _fail("--label/--mix/--n/--temperature/--seed/--sampler/--guidance/--morph/--steps apply to stage 4 only; use --set for other stages")
+        _fail("--label/--mix/--per-class/--temperature/--seed/--sampler/--guidance/--morph/--steps apply to stage 4 only; use --set for other stages")
     if morph is not None:
         try:
             a, b = (int(c) for c in morph.split(":"))
@@ -168,24 +193,25 @@ def run_stage(stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE,
         _fail("--steps goes with --morph")
     if stage not in RESUMABLE and (resume or restart):
         _fail(f"--resume/--restart apply to the training stages 1 and 3; stage {stage} always runs from the start")
-    _guarded([stage], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart, guidance=guidance)
+    _guarded([stage], preset, config, set_, name, label, mix, per_class, temperature, seed, sampler, resume, restart, guidance=guidance,
+             trust_code=trust_code)
 
 
 @app.command("run")
 def run_all(preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
-            mix: Mix = None, n: Count = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
-            guidance: Guidance = None, resume: Resume = False, restart: Restart = False) -> None:
+            mix: Mix = None, per_class: PerClass = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
+            guidance: Guidance = None, resume: Resume = False, restart: Restart = False, trust_code: Trust = False) -> None:
     """Run all four stages in order (the whole pipeline on MNIST with the defaults).
 
     Like make: a stage whose outputs are intact and were made from the same settings and inputs is skipped,
     an interrupted one resumes from its checkpoint; --restart redoes everything."""
-    _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, n, temperature, seed, sampler, resume, restart, incremental=True,
-             guidance=guidance)
+    _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, per_class, temperature, seed, sampler, resume, restart, incremental=True,
+             guidance=guidance, trust_code=trust_code)
 
 
 def _run_dir_of(name: Optional[str], out_dir: str) -> Path:
     if name is not None:
-        RunSection(name=name)  # the same rules as run.name
+        validate_run_name(name)  # the same rules as run.name
     run_dir = Path(out_dir) / (name or "mnist")
     if not (run_dir / "stage1").is_dir():
         raise UserError(f"no finished run in {run_dir}; run `vqprior run` first (or pass --name / --out-dir)")
@@ -193,29 +219,28 @@ def _run_dir_of(name: Optional[str], out_dir: str) -> Path:
 
 
 OutDir = Annotated[str, typer.Option("--out-dir", help="Folder that holds the runs.")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 
 
 @app.command("eval")
 def eval_run(name: Name = None, out_dir: OutDir = "artifacts",
-             n: Annotated[int, typer.Option("--n", "-n", min=100, help="Samples to draw and score, spread evenly over classes.")] = 10_000,
+             n: Annotated[int, typer.Option("--n", "-n", min=100, max=100_000, help="Samples to draw and score in all, spread evenly over classes.")] = 10_000,
              temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (default: the run's sample.temperature).")] = None,
              guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the run's sample.guidance).")] = None,
              reference: Annotated[str, typer.Option(help="Score against the 'test' split, or the held-out 'valid' slice (for tuning).")] = "test",
-             seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0) -> None:
+             seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Sampling seed.")] = 0, trust_code: Trust = False,
+             device: Device = "auto") -> None:
     """Score a finished run: sample FD / floor, conditional accuracy, precision/recall, reconstruction, NLL.
 
     Writes <run>/eval/eval.json and the sample grid it scored, and prints one table."""
-    try:
+    with _one_line_errors(), trusting_code(trust_code):
         if reference not in ("test", "valid"):
             raise UserError(f"--reference {reference!r}: choose test or valid")
-        if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
-            raise UserError(f"--temperature {temperature}: must be a finite number > 0")
-        if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
-            raise UserError(f"--guidance {guidance}: must be a finite number >= 0")
+        _check_sampling(temperature, guidance)
         from .evaluation.run_eval import evaluate_run, write_eval
 
         run_dir = _run_dir_of(name, out_dir)
-        rt = Runtime.setup(RunSection())
+        rt = Runtime.setup(RunSection(device=device))
         with run_lock(run_dir):
             result, images = evaluate_run(run_dir, n, temperature, reference, rt.device, ConsoleReporter(), seed, guidance)
             folder = write_eval(run_dir, result, images)
@@ -225,10 +250,18 @@ def eval_run(name: Name = None, out_dir: OutDir = "artifacts",
         console.print(eval_table(result))
         console.print(f"[green]report[/] -> {report_path}")
         console.print(f"[green]eval done[/] in {result['seconds']:.0f}s -> {folder / 'eval.json'}")
-    except UserError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        _fail("interrupted; nothing was written", 130)
+
+
+def _check_sampling(temperature: Optional[float], guidance: Optional[float]) -> None:
+    """The same ranges as sample.temperature and sample.guidance, checked before any work."""
+    from .config import SampleSection, format_validation_error
+    from pydantic import ValidationError
+
+    values = {k: v for k, v in (("temperature", temperature), ("guidance", guidance)) if v is not None}
+    try:
+        SampleSection.model_validate(values)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e).replace("config: ", "--", 1)) from None
 
 
 def eval_table(result: dict):
@@ -263,13 +296,11 @@ def eval_table(result: dict):
 @app.command("report")
 def report(name: Name = None, out_dir: OutDir = "artifacts") -> None:
     """Write <run>/report.html: config, timings, curves, pictures, GIFs and the eval table, in one file."""
-    try:
+    with _one_line_errors():
         from .report.html import write_report
 
         path = write_report(_run_dir_of(name, out_dir))
         console.print(f"[green]report[/] -> {path}")
-    except UserError as e:
-        _fail(str(e))
 
 
 @app.command("runs")
@@ -301,13 +332,9 @@ def _inputs(run, inputs, from_split, n):
     return read_inputs(inputs or [], from_split, n, run.image_shape, run._vq.saved["data"])
 
 
-def _api_command(body) -> None:
-    try:
+def _api_command(body, trust_code: bool = False) -> None:
+    with _one_line_errors(), trusting_code(trust_code):
         body()
-    except UserError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        _fail("interrupted; nothing was written", 130)
 
 
 @app.command("complete")
@@ -315,7 +342,8 @@ def complete(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
              keep_rows: Annotated[Optional[int], typer.Option(help="Code-map rows to keep from the top (default: half).")] = None,
              samples: Annotated[int, typer.Option(min=1, max=64, help="Completions per image.")] = 4,
              label: Annotated[Optional[int], typer.Option(help="Class to complete as (default: inferred from the kept rows).")] = None,
-             temperature: Temp = None, guidance: Guidance = None, seed: Annotated[int, typer.Option(min=0)] = 0) -> None:
+             temperature: Temp = None, guidance: Guidance = None, seed: Annotated[int, typer.Option(min=0, max=MAX_SEED)] = 0,
+             trust_code: Trust = False, device: Device = "auto") -> None:
     """Keep the top rows of each image's code map and sample the rest: original | kept part | completions."""
 
     def body():
@@ -324,7 +352,8 @@ def complete(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
         from .api import load
         from .artifacts import writing_folder
 
-        run = load(_run_dir_of(name, out_dir))
+        _check_sampling(temperature, guidance)
+        run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
         images, _, names = _inputs(run, inputs, from_split, n)
         done = run.complete(images, keep_rows, samples, label, temperature, guidance, seed)
         h = run.image_shape[1]
@@ -344,11 +373,12 @@ def complete(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
                 console.print(f"{who}: class posterior from the kept rows: {guess}")
         console.print(f"[green]completions[/] ({done.keep} of {run.grid[0] * run.grid[1]} codes kept) -> {run.folder / 'complete' / 'completions.png'}")
 
-    _api_command(body)
+    _api_command(body, trust_code)
 
 
 @app.command("score")
-def score(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts", from_split: FromSplit = None, n: FromN = 1000) -> None:
+def score(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts", from_split: FromSplit = None, n: FromN = 1000,
+          trust_code: Trust = False, device: Device = "auto") -> None:
     """Per image: bits of its codes under the prior, best class, reconstruction error, image-level bound (CSV, JSON, histogram)."""
 
     def body():
@@ -358,7 +388,7 @@ def score(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts
         from .artifacts import save_json, writing_folder
         from .report.plots import histogram
 
-        run = load(_run_dir_of(name, out_dir))
+        run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
         images, _, names = _inputs(run, inputs, from_split, n)
         result = run.score(images)
         with writing_folder(run.folder / "score", "scores") as out:
@@ -375,17 +405,18 @@ def score(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts
         console.print(f"{len(names)} inputs: code bits median {bits.median():.1f} (min {bits.min():.1f}, max {bits.max():.1f}); "
                       f"higher = less like the training data -> {run.folder / 'score' / 'scores.csv'}")
 
-    _api_command(body)
+    _api_command(body, trust_code)
 
 
 @app.command("classify")
-def classify(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts", from_split: FromSplit = None, n: FromN = 1000) -> None:
+def classify(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts", from_split: FromSplit = None, n: FromN = 1000,
+             trust_code: Trust = False, device: Device = "auto") -> None:
     """Use the class-conditional prior as a generative classifier: argmax_c p(codes | c) p(c)."""
 
     def body():
         from .api import load
 
-        run = load(_run_dir_of(name, out_dir))
+        run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
         images, labels, names = _inputs(run, inputs, from_split, n)
         if from_split:
             from .config import DataSection
@@ -399,7 +430,7 @@ def classify(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
             for who, c, p in zip(names, pred.tolist(), post.max(1).values.tolist()):
                 console.print(f"{who}: {run.class_names[c]} ({p:.0%})")
 
-    _api_command(body)
+    _api_command(body, trust_code)
 
 
 def main() -> None:

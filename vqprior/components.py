@@ -1,4 +1,9 @@
-"""Swappable parts given as {target = "package.module:Class" | "path/to/file.py:Class", params = {...}}.
+"""Swappable parts given as {target = "name" | "package.module:Class" | "path/to/file.py:Class", params = {...}}.
+
+A built-in is named from the registry (`vqprior.registry`). Anything else is code, and a config file or a
+shared run folder must never pick code to run on its own: outside the registry a target is refused unless
+the user opted in for this command (`--trust-code`, `vqprior.load(..., trust_code=True)`, or
+`with components.trusting_code():`), and even then it must be a torch.nn.Module subclass before it is called.
 
 The pipeline passes what it knows (in_channels, code_dim) to a constructor that accepts those names, so
 a component's params only hold its own design choices.
@@ -6,10 +11,13 @@ a component's params only hold its own design choices.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +26,23 @@ from torch import nn
 
 from .config import Component
 from .errors import UserError
+from .registry import BUILTINS, builtin_name
+
+_trust_code = contextvars.ContextVar("vqprior_trust_code", default=False)
+
+
+@contextlib.contextmanager
+def trusting_code(trust: bool = True) -> Iterator[None]:
+    """While active, components outside the registry may be imported (the user's explicit opt-in)."""
+    token = _trust_code.set(bool(trust))
+    try:
+        yield
+    finally:
+        _trust_code.reset(token)
+
+
+def code_is_trusted() -> bool:
+    return _trust_code.get()
 
 
 @runtime_checkable
@@ -35,31 +60,45 @@ class Decoder(Protocol):
 
 
 def _import_target(target: str) -> type:
-    where, _, name = target.rpartition(":")
+    """The class a target names: a registry name (or a built-in's import path) always; anything else only
+    while the user trusts code. Either way it must be a torch.nn.Module subclass."""
+    name = builtin_name(target)
+    if name is not None:
+        target = BUILTINS[name]
+    elif not code_is_trusted():
+        raise UserError(f"component {target!r} is not a vqprior built-in ({', '.join(BUILTINS)}); code named by a config or "
+                        f"a run folder runs only if you trust it: pass --trust-code (Python: trust_code=True)")
+    where, _, attr = target.rpartition(":")
     if where.endswith(".py"):
-        path = Path(where).expanduser()
-        if not path.is_file():
-            raise UserError(f"component {target!r}: file {path} not found")
-        module_name = f"vqprior_user_{abs(hash(str(path.resolve())))}"
-        module = sys.modules.get(module_name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            try:
-                spec.loader.exec_module(module)
-            except Exception as e:
-                del sys.modules[module_name]
-                raise UserError(f"component {target!r}: importing {path} failed: {type(e).__name__}: {e}") from None
+        module = _import_file(target, Path(where).expanduser())
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as e:
             raise UserError(f"component {target!r}: cannot import module {where!r} ({e}); is it installed or on PYTHONPATH?") from None
-    cls = getattr(module, name, None)
+    cls = getattr(module, attr, None)
     if cls is None:
-        raise UserError(f"component {target!r}: module {where!r} has no {name!r}")
+        raise UserError(f"component {target!r}: module {where!r} has no {attr!r}")
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise UserError(f"component {target!r} is a {type(cls).__name__}, not a torch.nn.Module class; point target at one")
     return cls
+
+
+def _import_file(target: str, path: Path):
+    if not path.is_file():
+        raise UserError(f"component {target!r}: file {path} not found")
+    module_name = f"vqprior_user_{abs(hash(str(path.resolve())))}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[module_name]
+            raise UserError(f"component {target!r}: importing {path} failed: {type(e).__name__}: {e}") from None
+    return module
 
 
 def resolve(spec: Component, **context: Any) -> dict:
@@ -86,8 +125,6 @@ def instantiate(resolved: dict) -> nn.Module:
         module = cls(**params)
     except Exception as e:
         raise UserError(f"component {target!r}: constructing it with params {params} failed: {type(e).__name__}: {e}") from None
-    if not isinstance(module, nn.Module):
-        raise UserError(f"component {target!r} is a {type(module).__name__}, expected a torch.nn.Module")
     return module
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
+from .registry import BUILTINS, builtin_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,6 +23,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRESET_DIR = Path(__file__).parent / "presets"
+MAX_SEED = 2**63 - 1  # every generator (torch, numpy's SeedSequence) takes seeds up to here
+RUN_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # a plain folder name: no path, not hidden, not "." or ".."
 
 
 class Section(BaseModel):
@@ -29,7 +32,8 @@ class Section(BaseModel):
 
 
 class Component(Section):
-    """A swappable part, built as `target(**params)`; target is "package.module:Class" or "path/to/file.py:Class"."""
+    """A swappable part, built as `target(**params)`. target is a built-in's registry name (conv_encoder, gated_pixelcnn,
+    ...) or, with --trust-code, a class of your own: "package.module:Class" or "path/to/file.py:Class"."""
 
     target: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -41,9 +45,11 @@ class Component(Section):
     @field_validator("target")
     @classmethod
     def _has_class(cls, v: str) -> str:
+        if builtin_name(v) is not None:
+            return v
         where, _, name = v.rpartition(":")
         if not where or not name:
-            raise ValueError(f"target {v!r} must look like 'package.module:Class' or 'file.py:Class'")
+            raise ValueError(f"target {v!r} must be a built-in ({', '.join(BUILTINS)}) or look like 'package.module:Class' or 'file.py:Class'")
         if where.endswith(".py"):  # saved absolute, so later stages find the file from any working directory
             return f"{Path(where).expanduser().resolve()}:{name}"
         return v
@@ -56,10 +62,10 @@ class Component(Section):
 
 class RunSection(Section):
     # folder under out_dir that holds stage1..stage4 of this run; default: named after the data (mnist, cifar10, ...)
-    name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str | None = Field(None, min_length=1, max_length=100, pattern=RUN_NAME)
     out_dir: str = "artifacts"
     # one seed drives initialisation, data order and (unless sample.seed is set) sampling
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     # "auto" picks cuda when available (under torchrun: the GPU of the local rank); else "cpu", "cuda" or "cuda:N"
     device: str = "auto"
     # torch intra-op threads on CPU; 0 = one per core. More threads than cores slows everything down.
@@ -87,11 +93,11 @@ class DataSection(Section):
 
 
 def _default_encoder() -> Component:
-    return Component(target="vqprior.models.vqvae:ConvEncoder", params={"hidden": 64, "res_blocks": 1})
+    return Component(target="conv_encoder", params={"hidden": 64, "res_blocks": 1})
 
 
 def _default_decoder() -> Component:
-    return Component(target="vqprior.models.vqvae:ConvDecoder", params={"hidden": 64, "res_blocks": 1})
+    return Component(target="conv_decoder", params={"hidden": 64, "res_blocks": 1})
 
 
 class VQVAESection(Section):
@@ -119,21 +125,21 @@ class VQVAESection(Section):
 PRIOR_KINDS = {
     # 8 gated layers of 64 channels, 3-wide kernels: for 8 epochs, sample FD/floor 1.97 where 48 channels x 5 epochs
     # gave 2.81 (validation slice, guidance 1.5); it fits the 10-minute budget on 2 cores (README numbers)
-    "gated_pixelcnn": ("vqprior.models.priors.gated_pixelcnn:GatedPixelCNN", {"channels": 64, "layers": 8, "kernel": 3}),
+    "gated_pixelcnn": {"channels": 64, "layers": 8, "kernel": 3},
     # the PixelRNN paper's recurrent priors (README, "Prior kinds", compares the three at equal training time)
-    "row_lstm": ("vqprior.models.priors.pixel_rnn:RowLSTM", {"channels": 64, "layers": 4, "kernel": 3}),
-    "diagonal_bilstm": ("vqprior.models.priors.pixel_rnn:DiagonalBiLSTM", {"channels": 64, "layers": 4}),
-}
+    "row_lstm": {"channels": 64, "layers": 4, "kernel": 3},
+    "diagonal_bilstm": {"channels": 64, "layers": 4},
+}  # each kind is also the registry name of its network (vqprior.registry)
 
 
 def prior_network(kind: str) -> Component:
-    target, params = PRIOR_KINDS[kind]
-    return Component(target=target, params=dict(params))
+    return Component(target=kind, params=dict(PRIOR_KINDS[kind]))
 
 
 def prior_kind(target: str) -> str:
     """The kind whose network class `target` names, or "custom"."""
-    return next((kind for kind, (t, _) in PRIOR_KINDS.items() if t == target), "custom")
+    name = builtin_name(target)
+    return name if name in PRIOR_KINDS else "custom"
 
 
 class PriorSection(Section):
@@ -172,19 +178,23 @@ class PriorSection(Section):
 
 
 class SampleSection(Section):
-    # images per requested class (or in total when the prior is unconditional)
-    n: int = Field(10, ge=1, le=1_000_000)
+    # images per requested class (in total when the prior is unconditional; strips for a morph). `vqprior eval --n`
+    # and the API's n count images in all; this one counts per class, hence the name
+    per_class: int = Field(10, ge=1, le=1_000_000)
+    # refuse a stage 4 that would draw more maps than this in all (it prints the size and time it would take):
+    # a typo in per_class should not start hours of work and tens of GB; raise it to confirm a big job
+    limit: int = Field(100_000, ge=1)
     # classes to draw; empty = every class (conditional prior only)
     labels: list[int] = Field(default_factory=list)
     # soft label: class weights summing to 1, e.g. {"3" = 0.5, "8" = 0.5} draws digits between a 3 and an 8
-    mix: dict[int, float] = Field(default_factory=dict)
+    mix: dict[int, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
     # softmax temperature: < 1 sharper and safer, > 1 more varied; 0.95 raised FD/floor from 1.97 to 2.32 (guidance 1.5)
-    temperature: float = Field(1.0, gt=0, allow_inf_nan=False)
+    temperature: float = Field(1.0, ge=0.01, le=100, allow_inf_nan=False)
     # classifier-free guidance scale: logits = uncond + s * (cond - uncond); 1 = plain conditional sampling.
     # 1.5 measured best: FD/floor 11.7 at 1, 2.8 at 1.5, 5.0 at 2 (48ch prior); accuracy 89% -> 98% -> 99.6%
-    guidance: float = Field(1.5, ge=0, allow_inf_nan=False)
+    guidance: float = Field(1.5, ge=0, le=100, allow_inf_nan=False)
     # seed for sampling; None = run.seed. Same seed, same images.
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     # class morph: [a, b] draws n strips whose soft label moves from a to b in morph_steps steps, one noise per strip
     morph: list[int] = Field(default_factory=list, max_length=2)
     morph_steps: int = Field(9, ge=2, le=100)
@@ -194,6 +204,14 @@ class SampleSection(Section):
     # so the images do not depend on it
     batch_size: int = Field(1000, ge=1)
 
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name_of_per_class(cls, data: Any) -> Any:
+        # configs and run folders written before the rename call it n
+        if isinstance(data, dict) and "n" in data:
+            data = {k: v for k, v in data.items() if k != "n"} | {"per_class": data["n"]}
+        return data
 
     @model_validator(mode="after")
     def _mix_is_distribution(self) -> "SampleSection":
@@ -233,6 +251,15 @@ def default_run_name(data: DataSection) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(data.root).expanduser().resolve().name).strip("-.") or "folder"
 
 
+def validate_run_name(name: str) -> str:
+    """run.name's rules for a name given on the command line: one line if it breaks them."""
+    try:
+        RunSection(name=name)
+    except ValidationError:
+        raise UserError(f"--name {name!r}: a run name is a plain folder name (letters, digits, _ . -, not starting with . or -)") from None
+    return name
+
+
 def presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
@@ -243,6 +270,12 @@ def _read_toml(path: Path) -> dict:
             return tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a folder; pass a .toml file") from None
+    except PermissionError:
+        raise UserError(f"config file {path} is not readable (permission denied)") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text; save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
 

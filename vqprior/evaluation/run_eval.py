@@ -71,7 +71,7 @@ def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = Non
     """Every metric of a finished run, and the uint8 sample images it scored."""
     started = time.perf_counter()
     vq = load_vqvae(run_dir, needed_by=None, device=device)
-    prior = load_prior(run_dir, needed_by=None, device=device)
+    prior = load_prior(run_dir, needed_by=None, device=device, vqvae=vq)
     data_cfg = DataSection.model_validate(vq.saved["data"])
     train, test = load_split(data_cfg, "train"), load_split(data_cfg, "test")
     if train.labels is None:
