@@ -71,6 +71,8 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     for split, data in (("train", train), ("test", test)):
         if data.skipped:
             reporter.log(f"[yellow]warning:[/] skipped {data.skipped} unreadable file(s) in the {split} split (data.strict=true makes this an error)")
+        for notice in data.notices:
+            reporter.log(f"[yellow]notice:[/] {notice}")
     grid = model.grid
     reporter.log(f"stage 1: VQ-VAE on {len(train)} images {list(image_shape)} -> {grid[0]}x{grid[1]} codes, K={k}, device {device}")
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
+import os
 import time
 from pathlib import Path
 
@@ -13,11 +16,26 @@ from vqprior.artifacts import output_sha, write_manifest, writing_stage
 from vqprior.codes import code_dtype
 from vqprior.config import Config, DataSection
 from vqprior.datasets import SPLITS, load_split, to_float
+from vqprior.errors import disk_full, ensure_free
 from vqprior.models.quantizer import code_usage
 from vqprior.restore import load_vqvae
 from vqprior.runtime import Reporter, Runtime, batches
 
 ENCODE_BATCH = 1000
+
+
+def create_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """An .npy of zeros whose disk blocks are reserved (posix_fallocate) before anyone writes into it through a
+    memory map: a full disk is then an error here, never a SIGBUS in the middle of the writes."""
+    np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_full(path, os.fstat(f.fileno()).st_size) from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: the free-space check stands
+                raise
 
 
 def fingerprint(cfg: Config) -> dict | None:
@@ -41,11 +59,13 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     datasets = {split: load_split(data_cfg, split) for split in SPLITS}
     with writing_stage(cfg.run_dir(), 2) if rt.is_main else contextlib.nullcontext() as out:
         out = Path(rt.share(str(out) if rt.is_main else None))
+        if rt.is_main:  # everything stage 2 writes has a known size: refuse up front rather than fail half-way
+            ensure_free(cfg.run_dir() / "stage2", sum(len(d) * (math.prod(vq.grid) * dtype.itemsize + 8) for d in datasets.values()))
         info: dict[str, dict] = {}
         for split, data in datasets.items():
             path = out / f"{split}_codes.npy"
             if rt.is_main:
-                np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(len(data), *vq.grid)).flush()
+                create_npy(path, dtype, (len(data), *vq.grid))
             rt.barrier()
             codes = np.load(path, mmap_mode="r+")
             lo, hi = (len(data) * rt.rank) // rt.world_size, (len(data) * (rt.rank + 1)) // rt.world_size

@@ -18,7 +18,7 @@ from vqprior.errors import UserError
 from vqprior.models.priors.base import SEED_BLOCK, generate
 from vqprior.models.vqvae import decode_images
 from vqprior.report.progress import write_gif
-from vqprior.restore import load_prior, load_vqvae
+from vqprior.restore import check_prior_fits, load_prior, load_vqvae
 from vqprior.runtime import Reporter, Runtime
 
 GRID_COLUMNS = 32  # the PNG shows at most this many images per row; the .npz has all
@@ -79,9 +79,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     started = time.perf_counter()
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
+    prior = load_prior(cfg.run_dir(), needed_by=4, device=rt.device)  # refuses a prior trained on another VQ-VAE's codes
     vq = load_vqvae(cfg.run_dir(), needed_by=4, device=rt.device)
-    # refuses a prior trained on another VQ-VAE's codes (hashes) or for another codebook or grid (shapes)
-    prior = load_prior(cfg.run_dir(), needed_by=4, device=rt.device, vqvae=vq)
+    check_prior_fits(prior, vq)  # and one made for another codebook size or grid
     if cfg.sample.morph:
         return _morph(cfg, prior, vq, rt, reporter, started)
     labels, rows = requested_labels(cfg, prior.model.num_classes)

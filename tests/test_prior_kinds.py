@@ -122,7 +122,7 @@ def test_skew_moves_row_i_right_by_i_and_back():
 
 def test_prior_kind_picks_the_network_and_keeps_its_params(tmp_path):
     cfg = load_config(overrides=["prior.network.params.channels=32", "prior.kind=diagonal_bilstm"])
-    assert cfg.prior.network.target.endswith("pixel_rnn:DiagonalBiLSTM")
+    assert cfg.prior.network.target == "diagonal_bilstm"
     assert cfg.prior.network.params == {"channels": 32, "layers": 4}
     assert load_config(overrides=["prior.kind=row_lstm"]).prior.network.params["kernel"] == 3
     own = load_config(overrides=["prior.network.target=examples/masked_linear_prior.py:MaskedLinearPrior"])

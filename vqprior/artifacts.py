@@ -8,6 +8,7 @@ folder has a manifest.json with sha256 fingerprints of what it read and wrote; l
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -26,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, disk_full
 
 STAGE_NAMES = {1: "VQ-VAE", 2: "code maps", 3: "prior", 4: "samples"}
 MANIFEST = "manifest.json"
@@ -64,8 +65,8 @@ def writing_folder(final: Path, what: str) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == 28:
-            raise UserError(f"disk full while writing {what} to {run_dir}; free space and run it again") from None
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(e.filename or final) from None
         raise
 
 
@@ -82,12 +83,43 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     path = run_dir / ".lock"
     fd = _take_lock(path, run_dir)
     try:
+        remove_leftovers(run_dir)
         yield
     finally:
         path.unlink(missing_ok=True)  # unlinked while still held: a waiting process re-checks the inode
         os.close(fd)
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that failed before writing anything leaves no trace
+
+
+LEFTOVER = re.compile(r"^\..+\.(?:tmp|old)-(\d+)$|^\..+\.(\d+)\.tmp$")  # .stage2.tmp-<pid>, .stage1.pt.<pid>.tmp, ...
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Remove the temporary files and folders of writers that died (killed, power cut) before cleaning up; the
+    caller holds the run lock, so no live writer of this folder can own them. Returns what was removed."""
+    removed = []
+    for folder in (run_dir, run_dir / ".checkpoints"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = LEFTOVER.match(p.name)
+            if m and not _alive(int(m.group(1) or m.group(2))):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _take_lock(path: Path, run_dir: Path) -> int:
@@ -134,7 +166,22 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def save_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Written whole or not at all (a temporary file renamed into place)."""
+    write_bytes_atomic(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`data` at `path`, or a one-line DiskFull and no partial file when the disk fills up."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path, len(data)) from None
+        raise
 
 
 def load_json(path: Path) -> Any:

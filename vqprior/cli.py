@@ -329,7 +329,11 @@ FromN = Annotated[int, typer.Option("--n", "-n", min=1, help="With --from: how m
 def _inputs(run, inputs, from_split, n):
     from .inputs import read_inputs
 
-    return read_inputs(inputs or [], from_split, n, run.image_shape, run._vq.saved["data"])
+    notices: list[str] = []
+    out = read_inputs(inputs or [], from_split, n, run.image_shape, run._vq.saved["data"], notices)
+    for notice in notices:
+        console.print(f"[yellow]notice:[/] {escape(notice)}")
+    return out
 
 
 def _api_command(body, trust_code: bool = False) -> None:
@@ -434,7 +438,20 @@ def classify(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
 
 
 def main() -> None:
-    app(prog_name="vqprior")
+    """The console entry point: a mistyped option or an out-of-range value is one line too, like every other error."""
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")  # click's, wherever typer keeps it
+    try:
+        code = app(prog_name="vqprior", standalone_mode=False)
+    except usage_error as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `vqprior`: the help, as before
+            app(prog_name="vqprior", args=["--help"])
+        where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "vqprior"
+        console.print(f"[bold red]error:[/] {escape(' '.join(e.format_message().split()))}; see `{where} --help`", soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        console.print("[bold red]error:[/] interrupted", soft_wrap=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,11 +25,13 @@ def disk_full(path, needed_bytes: int | None = None) -> DiskFull:
                     + f"; {room} or choose another run.out_dir, then run the same command again")
 
 
-def ensure_free(path, needed_bytes: int, margin: int = 16 << 20) -> None:
-    """Refuse up front (before anything is written) when `path`'s filesystem has less than needed + margin free."""
+def ensure_free(path, needed_bytes: int) -> None:
+    """Refuse up front (before anything is written) when `path`'s filesystem has less than needed + a margin free
+    (1 MB + 10%, for the manifest and the small files written beside)."""
+    needed = needed_bytes + (1 << 20) + needed_bytes // 10
     free = _free_bytes(Path(path))
-    if free is not None and free < needed_bytes + margin:
-        raise disk_full(path, needed_bytes + margin)
+    if free is not None and free < needed:
+        raise disk_full(path, needed)
 
 
 def os_error_message(e: OSError) -> str | None:

@@ -88,11 +88,19 @@ def load_prior(run_dir: Path, needed_by: int | None, device: torch.device, vqvae
         raise UserError(f"{folder / 'config.json'}: {resolved['target']!r} is not a vqprior prior; re-run stage 3")
     if model.num_classes != len(class_names or []):
         raise UserError(f"{folder / 'config.json'}: the prior knows {model.num_classes} classes but names {len(class_names or [])}; re-run stage 3")
-    if vqvae is not None and (model.codebook_size, grid) != (vqvae.model.quantizer.codebook_size, tuple(vqvae.grid)):
-        raise UserError(f"the prior models K={model.codebook_size} codes on a {grid[0]}x{grid[1]} grid but the VQ-VAE has "
-                        f"K={vqvae.model.quantizer.codebook_size} on {vqvae.grid[0]}x{vqvae.grid[1]}; re-run stages 2 and 3")
     load_weights(folder / "prior.safetensors", model)
-    return TrainedPrior(model.to(device).eval(), folder, manifest, grid, class_names)
+    prior = TrainedPrior(model.to(device).eval(), folder, manifest, grid, class_names)
+    if vqvae is not None:
+        check_prior_fits(prior, vqvae)
+    return prior
+
+
+def check_prior_fits(prior: TrainedPrior, vqvae: TrainedVQVAE) -> None:
+    """A prior models one VQ-VAE's codes: the same K and grid (hashes prove the lineage, this the shapes)."""
+    k, grid = prior.model.codebook_size, prior.grid
+    if (k, grid) != (vqvae.model.quantizer.codebook_size, tuple(vqvae.grid)):
+        raise UserError(f"the prior models K={k} codes on a {grid[0]}x{grid[1]} grid but the VQ-VAE has "
+                        f"K={vqvae.model.quantizer.codebook_size} on {vqvae.grid[0]}x{vqvae.grid[1]}; re-run stages 2 and 3")
 
 
 def _component_section(saved, key: str, folder: Path) -> dict:

@@ -8,8 +8,8 @@ It is loaded with torch.load(weights_only=True): tensors and plain containers on
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import random
 import signal
 import threading
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .artifacts import write_bytes_atomic
 from .errors import UserError
 from .runtime import Reporter, Runtime, batches
 
@@ -163,14 +164,10 @@ class Trainer:
                    "sums": {k: v.cpu() for k, v in self.sums.items()}, "n_batches": self.n_batches,
                    "epoch_order_state": self._epoch_order_state, "rng": _rng_state(),
                    "state": {name: obj.state_dict() for name, obj in self.stateful.items()}}
+        buffer = io.BytesIO()  # serialised first, so a full disk fails in one plain write and the last checkpoint stays
+        torch.save(payload, buffer)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, self.path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"cannot write checkpoint {self.path}: {e.strerror}; free disk space or choose another run.out_dir") from None
+        write_bytes_atomic(self.path, buffer.getvalue())
 
     def _stop_if_requested(self) -> None:
         requested = self._stop is not None and self._stop.requested
@@ -187,6 +184,7 @@ class Trainer:
     def fit(self, step: Callable[[torch.Tensor], dict[str, torch.Tensor]], on_epoch_end: list[EpochCallback] = (),
             after_step: list[Callable[[], None]] = ()) -> list[dict]:
         """Train to the last epoch; `after_step` callbacks run after every optimizer step (e.g. a weight EMA)."""
+        self._trained_this_call = self.epoch <= self.n_epochs
         with StopRequest() as self._stop:
             while self.epoch <= self.n_epochs:
                 t0 = time.perf_counter()
@@ -204,6 +202,10 @@ class Trainer:
                 self.step, self.sums, self.n_batches = 0, {}, 0
                 self._epoch_order_state = self.order.get_state()  # where the next epoch's shuffle starts
                 self._stop_if_requested()  # a request that came during evaluation is not dropped
+            if self.checkpoint_every and self._trained_this_call:
+                # the finished training is kept until the stage's outputs are written (`finish`): a full disk or a
+                # crash while writing them costs a re-run of the writing, not of the training
+                self.save()
         self._check_replicas_agree()
         return self.history
 

@@ -7,18 +7,19 @@ every 10th file (in sorted order) held out as the test split. Inside a split, su
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..config import DataSection
-from .imageset import ImageSet
 from ..errors import UserError
+from .imageset import ImageSet
+from .pixels import GRAY_MODES, UNREADABLE, open_image, to_uint8, why_unreadable
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # palette images (P) are checked pixel by pixel
 HOLDOUT_EVERY = 10
 
 
@@ -62,7 +63,7 @@ def dataset_channels(root: Path) -> int:
         try:
             with Image.open(f) as img:
                 gray = _is_gray(img)
-        except (UnidentifiedImageError, OSError, ValueError):
+        except UNREADABLE:
             continue  # the split loader reports unreadable files
         if not gray:
             break
@@ -94,22 +95,26 @@ def load_image_folder(cfg: DataSection, split: str) -> ImageSet:
     opened, skipped = [], []
     for f in files:
         try:
-            with Image.open(f) as img:
-                img.load()
-                opened.append((f, img.copy()))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+            opened.append((f, open_image(f)))
+        except UNREADABLE as e:
             if cfg.strict:
-                raise UserError(f"cannot read image {f} ({type(e).__name__}); fix or remove it, or set data.strict=false to skip it") from None
+                raise UserError(f"cannot read image {f} ({why_unreadable(e)}); fix or remove it, or set data.strict=false to skip it") from None
             skipped.append(f)
     if not opened:
         raise UserError(f"none of the {len(files)} files in the {split} split under {folder} is a readable image")
 
     channels = cfg.channels or dataset_channels(root)
-    mode = "L" if channels == 1 else "RGB"
     arrays, labels = [], []
     first_size = None
+    notices: Counter[str] = Counter()
     for f, img in opened:
-        img = img.convert(mode)
+        try:
+            pixels, notice = to_uint8(img, channels)  # 16-bit and float images scaled by their range, not clipped
+        except ValueError as e:
+            raise UserError(f"cannot use image {f}: {e}; fix or remove it") from None
+        if notice:
+            notices[notice] += 1
+        img = Image.fromarray(pixels)
         if cfg.image_size:
             img = _fit(img, cfg.image_size)
         elif first_size is None:
@@ -122,4 +127,5 @@ def load_image_folder(cfg: DataSection, split: str) -> ImageSet:
         if names:
             labels.append(names.index(f.relative_to(folder).parts[0]))
     images = torch.from_numpy(np.stack(arrays))
-    return ImageSet(images, torch.tensor(labels, dtype=torch.int64) if names else None, names, skipped=len(skipped))
+    return ImageSet(images, torch.tensor(labels, dtype=torch.int64) if names else None, names, skipped=len(skipped),
+                    notices=[f"{text} ({count} of {len(opened)} in the {split} split)" for text, count in notices.items()])

@@ -6,7 +6,7 @@ MNIST-sized data fits in memory; uint8 tensors with no DataLoader workers are th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,6 +17,7 @@ class ImageSet:
     labels: torch.Tensor | None  # int64 [N], or None when the data has no classes
     class_names: list[str] | None
     skipped: int = 0  # unreadable files left out (image folders)
+    notices: list[str] = field(default_factory=list)  # how pixel values were read where the files did not say (image folders)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -29,11 +30,11 @@ class ImageSet:
         if n is None or n >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:n]
-        return ImageSet(self.images[:n], labels, self.class_names, self.skipped)
+        return ImageSet(self.images[:n], labels, self.class_names, self.skipped, self.notices)
 
     def slice(self, start: int, stop: int) -> "ImageSet":
         labels = None if self.labels is None else self.labels[start:stop]
-        return ImageSet(self.images[start:stop], labels, self.class_names, self.skipped)
+        return ImageSet(self.images[start:stop], labels, self.class_names, self.skipped, self.notices)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
