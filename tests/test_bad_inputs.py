@@ -103,6 +103,46 @@ def corrupt_checkpoint(run, tmp, mp):
 FOLDER = ["--set", 'data.source="folder"', "--set", 'data.root="{tmp}/imgs"']
 
 
+def edit_json(rel, change):
+    """Hand-edit a stage's JSON file and (as a forger would) fix its checksum in the manifest, if it is listed."""
+    def setup(run, tmp, mp):
+        path = run / rel
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+        manifest_path = path.parent / "manifest.json"
+        if path != manifest_path:
+            manifest = json.loads(manifest_path.read_text())
+            manifest["outputs"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+            manifest_path.write_text(json.dumps(manifest))
+    return setup
+
+
+def labels_out_of_range(run, tmp, mp):
+    path = run / "stage2" / "train_labels.npy"
+    labels = np.load(path)
+    labels[0] = 12
+    np.save(path, labels)
+    edit_json("stage2/manifest.json", lambda m: m["outputs"].__setitem__("train_labels.npy", hashlib.sha256(path.read_bytes()).hexdigest()))(run, tmp, mp)
+
+
+def config_folder(run, tmp, mp):
+    (tmp / "cfg").mkdir()
+
+
+def config_not_utf8(run, tmp, mp):
+    (tmp / "cfg").write_bytes(b"\xff\xfe[run]\x00\x81")
+
+
+def bomb_folder(run, tmp, mp):
+    from PIL import Image
+
+    (tmp / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp / "imgs" / f"{i}.png")
+    mp.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+
+
 @dataclass
 class Case:
     id: str
@@ -147,11 +187,37 @@ CASES = [
          "failed on a [2, 1, 28, 28] batch"),
     Case("nan-loss", ["run-stage", "1", "--set", "vqvae.lr=1e30", "--set", "run.checkpoint_every=1", "--restart"], "the loss became"),
     Case("out-dir-not-writable", ["run-stage", "1", "--set", 'run.out_dir="/etc/hostname/sub"'], "choose a writable run.out_dir"),
-    Case("disk-full", ["run-stage", "2"], "disk full", disk_full),
+    Case("disk-full", ["run-stage", "2"], "no space left on device", disk_full),
     Case("run-folder-in-use", ["run-stage", "4"], "is in use by process", live_lock),
     Case("corrupted-checkpoint", ["run-stage", "1"], "unreadable", corrupt_checkpoint),
     Case("resume-without-checkpoint", ["run-stage", "1", "--resume"], "no checkpoint for stage 1"),
     Case("resume-and-restart", ["run-stage", "1", "--resume", "--restart"], "contradict"),
+    # silently wrong or runaway values
+    Case("mix-weight-nan", ["run-stage", "4", "--mix", "3:nan,8:0.5"], "sample.mix"),
+    Case("name-dot", ["run-stage", "1", "--name", "."], "run.name"),
+    Case("name-dotdot", ["run-stage", "4", "--name", ".."], "run.name"),
+    Case("name-hidden", ["run-stage", "4", "--name", ".t"], "run.name"),
+    Case("per-class-huge", ["run-stage", "4", "--per-class", "1000000"], "sample.limit"),
+    Case("morph-huge", ["run-stage", "4", "--morph", "4:9", "--per-class", "20000"], "sample.limit"),
+    Case("temperature-underflow", ["run-stage", "4", "--temperature", "1e-45"], "sample.temperature"),
+    Case("temperature-nan", ["run-stage", "4", "--temperature", "nan"], "sample.temperature"),
+    Case("guidance-inf", ["run-stage", "4", "--guidance", "inf"], "sample.guidance"),
+    Case("seed-negative", ["run-stage", "4", "--seed", "-1"], "sample.seed"),
+    Case("seed-2-to-the-64", ["run-stage", "4", "--seed", str(2**64)], "sample.seed"),
+    Case("run-seed-2-to-the-64", ["run-stage", "1", "--set", f"run.seed={2**64}"], "run.seed"),
+    Case("config-is-a-folder", ["run-stage", "1", "--config", "{tmp}/cfg"], "is a folder", config_folder),
+    Case("config-not-utf8", ["run-stage", "1", "--config", "{tmp}/cfg"], "not UTF-8", config_not_utf8),
+    Case("image-header-too-large", ["run-stage", "1", *FOLDER, "--set", "data.strict=true"], "decompression bomb", bomb_folder),
+    # hand-edited or forged stage folders
+    Case("stage2-manifest-larger-K", ["run-stage", "3"], "K=200", edit_json("stage2/manifest.json", lambda m: m.__setitem__("codebook_size", 200))),
+    Case("stage2-manifest-K-vs-dtype", ["run-stage", "3"], "does not match K=4096", edit_json("stage2/manifest.json", lambda m: m.__setitem__("codebook_size", 4096))),
+    Case("stage2-manifest-missing-grid", ["run-stage", "3"], "grid: Field required", edit_json("stage2/manifest.json", lambda m: m.pop("grid"))),
+    Case("stage2-manifest-fewer-classes", ["run-stage", "3"], "names 2 classes", edit_json("stage2/manifest.json", lambda m: m.__setitem__("class_names", ["0", "1"]))),
+    Case("labels-outside-the-classes", ["run-stage", "3"], "has labels 0..12", labels_out_of_range),
+    Case("prior-class-count-vs-names", ["run-stage", "4"], "knows 5 classes but names 10",
+         edit_json("stage3/config.json", lambda c: c["prior"]["params"].__setitem__("num_classes", 5))),
+    Case("prior-config-without-target", ["run-stage", "4"], "no valid 'prior'", edit_json("stage3/config.json", lambda c: c["prior"].pop("target"))),
+    Case("vqvae-config-not-an-object", ["run-stage", "2"], "no 'vqvae' section", edit_json("stage1/config.json", lambda c: c.__setitem__("vqvae", 3))),
 ]
 
 
@@ -194,3 +260,87 @@ def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "stage 3 needs stage 2" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+# ------------------------------------------------------------------ commands that read a finished run, and the Python API
+
+def write_inputs(tmp):
+    from PIL import Image
+
+    np.savez(tmp / "wide.npz", images=np.full((2, 1, 28, 28), 3.0, np.float32))
+    np.savez(tmp / "nan.npz", images=np.full((2, 1, 28, 28), np.nan, np.float32))
+    np.savez(tmp / "objects.npz", images=np.array([{"a": 1}], dtype=object))
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp / "big.png")
+    (tmp / "text.png").write_text("not a png")
+
+
+READER_CASES = [
+    ("eval-temperature-zero", ["eval", "--temperature", "0"], "temperature"),
+    ("eval-guidance-nan", ["eval", "--guidance", "nan"], "guidance"),
+    ("eval-reference-unknown", ["eval", "--reference", "train"], "choose test or valid"),
+    ("eval-name-dotdot", ["eval", "--name", ".."], "plain folder name"),
+    ("complete-keep-rows-negative", ["complete", "--from", "test", "--keep-rows", "-1"], "out of range"),
+    ("complete-temperature-tiny", ["complete", "--from", "test", "--temperature", "1e-45"], "temperature"),
+    ("complete-from-unknown-split", ["complete", "--from", "valid"], "choose train or test"),
+    ("score-npz-out-of-range", ["score", "{tmp}/wide.npz"], "must be floats in [0, 1]"),
+    ("score-npz-nan", ["score", "{tmp}/nan.npz"], "NaN"),
+    ("score-npz-of-objects", ["score", "{tmp}/objects.npz"], "not a readable .npz"),
+    ("score-wrong-size", ["score", "{tmp}/big.png"], "this run's images are 28x28"),
+    ("score-not-an-image", ["score", "{tmp}/text.png"], "cannot read"),
+    ("classify-missing-file", ["classify", "{tmp}/nothing.png"], "does not exist"),
+    ("report-no-run", ["report", "--name", "nope"], "no finished run"),
+]
+
+
+@pytest.mark.parametrize("case_id,args,message", READER_CASES, ids=[c[0] for c in READER_CASES])
+def test_bad_input_to_a_command_over_a_finished_run(case_id, args, message, finished_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out / "t")
+    write_inputs(tmp_path)
+    before = snapshot(out)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    where = ["--out-dir", str(out)] + ([] if "--name" in args else ["--name", "t"]) + ([] if args[0] == "report" else ["--device", "cpu"])
+    result = runner.invoke(app, [*args, *where], catch_exceptions=False)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert snapshot(out) == before
+
+
+def test_usage_errors_of_the_real_command_are_one_line_too(tmp_path):
+    for args, message in ((["eval", "--n", "1000000"], "less than or equal to 100000"), (["eval", "--seed", "-1"], "greater than or equal to 0"),
+                          (["complete", "--seed", str(2**64)], "less than or equal to"), (["run", "--n", "3"], "No such option: --n")):
+        result = subprocess.run([sys.executable, "-m", "vqprior", *args], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+API_CASES = [
+    ("soft-labels-wrong-shape", lambda r: r.generate(labels=[[0.5, 0.5]]), "soft labels must be weights [N, 10]"),
+    ("soft-labels-not-summing", lambda r: r.generate(labels=np.full((1, 10), 0.5)), "sum to 1"),
+    ("label-out-of-range", lambda r: r.generate(labels=[11]), "classes 0..9"),
+    ("labels-empty", lambda r: r.generate(labels=[]), "non-empty"),
+    ("temperature-zero", lambda r: r.generate(labels=[3], temperature=0), "temperature"),
+    ("guidance-nan", lambda r: r.generate(labels=[3], guidance=float("nan")), "guidance"),
+    ("seed-negative", lambda r: r.generate(labels=[3], seed=-1), "seed must be"),
+    ("decode-codes-out-of-range", lambda r: r.decode(np.full((1, 7, 7), 99)), "codes must be in 0..15"),
+    ("decode-wrong-grid", lambda r: r.decode(np.zeros((1, 5, 5), np.int64)), "codes must be integers [N, 7, 7]"),
+    ("encode-nan", lambda r: r.encode(np.full((1, 28, 28), np.nan)), "NaN"),
+    ("encode-floats-out-of-range", lambda r: r.encode(np.full((1, 28, 28), 7.0)), "must be in [0, 1]"),
+    ("encode-not-an-array", lambda r: r.encode("digit.png"), "images must be"),
+    ("encode-wrong-shape", lambda r: r.encode(np.zeros((2, 32, 32), np.uint8)), "images must be [N >= 1, 1, 28, 28]"),
+    ("posterior-positions", lambda r: r.posterior(np.zeros((1, 7, 7), np.int64), positions=100), "positions must be"),
+    ("complete-keep-rows", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep_rows=99), "out of range"),
+    ("complete-samples", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), samples=0), "samples must be"),
+    ("score-empty", lambda r: r.score(np.zeros((0, 1, 28, 28), np.uint8)), "N >= 1"),
+]
+
+
+@pytest.mark.parametrize("case_id,call,message", API_CASES, ids=[c[0] for c in API_CASES])
+def test_the_python_api_raises_user_errors(case_id, call, message, finished_run):
+    import vqprior
+    from vqprior.errors import UserError
+
+    run = vqprior.load(finished_run, device="cpu")
+    with pytest.raises(UserError) as caught:
+        call(run)
+    assert message in str(caught.value) and "\n" not in str(caught.value)

@@ -148,6 +148,8 @@ class Run:
             t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
         except (TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"labels must be a list of classes or soft weights [N, {self.num_classes}] ({e})") from None
+        if t.numel() == 0:
+            raise UserError(f"labels must be a non-empty list of classes 0..{self.num_classes - 1} (or soft weights [N, {self.num_classes}])")
         if t.is_floating_point():
             t = t.double()
             if t.dim() != 2 or t.shape[1] != self.num_classes or not len(t):
