@@ -1,0 +1,53 @@
+"""What a user installs is what the tests ran: the wheel holds every module, and a source checkout imports too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def source_modules() -> set[str]:
+    found = set()
+    for base, prefix in ((ROOT / "vqprior", "vqprior"), (ROOT / "stages", "vqprior/stages")):
+        for path in base.rglob("*.py"):
+            if "__pycache__" not in path.parts and not path.relative_to(base).parts[0] == "stages":
+                found.add(f"{prefix}/{path.relative_to(base).as_posix()}")
+    return found
+
+
+def test_the_wheel_holds_every_module_and_each_imports_from_it(tmp_path):
+    source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(".venv", ".git", "artifacts", "build", "*.egg-info", "__pycache__"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr
+    wheel = next((tmp_path / "dist").glob("vqprior-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        z.extractall(tmp_path / "site")
+    missing = source_modules() - names
+    assert not missing, f"not in the wheel: {sorted(missing)}"
+    assert {"vqprior/presets/quick.toml", "vqprior/report/report.html.j2"} <= names
+    code = ("import importlib, pkgutil, vqprior\n"
+            "assert vqprior.__file__.startswith(%r), vqprior.__file__\n"
+            "for m in pkgutil.walk_packages(vqprior.__path__, 'vqprior.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "import vqprior.stages.s4_sample\n" % str(tmp_path / "site"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_source_checkout_runs_the_command_with_no_install_step(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import sys; sys.path.insert(0, %r); import vqprior.stages.s1_vqvae as s; print(s.__file__)" % str(ROOT)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0 and "stages" in result.stdout, result.stderr
+    help_ = subprocess.run([sys.executable, "-m", "vqprior", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert help_.returncode == 0 and "run-stage" in help_.stdout
