@@ -31,14 +31,15 @@ from vqprior.config import PRIOR_KINDS, load_config  # noqa: E402
 from vqprior.evaluation.run_eval import evaluate_run  # noqa: E402
 from vqprior.runtime import Runtime  # noqa: E402
 from vqprior.stages import s3_prior  # noqa: E402
+from vqprior.training import scaled_lr  # noqa: E402
 
 
 def seconds_per_epoch(cfg, codes: torch.Tensor, labels: torch.Tensor | None, num_classes: int, codebook_size: int) -> tuple[float, int]:
     """Training time of one epoch, from 30 timed batches (after 5 warm-up batches) of the real codes; parameters."""
     torch.manual_seed(0)
     model = components.instantiate(components.resolve(cfg.prior.network, codebook_size=codebook_size, num_classes=num_classes))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.prior.lr)
-    batch = cfg.prior.batch_size
+    batch = cfg.prior.batch_size or 128  # the CPU default
+    opt = torch.optim.Adam(model.parameters(), lr=scaled_lr(cfg.prior.lr, batch))
     for step in range(35):
         if step == 5:
             started = time.perf_counter()

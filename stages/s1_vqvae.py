@@ -16,8 +16,8 @@ from vqprior.evaluation import reconstruction_metrics
 from vqprior.models.quantizer import code_usage
 from vqprior.models.vqvae import VQVAE, build_vqvae
 from vqprior.report.progress import ProgressWriter
-from vqprior.runtime import Reporter, Runtime
-from vqprior.training import Trainer
+from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
+from vqprior.training import Trainer, scaled_lr
 
 
 def fingerprint(cfg: Config) -> dict:
@@ -47,6 +47,16 @@ def _reconstruction_grid(model: VQVAE, images: torch.Tensor, device: torch.devic
     return torch.stack([x.view(n_rows, per_row, *shape), recon.view(n_rows, per_row, *shape)], 1).flatten(0, 2).cpu(), per_row
 
 
+def vqvae_step(forward, model: VQVAE, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Loss and code counts of one batch of uint8 images. `forward` is the model, or its DDP wrapper. No value is
+    read back to the host and nothing branches on one (tests compile it with fullgraph=True)."""
+    x = to_float(images)
+    out, codes, commitment = forward(x)
+    rec = model.reconstruction_loss(out.float(), x)
+    counts = (codes.reshape(-1, 1) == torch.arange(model.quantizer.codebook_size, device=codes.device)).sum(0)
+    return {"loss": rec + commitment, "recon_loss": rec, "code_counts": counts}
+
+
 def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: Runtime | None = None) -> Path:
     started = time.perf_counter()
     rt = rt or Runtime.setup(cfg.run)
@@ -63,10 +73,11 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     if not params:
         raise UserError("nothing to train: encoder and decoder both have trainable = false; unfreeze the decoder")
     k = cfg.vqvae.codebook_size
-    trainer = Trainer(stage=1, runtime=rt, run_dir=cfg.run_dir(), fingerprint=fingerprint(cfg), model=model,
-                      optimizer=torch.optim.Adam(params, lr=cfg.vqvae.lr), n_items=len(train), batch_size=cfg.vqvae.batch_size,
+    batch = cfg.vqvae.batch_size or rt.per_device(cpu=128, cuda=512)
+    trainer = Trainer(stage=1, runtime=rt, run_dir=cfg.run_dir(), fingerprint={**fingerprint(cfg), "batch_size": batch}, model=model,
+                      optimizer=torch.optim.Adam(params, lr=scaled_lr(cfg.vqvae.lr, batch)), n_items=len(train), batch_size=batch,
                       epochs=cfg.vqvae.epochs, checkpoint_every=cfg.run.checkpoint_every, resume=resume, reporter=reporter,
-                      lr_key="vqvae.lr", warmup_steps=100)
+                      lr_key="vqvae.lr", warmup_examples=100 * 128)
     progress = ProgressWriter(cfg.run_dir(), 1, trainer.epoch, rt.is_main, cfg.run.tensorboard)
     for split, data in (("train", train), ("test", test)):
         if data.skipped:
@@ -74,13 +85,13 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         for notice in data.notices:
             reporter.log(f"[yellow]notice:[/] {notice}")
     grid = model.grid
-    reporter.log(f"stage 1: VQ-VAE on {len(train)} images {list(image_shape)} -> {grid[0]}x{grid[1]} codes, K={k}, device {device}")
+    reporter.log(f"stage 1: VQ-VAE on {len(train)} images {list(image_shape)} -> {grid[0]}x{grid[1]} codes, K={k}, "
+                 f"{describe(rt, batch)}")
+    images = train.images.to(device)  # uint8 on the training device: a step indexes it there, no host copy
+    forward = maybe_compile(vqvae_step, rt.compile, reporter, "VQ-VAE step")
 
     def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = to_float(train.images[trainer.shard(idx)]).to(device, non_blocking=True)
-        out, codes, commitment = trainer.module(x)
-        rec = model.reconstruction_loss(out, x)
-        return {"loss": rec + commitment, "recon_loss": rec, "code_counts": torch.bincount(codes.flatten(), minlength=k)}
+        return forward(trainer.module, model, images[trainer.shard(idx)])
 
     def evaluate(epoch: int, row: dict) -> None:
         usage = code_usage(trainer.sums["code_counts"].cpu())

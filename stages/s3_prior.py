@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel
 
 from vqprior import components
 from vqprior.artifacts import output_sha, read_stage, save_json, save_weights, stage_dir, write_manifest, writing_stage
@@ -20,8 +19,8 @@ from vqprior.models.priors import check_prior, sample
 from vqprior.models.vqvae import decode_images
 from vqprior.report.progress import ProgressWriter
 from vqprior.restore import load_vqvae
-from vqprior.runtime import Reporter, Runtime
-from vqprior.training import Trainer, debiased_ema
+from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
+from vqprior.training import Trainer, WeightEMA, scaled_lr
 
 GRID_PER_CLASS = 10  # the per-epoch sample grid: 10 of each class (10x10 for an unconditional prior)
 CODE_FILES = ("train_codes.npy", "test_codes.npy", "train_labels.npy", "test_labels.npy")
@@ -33,6 +32,17 @@ def fingerprint(cfg: Config) -> dict | None:
     if codes["train_codes.npy"] is None:
         return None
     return {"prior": cfg.prior.model_dump(mode="json"), "seed": cfg.run.seed, "codes": codes}
+
+
+def prior_step(forward, model, codes: torch.Tensor, labels: torch.Tensor | None, keep: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Cross-entropy of one batch of code maps. `forward` is the prior, or its DDP wrapper; `keep` [B, 1] marks
+    the maps that keep their class (the rest learn without it, the all-zero null condition that classifier-free
+    guidance needs). The labels were range-checked when stage 2's files were read, so nothing here reads a value
+    back to the host or branches on one (tests compile it with fullgraph=True)."""
+    cond = model.condition(labels, codes.shape[0], check=False)
+    if cond is not None and keep is not None:
+        cond = cond * keep
+    return {"loss": F.cross_entropy(forward(codes, cond).float(), codes)}  # a float class vector is a soft label
 
 
 def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: Runtime | None = None) -> Path:
@@ -58,31 +68,29 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     if (vq.model.quantizer.codebook_size, tuple(vq.grid)) != (manifest["codebook_size"], grid):
         raise UserError(f"stage 2's manifest says K={manifest['codebook_size']} on a {grid[0]}x{grid[1]} grid but the stage-1 VQ-VAE has "
                         f"K={vq.model.quantizer.codebook_size} on {vq.grid[0]}x{vq.grid[1]}; run `vqprior run-stage 2` again")
-    ema = AveragedModel(model, multi_avg_fn=debiased_ema(cfg.prior.ema_decay), use_buffers=True) if cfg.prior.ema_decay else None
+    ema = WeightEMA(model, cfg.prior.ema_decay) if cfg.prior.ema_decay else None
     final = ema.module if ema is not None else model  # what is evaluated, sampled from and saved as prior.safetensors
+    batch = cfg.prior.batch_size or rt.per_device(cpu=128, cuda=1024)
     # the Trainer comes last: resuming restores the random generators, nothing may draw from them after it
-    trainer = Trainer(stage=3, runtime=rt, run_dir=cfg.run_dir(), fingerprint=fingerprint(cfg), model=model,
-                      optimizer=torch.optim.Adam(model.parameters(), lr=cfg.prior.lr), n_items=len(train_codes),
-                      batch_size=cfg.prior.batch_size, epochs=cfg.prior.epochs, checkpoint_every=cfg.run.checkpoint_every,
-                      resume=resume, reporter=reporter, lr_key="prior.lr", warmup_steps=200,
+    trainer = Trainer(stage=3, runtime=rt, run_dir=cfg.run_dir(), fingerprint={**fingerprint(cfg), "batch_size": batch}, model=model,
+                      optimizer=torch.optim.Adam(model.parameters(), lr=scaled_lr(cfg.prior.lr, batch)), n_items=len(train_codes),
+                      batch_size=batch, epochs=cfg.prior.epochs, checkpoint_every=cfg.run.checkpoint_every,
+                      resume=resume, reporter=reporter, lr_key="prior.lr", warmup_examples=200 * 128,
                       extra_state={"ema": ema} if ema is not None else None)
     progress = ProgressWriter(cfg.run_dir(), 3, trainer.epoch, rt.is_main, cfg.run.tensorboard)
     grid_labels = torch.arange(model.num_classes).repeat_interleave(GRID_PER_CLASS) if conditional else None
     n_params = sum(p.numel() for p in model.parameters())
     what = f"conditional on {len(class_names)} classes" if conditional else "unconditional"
     reporter.log(f"stage 3: prior {resolved['target'].rpartition(':')[2]} ({n_params / 1e6:.2f}M parameters, {what}) on "
-                 f"{len(train_codes)} {grid[0]}x{grid[1]} maps, device {device}")
+                 f"{len(train_codes)} {grid[0]}x{grid[1]} maps, {describe(rt, batch)}")
+    forward = maybe_compile(prior_step, rt.compile, reporter, "prior step")
 
     def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         # drawn for the whole global batch on every process, so the same maps lose their class whatever the world size
         keep = torch.rand(len(idx), 1, device=device) >= cfg.prior.label_dropout if cfg.prior.label_dropout else None
         idx = trainer.shard(idx)
-        x = train_codes[idx]
-        cond = model.condition(None if train_labels is None else train_labels[idx], len(idx))
-        if cond is not None and keep is not None:
-            # some maps learn without their class (the all-zero null condition): this enables classifier-free guidance
-            cond = cond * trainer.shard(keep)
-        return {"loss": F.cross_entropy(trainer.module(x, cond), x)}  # a float class vector is a soft label
+        labels = None if train_labels is None else train_labels[idx]
+        return forward(trainer.module, model, train_codes[idx], labels, None if keep is None else trainer.shard(keep))
 
     def evaluate(epoch: int, row: dict) -> None:
         positions = grid[0] * grid[1]
@@ -104,7 +112,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         progress.picture(epoch, images, GRID_PER_CLASS)
         progress.log(row)
 
-    history = trainer.fit(step, [evaluate, picture], after_step=[lambda: ema.update_parameters(model)] if ema is not None else [])
+    history = trainer.fit(step, [evaluate, picture], after_step=[lambda: ema.update(model)] if ema is not None else [])
 
     if rt.is_main:
         with writing_stage(cfg.run_dir(), 3) as out:

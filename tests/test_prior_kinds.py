@@ -3,14 +3,13 @@ and the receptive fields the PixelRNN paper describes."""
 
 import pytest
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 from vqprior.config import load_config
 from vqprior.errors import UserError
 from vqprior.models.priors.base import check_prior, sample
 from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
 from vqprior.models.priors.pixel_rnn import DiagonalBiLSTM, RowLSTM, skew, unskew
-from vqprior.training import debiased_ema
+from vqprior.training import WeightEMA
 
 KINDS = {
     "gated_pixelcnn": lambda k, c: GatedPixelCNN(k, channels=8, layers=6, num_classes=c),
@@ -146,25 +145,25 @@ def test_a_config_saved_without_prior_kind_still_loads():
     assert validate_config(data).prior.kind == "gated_pixelcnn"
 
 
-def test_debiased_ema_is_the_normalised_exponential_average_of_the_trained_weights():
+def test_weight_ema_is_the_normalised_exponential_average_of_the_trained_weights():
     model = torch.nn.Linear(3, 2, bias=False)
-    ema = AveragedModel(model, multi_avg_fn=debiased_ema(0.9), use_buffers=True)
+    ema = WeightEMA(model, 0.9)
     seen = []
     for _ in range(15):
         with torch.no_grad():
             model.weight.normal_()
         seen.append(model.weight.clone())
-        ema.update_parameters(model)
+        ema.update(model)
     weights = torch.tensor([0.9 ** (len(seen) - 1 - s) for s in range(len(seen))])
     expected = sum(w * x for w, x in zip(weights, seen)) / weights.sum()
     assert torch.allclose(ema.module.weight, expected, atol=1e-6)
     # resumed: a fresh averaged model loaded from the saved state continues the same average
-    resumed = AveragedModel(model, multi_avg_fn=debiased_ema(0.9), use_buffers=True)
+    resumed = WeightEMA(model, 0.9)
     resumed.load_state_dict(ema.state_dict())
     with torch.no_grad():
         model.weight.normal_()
-    ema.update_parameters(model)
-    resumed.update_parameters(model)
+    ema.update(model)
+    resumed.update(model)
     assert torch.allclose(ema.module.weight, resumed.module.weight)
 
 
@@ -210,11 +209,11 @@ def test_recurrent_kinds_run_through_the_pipeline_and_resume_bitwise(kind, tmp_p
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
 
 
-def test_debiased_ema_follows_integer_buffers():
+def test_weight_ema_follows_integer_buffers():
     # a prior of one's own may carry integer buffers (e.g. BatchNorm's num_batches_tracked): they follow the model
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
-    ema = AveragedModel(model, multi_avg_fn=debiased_ema(0.9), use_buffers=True)
+    ema = WeightEMA(model, 0.9)
     for _ in range(4):
         model(torch.randn(8, 3))
-        ema.update_parameters(model)
+        ema.update(model)
     assert int(ema.module[1].num_batches_tracked) == int(model[1].num_batches_tracked) == 4

@@ -68,6 +68,14 @@ class RunSection(Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     # "auto" picks cuda when available (under torchrun: the GPU of the local rank); else "cpu", "cuda" or "cuda:N"
     device: str = "auto"
+    # "bf16": autocast matmuls and convolutions to bfloat16 (losses, the codebook and its distances stay float32);
+    # "auto" = bf16 on CUDA (tensor cores), fp32 on CPU (bf16 is slower there without AMX)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile the training steps; "auto" = on for CUDA, off on CPU (bench/train_speed.py: it does not pay on
+    # 2 cores). A compile failure falls back to eager with a one-line notice
+    compile: Literal["auto"] | bool = "auto"
+    # bitwise-repeatable CUDA runs: deterministic kernels, fixed cuBLAS workspace, no TF32 (slower; CPU is always so)
+    deterministic: bool = False
     # torch intra-op threads on CPU; 0 = one per core. More threads than cores slows everything down.
     threads: int = Field(0, ge=0)
     # training steps between checkpoints of stages 1 and 3 (0 = only when interrupted); a checkpoint costs milliseconds
@@ -118,7 +126,9 @@ class VQVAESection(Section):
     dead_code_threshold: float = Field(1.0, ge=0)
     # the third epoch takes reconstructions from ~1.3x to ~1.0x the floor (README numbers)
     epochs: int = Field(3, ge=1)
-    batch_size: int = Field(128, ge=1)
+    # None = per device: 128 on CPU, 512 on CUDA (a batch of 128 leaves a GPU idle between kernel launches)
+    batch_size: int | None = Field(None, ge=1)
+    # learning rate at batch 128; a larger batch uses lr * sqrt(batch / 128) and a proportionally shorter warm-up
     lr: float = Field(2e-3, gt=0)
 
 
@@ -157,7 +167,8 @@ class PriorSection(Section):
     label_dropout: float = Field(0.1, ge=0, lt=1)
     # lower NLL kept lowering sample FD up to 8 epochs (48ch: 5 epochs 176.9 bits/map, 64ch: 6 170.7, 8 168.8)
     epochs: int = Field(8, ge=1)
-    batch_size: int = Field(128, ge=1)
+    # None = per device: 128 on CPU, 1024 on CUDA; lr is the rate at batch 128, scaled by sqrt(batch / 128)
+    batch_size: int | None = Field(None, ge=1)
     lr: float = Field(3e-3, gt=0)
 
     @model_validator(mode="before")

@@ -1,14 +1,17 @@
-"""Where a stage runs: device, threads, seeds, and whether this process is one of many (torchrun).
+"""Where a stage runs: device, precision, compilation, threads, seeds, and whether this process is one of many (torchrun).
 
-`Runtime` is the one place that knows about processes. Everything that writes files or prints asks
-`runtime.is_main`; everything that needs a device asks `runtime.device`.
+`Runtime` is the one place that knows about processes and devices. Everything that writes files or prints asks
+`runtime.is_main`; everything that needs a device asks `runtime.device`; device-dependent choices (autocast,
+torch.compile, batch sizes) are made here from the config, not scattered through the stages.
+Under torchrun each process takes the GPU of its local rank (torch.cuda.set_device before joining the group).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,6 +31,8 @@ class Runtime:
     world_size: int = 1
     local_rank: int = 0
     seed: int = 0
+    precision: str = "fp32"  # resolved: "fp32" or "bf16" (autocast)
+    compile: bool = False  # resolved: torch.compile the training steps
 
     @property
     def is_main(self) -> bool:
@@ -39,19 +44,39 @@ class Runtime:
 
     @classmethod
     def setup(cls, run: RunSection) -> "Runtime":
-        """Pin CPU threads, seed every generator and pick the device. Under torchrun (RANK/WORLD_SIZE set) the
-        process group is joined and each process takes the GPU of its local rank."""
+        """Pin CPU threads, seed every generator and pick the device. Under torchrun (RANK/WORLD_SIZE set) each
+        process takes the GPU of its local rank, sets it as the current device and then joins the process group."""
         rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         # processes on one machine share its cores (torchrun sets LOCAL_WORLD_SIZE); more threads than cores slows all
-        torch.set_num_threads(run.threads or max(1, cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        torch.set_num_threads(run.threads or max(1, cpu_count() // local_world))
         seed_everything(run.seed)
-        device = resolve_device(run.device, local if world > 1 else None)
+        device = resolve_device(run.device, local if world > 1 else None, local_world if world > 1 else 1)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # before the process group: NCCL and the object collectives use it
+            # TF32 tensor cores for float32 matmuls and convolutions: ~10 bits of mantissa, plenty for these models
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not run.deterministic
+            torch.backends.cudnn.benchmark = not run.deterministic  # fixed shapes: let cuDNN pick its fastest kernels
+        if run.deterministic:
+            make_deterministic()
         if world > 1:
             import torch.distributed as dist
 
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(device, rank, world, local, run.seed)
+        precision = run.precision if run.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        compiled = run.compile if run.compile != "auto" else device.type == "cuda"
+        return cls(device, rank, world, local, run.seed, precision, bool(compiled))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on this device when the precision says so (matmuls and convolutions in bf16, reductions
+        and losses in float32); a no-op for fp32."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def per_device(self, cpu: int, cuda: int) -> int:
+        return cuda if self.device.type == "cuda" else cpu
 
     def seed_all(self) -> None:
         """Every stage starts from the run's seed, so a stage gives the same result alone or inside `vqprior run`."""
@@ -84,23 +109,73 @@ class Runtime:
             dist.barrier()
 
 
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None, local_world: int = 1) -> torch.device:
+    """The device of this process. `local_rank` is set under torchrun: "auto" and "cuda" then mean the GPU of the
+    local rank, and more processes on a machine than it has GPUs is refused (NCCL cannot share one GPU between
+    ranks; run one process per GPU, or run.device=cpu to use gloo on the CPU)."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count() if local_rank is not None else torch.cuda.current_device())
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):
         raise UserError(f"run.device={name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"run.device={name!r} but no CUDA device is available; use run.device=auto or cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"run.device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
-    return dev
+    if dev.type == "cpu":
+        return dev
+    if not torch.cuda.is_available():
+        raise UserError(f"run.device={name!r} but no CUDA device is available; use run.device=auto or cpu")
+    count = torch.cuda.device_count()
+    if local_rank is None:
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"run.device={name!r} but this machine has {count} CUDA device(s); use cuda:0..cuda:{count - 1}")
+        return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+    if dev.index is not None:
+        raise UserError(f"run.device={name!r} would put every torchrun process on one GPU; use run.device=cuda (or auto): "
+                        f"each process then takes the GPU of its local rank")
+    if max(local_world, local_rank + 1) > count:
+        raise UserError(f"torchrun started {max(local_world, local_rank + 1)} processes on this machine but it has {count} GPU(s); "
+                        f"use --nproc-per-node={count} (one process per GPU), or run.device=cpu to train on the CPU with gloo")
+    return torch.device("cuda", local_rank)
+
+
+def describe(rt: Runtime, batch: int) -> str:
+    """How a stage trains, for its first line: device, precision, compilation, batch, processes."""
+    parts = [f"device {rt.device}" + (f" ({torch.cuda.get_device_name(rt.device)})" if rt.device.type == "cuda" else ""),
+             rt.precision, "compiled" if rt.compile else "eager", f"batch {batch}"]
+    if rt.distributed:
+        parts.append(f"{rt.world_size} processes")
+    return ", ".join(parts)
+
+
+def make_deterministic() -> None:
+    """Bitwise-repeatable runs on CUDA too: deterministic kernels only (an op without one raises), cuBLAS with a
+    fixed workspace, no TF32, no cuDNN autotuning. Slower; for checking, not for speed."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+
+def maybe_compile(fn: Callable, enabled: bool, reporter: "Reporter", what: str) -> Callable:
+    """`fn` compiled with torch.compile when enabled, else `fn`. torch.compile compiles on the first call, so a
+    failure (no C compiler, an unsupported op) shows there: then one notice, and `fn` runs eagerly from then on."""
+    if not enabled:
+        return fn
+    compiled = torch.compile(fn)
+    state = {"fn": compiled}
+
+    def call(*args, **kwargs):
+        if state["fn"] is compiled:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any compiler failure falls back to the same code, uncompiled
+                reporter.log(f"[yellow]notice:[/] torch.compile of the {what} failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                             f"running it uncompiled (run.compile=false skips the attempt)")
+                state["fn"] = fn
+        return state["fn"](*args, **kwargs)
+
+    return call
 
 
 def cpu_count() -> int:
@@ -126,7 +201,11 @@ class Reporter:
         yield from items
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Index batches over n items, shuffled when a generator is given; the last batch may be short."""
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> list[torch.Tensor]:
+    """Index batches over n items, shuffled when a generator is given; the last batch may be short. The order is
+    drawn on the CPU (the same on every device) and moved to `device` in one copy, so that a training step indexes
+    device data with device indices and never waits for a host-to-device copy."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    if device is not None and device.type != "cpu":
+        order = order.to(device, non_blocking=True)
     return list(order.split(batch_size))

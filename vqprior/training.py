@@ -79,6 +79,13 @@ def _set_rng_state(state: dict) -> None:
 
 
 EpochCallback = Callable[[int, dict], None]
+STOP_CHECK_EVERY = 20  # under torchrun, steps between the collective that shares a Ctrl-C/SIGTERM with every process
+REFERENCE_BATCH = 128  # learning rates and warm-ups in the config are given for this batch size
+
+
+def scaled_lr(lr: float, batch_size: int) -> float:
+    """Adam's learning rate for `batch_size` from the rate at REFERENCE_BATCH (square-root scaling)."""
+    return lr * math.sqrt(batch_size / REFERENCE_BATCH)
 
 
 class Trainer:
@@ -87,10 +94,12 @@ class Trainer:
         trainer = Trainer(...)
         history = trainer.fit(step, on_epoch_end=[evaluate, log])
 
-    `step(idx)` gets the global batch of item indices (the same whatever the number of processes), takes this
-    process's part with `trainer.shard`, computes its loss through `trainer.module` (the model, wrapped in
-    DistributedDataParallel under torchrun) and returns {"loss": loss, ...}: every value is
-    summed over the epoch on the device (detached, no host sync per step); `loss` is also back-propagated.
+    `step(idx)` gets the global batch of item indices on the training device (the same whatever the number of
+    processes), takes this process's part with `trainer.shard`, computes its loss through `trainer.module` (the
+    model, wrapped in DistributedDataParallel under torchrun) and returns {"loss": loss, ...}; it runs under the
+    runtime's autocast. Every value is summed over the epoch on the device; `loss` is also back-propagated.
+    Nothing in a step waits for the device: the host reads values back only at checkpoints (every
+    `checkpoint_every` steps), at epoch ends, and, under torchrun, to share a stop request every STOP_CHECK_EVERY steps.
     After each epoch, `row` = {"epoch", "train_<name>": mean per batch} goes through the epoch callbacks,
     which add to it (evaluation, pictures, logging); the epoch's raw sums are in `trainer.sums`.
     A stop request (Ctrl-C, SIGTERM) is honoured after the current step or, if it comes during the epoch-end
@@ -99,7 +108,7 @@ class Trainer:
 
     def __init__(self, *, stage: int, runtime: Runtime, run_dir: Path, fingerprint: dict, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, n_items: int, batch_size: int, epochs: int, checkpoint_every: int,
-                 resume: str, reporter: Reporter, lr_key: str, warmup_steps: int = 0, extra_state: dict[str, Any] | None = None):
+                 resume: str, reporter: Reporter, lr_key: str, warmup_examples: int = 0, extra_state: dict[str, Any] | None = None):
         self.stage, self.runtime, self.model, self.optimizer = stage, runtime, model, optimizer
         self.fingerprint = json.loads(json.dumps(fingerprint))
         self.n_items, self.batch_size, self.n_epochs = n_items, batch_size, epochs
@@ -114,6 +123,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.module = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+        warmup_steps = -(-warmup_examples // batch_size)  # the same number of examples whatever the batch size
         self.scheduler = cosine_schedule(optimizer, epochs * self.steps_per_epoch, min(warmup_steps, self.steps_per_epoch))
         self.stateful = {"model": model, "optimizer": optimizer, "scheduler": self.scheduler, **(extra_state or {})}
         self.path = Path(run_dir) / ".checkpoints" / f"stage{stage}.pt"
@@ -169,9 +179,11 @@ class Trainer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(self.path, buffer.getvalue())
 
-    def _stop_if_requested(self) -> None:
+    def _stop_if_requested(self, every_step: bool = False) -> None:
         requested = self._stop is not None and self._stop.requested
         if self.runtime.distributed:  # a signal to any process stops them all, at the same step
+            if every_step and self.step % STOP_CHECK_EVERY:
+                return  # the collective below waits for the device: only every STOP_CHECK_EVERY steps
             flag = torch.tensor([float(requested)], device=self.runtime.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             requested = bool(flag.item())
@@ -238,11 +250,12 @@ class Trainer:
             self._epoch_order_state = self.order.get_state()
         else:  # resuming mid-epoch: replay this epoch's order from its saved start
             self.order.set_state(self._epoch_order_state)
-        order = batches(self.n_items, self.batch_size, self.order)
+        order = batches(self.n_items, self.batch_size, self.order, self.runtime.device)
         remaining = order[self.step :]
         self.model.train()
         for idx in self.reporter.track(remaining, len(remaining), f"stage {self.stage} epoch {self.epoch}"):
-            out = step(idx)
+            with self.runtime.autocast():
+                out = step(idx)
             self.optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             self.optimizer.step()
@@ -255,7 +268,7 @@ class Trainer:
                 self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
             self.n_batches += 1
             self.step += 1
-            self._stop_if_requested()
+            self._stop_if_requested(every_step=True)
             if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self.save()
 
@@ -282,20 +295,39 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def debiased_ema(decay: float):
-    """`multi_avg_fn` for torch's AveragedModel: an exponential moving average of the weights with Adam's bias
-    correction. Update t gives the new weights (1 - decay) / (1 - decay^t) instead of (1 - decay), so the average
-    weighs only trained steps: a short run (the quick preset's 900 steps at decay 0.998) no longer keeps 16% of its
-    first, untrained weights. For long runs it is the plain EMA. The weight is computed on the device from
-    AveragedModel's own count, so there is no host sync and a resumed run continues the same average."""
+class WeightEMA(torch.nn.Module):
+    """An exponential moving average of a model's floating-point parameters and buffers, with Adam's bias
+    correction: update t moves the average by (1 - decay) / (1 - decay^t) of the way to the current weights, so the
+    first update copies them and a short run (the quick preset's 900 steps at decay 0.99) does not keep its first,
+    untrained weights. For long runs it is the plain EMA. The step count and the weight live on the device and the
+    update is one fused multi-tensor lerp with no branch on a tensor value: no host sync. Integer buffers are copied.
+    `module` is the averaged copy (what is evaluated, sampled from and saved); its state dict is AveragedModel's
+    ("module.*", "n_averaged"), so checkpoints of either load."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__()
+        import copy
+
+        self.module = copy.deepcopy(model)
+        self.module.requires_grad_(False)
+        self.decay = decay
+        self.register_buffer("n_averaged", torch.zeros((), dtype=torch.long, device=next(model.parameters()).device))
+
+    def _pairs(self, model: torch.nn.Module) -> tuple[list, list, list, list]:
+        avg = [*self.module.parameters(), *self.module.buffers()]
+        cur = [*model.parameters(), *model.buffers()]
+        floats = [i for i, t in enumerate(avg) if t.is_floating_point()]
+        others = [i for i, t in enumerate(avg) if not t.is_floating_point()]
+        return [avg[i] for i in floats], [cur[i].detach() for i in floats], [avg[i] for i in others], [cur[i] for i in others]
 
     @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        if not averaged[0].is_floating_point():  # integer buffers (counters) follow the model
-            torch._foreach_copy_(averaged, current)
-            return
-        step = num_averaged.to(averaged[0].dtype) + 1  # AveragedModel copied the weights at step 1 and counts from there
-        weight = (1 - decay) / (1 - decay**step)
-        torch._foreach_add_(averaged, torch._foreach_mul(torch._foreach_sub(current, averaged), weight))
-
-    return update
+    def update(self, model: torch.nn.Module) -> None:
+        avg_f, cur_f, avg_o, cur_o = self._pairs(model)
+        self.n_averaged.add_(1)
+        weight = (1 - self.decay) / (1 - torch.pow(self.decay, self.n_averaged.to(torch.float64)))
+        for dtype in {t.dtype for t in avg_f}:  # one fused lerp per dtype, the weight as a device tensor
+            a = [t for t in avg_f if t.dtype == dtype]
+            c = [t for t, ref in zip(cur_f, avg_f) if ref.dtype == dtype]
+            torch._foreach_lerp_(a, c, weight.to(dtype))
+        if avg_o:
+            torch._foreach_copy_(avg_o, cur_o)

@@ -17,14 +17,17 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def _pick_rows(flat: torch.Tensor, count: int) -> torch.Tensor:
     """`count` random rows of the whole batch: with one process, rows of `flat`; under torchrun, rows of all
-    processes' batches together, drawn alike on every process, so the result does not depend on the world size."""
+    processes' batches together, drawn alike on every process, so the result does not depend on the world size.
+    Row numbers are drawn as floor(u * total) on the device, with the total a device tensor under torchrun: no
+    value comes back to the host."""
+    u = torch.rand(count, device=flat.device, dtype=torch.float64)
     if not (dist.is_available() and dist.is_initialized()):
-        return flat[torch.randint(0, flat.shape[0], (count,), device=flat.device)]
+        return flat[(u * flat.shape[0]).long().clamp_(max=flat.shape[0] - 1)]
     sizes = [torch.zeros(1, dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([flat.shape[0]], device=flat.device))
     sizes = torch.cat(sizes)
-    offset = sizes[: dist.get_rank()].sum()
-    picks = torch.randint(0, int(sizes.sum()), (count,), device=flat.device) - offset
+    total, offset = sizes.sum(), sizes[: dist.get_rank()].sum()
+    picks = torch.minimum((u * total).long(), total - 1) - offset
     mine = (picks >= 0) & (picks < flat.shape[0])
     rows = torch.where(mine[:, None], flat[picks.clamp(0, flat.shape[0] - 1)], torch.zeros((), dtype=flat.dtype, device=flat.device))
     return _all_reduce_sum(rows)
@@ -68,7 +71,12 @@ class VectorQuantizer(nn.Module):
         return F.embedding(indices, self.codebook).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (quantized latents with straight-through gradient, code indices [B, h, w], commitment loss)."""
+        """Returns (quantized latents with straight-through gradient, code indices [B, h, w], commitment loss).
+        Runs in float32 under autocast: nearest-code distances in bf16 would misassign codes."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, d, h, w = z.shape
         if d != self.code_dim:
             raise ValueError(f"latent has {d} channels, codebook has D={self.code_dim}")
@@ -93,8 +101,11 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        counts = _all_reduce_sum(torch.bincount(indices, minlength=self.codebook_size).to(self.ema_count.dtype))
-        sums = _all_reduce_sum(torch.zeros_like(self.ema_sum).index_add_(0, indices, flat.to(self.ema_sum.dtype)))
+        # per-code counts and sums as a one-hot matrix product: fixed shapes, deterministic, no host sync
+        # (bincount waits for the device to size its output; index_add_ is non-deterministic on CUDA)
+        onehot = (indices[:, None] == torch.arange(self.codebook_size, device=indices.device)).to(self.ema_sum.dtype)
+        counts = _all_reduce_sum(onehot.sum(0))
+        sums = _all_reduce_sum(onehot.t() @ flat.to(self.ema_sum.dtype))
         self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.ema_count.sum()

@@ -41,8 +41,10 @@ class Prior(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def condition(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """Class labels [B] (int) or class weights [B, num_classes] (float, soft labels) -> conditioning [B, num_classes]."""
+    def condition(self, labels: torch.Tensor | None, batch: int, check: bool = True) -> torch.Tensor | None:
+        """Class labels [B] (int) or class weights [B, num_classes] (float, soft labels) -> conditioning [B, num_classes].
+        check=False skips the range check of int labels, which reads them back from the device: for training steps
+        over labels that were checked once when they were loaded."""
         if not self.num_classes:
             if labels is not None:
                 raise ValueError("this prior is unconditional; do not pass labels")
@@ -54,7 +56,7 @@ class Prior(nn.Module):
         if not labels.is_floating_point():
             if labels.shape != (batch,):
                 raise ValueError(f"expected {batch} labels, got shape {list(labels.shape)}")
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            if check and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
                 raise ValueError(f"labels must be in [0, {self.num_classes}), got {labels.min().item()}..{labels.max().item()}")
             return F.one_hot(labels.long(), self.num_classes).to(dtype)
         if labels.shape != (batch, self.num_classes):

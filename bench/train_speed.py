@@ -1,0 +1,157 @@
+"""Training speed per stage against the device's own dense-matmul peak, and 10k-sample generation time.
+
+    .venv/bin/python bench/train_speed.py [--device auto] [--batches 128,512] [--compile] [--steps 20]
+
+First the yardstick: dense matmul GFLOP/s on this device, measured in this run (fp32 on CPU; fp32 and bf16 on
+CUDA). Then, for each stage's default model (the VQ-VAE on MNIST images, the 64x8 gated PixelCNN on 7x7 maps of
+K=128 codes), each precision (fp32; bf16 autocast too on CUDA, or with --bf16), eager and (with --compile, the CUDA
+default) torch.compile, and each batch size: a full training step (forward, backward, Adam, and for the prior the
+weight EMA) timed over --steps steps after warm-up. FLOPs per step are counted by torch's FlopCounterMode
+(matmuls and convolutions, forward and backward), so "share of peak" = achieved FLOP/s / yardstick of the same
+precision. Last: drawing 10,000 guided maps with the cached sampler (what `vqprior eval` does) and decoding them.
+One line per configuration; on CPU these figures are the regression guard for the default path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import pin_threads  # noqa: E402
+
+from vqprior import components  # noqa: E402
+from vqprior.config import VQVAESection, prior_network  # noqa: E402
+from vqprior.models.priors.base import generate  # noqa: E402
+from vqprior.models.vqvae import build_vqvae, decode_images  # noqa: E402
+from vqprior.runtime import resolve_device  # noqa: E402
+from vqprior.stages.s1_vqvae import vqvae_step  # noqa: E402
+from vqprior.stages.s3_prior import prior_step  # noqa: E402
+from vqprior.training import WeightEMA, scaled_lr  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """Dense matmul GFLOP/s: the best of repeated n x n products (n = 1024 on CPU, 8192 on CUDA)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def stage1_setup(device, batch):
+    torch.manual_seed(0)
+    model = build_vqvae(VQVAESection(), (1, 28, 28))[0].to(device).train()
+    images = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=scaled_lr(2e-3, batch))
+    return model, opt, lambda fwd: fwd(model, model, images), None
+
+
+def stage3_setup(device, batch):
+    torch.manual_seed(0)
+    model = components.instantiate(components.resolve(prior_network("gated_pixelcnn"), codebook_size=128, num_classes=10)).to(device).train()
+    codes = torch.randint(0, 128, (batch, 7, 7), device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    keep = torch.rand(batch, 1, device=device) >= 0.1
+    opt = torch.optim.Adam(model.parameters(), lr=scaled_lr(3e-3, batch))
+    ema = WeightEMA(model, 0.998)
+    return model, opt, lambda fwd: fwd(model, model, codes, labels, keep), ema
+
+
+def time_steps(setup, step_fn, device, batch, precision, compiled, steps) -> tuple[float, float]:
+    """(seconds per training step, FLOPs per step)."""
+    model, opt, call, ema = setup(device, batch)
+    fwd = torch.compile(step_fn) if compiled else step_fn
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(device.type, enabled=False)
+
+    def one():
+        with autocast:
+            loss = call(fwd)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if ema is not None:
+            ema.update(model)
+
+    for _ in range(3):  # warm-up (and compilation)
+        one()
+    with FlopCounterMode(display=False) as counter:
+        with autocast:
+            loss = call(step_fn)["loss"]
+        loss.backward()
+    opt.zero_grad(set_to_none=True)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one()
+    sync(device)
+    return (time.perf_counter() - t0) / steps, counter.get_total_flops()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (the machines here have 2 cores)")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 128,512 on CPU; 128,1024,4096 on CUDA)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (on by default on CUDA)")
+    ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast (on by default on CUDA)")
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    threads = pin_threads(args.threads)
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {threads} threads"
+    batches = [int(b) for b in (args.batches or ("128,1024,4096" if cuda else "128,512")).split(",")]
+    precisions = ["fp32", "bf16"] if (cuda or args.bf16) else ["fp32"]
+    modes = [False, True] if (cuda or args.compile) else [False]
+    print(f"device: {name}; torch {torch.__version__}")
+    peak = {p: matmul_gflops(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
+    print("yardstick, dense matmul: " + ", ".join(f"{p} {g:,.0f} GFLOP/s" for p, g in peak.items()))
+    per_item = {"stage 1 VQ-VAE": ("images/s", stage1_setup, vqvae_step, 60_000), "stage 3 prior": ("maps/s", stage3_setup, prior_step, 60_000)}
+    for stage, (unit, setup, step_fn, epoch_items) in per_item.items():
+        for precision in precisions:
+            for compiled in modes:
+                for batch in batches:
+                    try:
+                        seconds, flops = time_steps(setup, step_fn, device, batch, precision, compiled, args.steps)
+                    except Exception as e:  # noqa: BLE001 - a configuration that cannot run here is reported, not fatal
+                        print(f"{stage:15s} {precision} {'compiled' if compiled else 'eager':8s} batch {batch:5d}: failed ({type(e).__name__}: {str(e)[:100]})")
+                        continue
+                    achieved = flops / seconds / 1e9
+                    print(f"{stage:15s} {precision} {'compiled' if compiled else 'eager':8s} batch {batch:5d}: {batch / seconds:10,.0f} {unit}"
+                          f" | {epoch_items / batch * seconds:6.2f} s per 60k epoch | {flops / batch / 1e6:6.2f} MFLOP per item"
+                          f" | {achieved:8,.1f} GFLOP/s = {achieved / peak[precision]:5.1%} of {precision} matmul peak")
+    prior = components.instantiate(components.resolve(prior_network("gated_pixelcnn"), codebook_size=128, num_classes=10)).to(device).eval()
+    vq = build_vqvae(VQVAESection(), (1, 28, 28))[0].to(device).eval()
+    labels = torch.arange(10_000) % 10
+    generate(prior, 100, (7, 7), labels[:100], guidance=1.5)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    codes = generate(prior, 10_000, (7, 7), labels, guidance=1.5)
+    sync(device)
+    t1 = time.perf_counter()
+    decode_images(vq, codes)
+    sync(device)
+    t2 = time.perf_counter()
+    print(f"generation: 10,000 guided 7x7 maps (cached sampler, batch 1000) {t1 - t0:.2f} s + decoding {t2 - t1:.2f} s = {t2 - t0:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
