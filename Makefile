@@ -22,6 +22,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)
+	$(BIN)/python bench/yardstick.py
+	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/sampling.py
 	$(BIN)/python bench/quality_sweep.py --help
 

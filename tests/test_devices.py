@@ -50,7 +50,7 @@ def test_the_vqvae_step_has_no_host_sync_or_data_dependent_branch():
     assert int(compiled["code_counts"].sum()) == 32 * 7 * 7
 
 
-@pytest.mark.parametrize("kind", ["gated_pixelcnn", "row_lstm", "diagonal_bilstm"])
+@pytest.mark.parametrize("kind", ["gated_pixelcnn", "row_lstm", "diagonal_bilstm", "transformer"])
 def test_the_prior_step_has_no_host_sync_or_data_dependent_branch(kind):
     torch.manual_seed(0)
     spec = prior_network(kind)

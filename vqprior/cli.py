@@ -437,6 +437,32 @@ def classify(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
     _api_command(body, trust_code)
 
 
+@app.command("serve")
+def serve(name: Name = None, out_dir: OutDir = "artifacts",
+          host: Annotated[str, typer.Option(help="Address to listen on (loopback by default: only this machine).")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
+          device: Device = "auto", trust_code: Trust = False) -> None:
+    """A local page over a finished run: generate, mix, morph, complete a drawing, score an image (needs vqprior[serve])."""
+    with _one_line_errors("stopped"), trusting_code(trust_code):
+        try:
+            import uvicorn
+
+            from .serve.app import create_app
+        except ImportError as e:
+            raise UserError(f"vqprior serve needs the serve extra ({e.name} is missing): pip install 'vqprior[serve]'") from None
+        import socket
+
+        run_dir = _run_dir_of(name, out_dir)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # one line for a taken port
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
+        web = create_app(run_dir, device, trust_code)
+        console.print(f"[green]serving[/] {run_dir} at [bold]http://{host}:{port}/[/] (Ctrl-C stops)")
+        uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     """The console entry point: a mistyped option or an out-of-range value is one line too, like every other error."""
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")  # click's, wherever typer keeps it

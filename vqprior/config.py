@@ -139,6 +139,8 @@ PRIOR_KINDS = {
     # the PixelRNN paper's recurrent priors (README, "Prior kinds", compares the three at equal training time)
     "row_lstm": {"channels": 64, "layers": 4, "kernel": 3},
     "diagonal_bilstm": {"channels": 64, "layers": 4},
+    # a decoder-only transformer over the 49 raster codes (README, "Prior kinds")
+    "transformer": {"width": 128, "depth": 4, "heads": 4, "dropout": 0.0},
 }  # each kind is also the registry name of its network (vqprior.registry)
 
 
@@ -153,9 +155,9 @@ def prior_kind(target: str) -> str:
 
 
 class PriorSection(Section):
-    # gated_pixelcnn, row_lstm or diagonal_bilstm: setting it picks that network with its default size;
+    # gated_pixelcnn, row_lstm, diagonal_bilstm or transformer: setting it picks that network with its default size;
     # "custom" when network.target names a class of your own
-    kind: Literal["gated_pixelcnn", "row_lstm", "diagonal_bilstm", "custom"] = "gated_pixelcnn"
+    kind: Literal["gated_pixelcnn", "row_lstm", "diagonal_bilstm", "transformer", "custom"] = "gated_pixelcnn"
     # the network: any vqprior.models.priors.base.Prior; codebook_size and num_classes are filled in
     network: Component = Field(default_factory=lambda: prior_network("gated_pixelcnn"))
     # condition on class labels when the codes have them (false: always unconditional)

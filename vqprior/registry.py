@@ -12,6 +12,7 @@ BUILTINS: dict[str, str] = {
     "gated_pixelcnn": "vqprior.models.priors.gated_pixelcnn:GatedPixelCNN",
     "row_lstm": "vqprior.models.priors.pixel_rnn:RowLSTM",
     "diagonal_bilstm": "vqprior.models.priors.pixel_rnn:DiagonalBiLSTM",
+    "transformer": "vqprior.models.priors.transformer:TransformerPrior",
 }
 _BY_PATH = {path: name for name, path in BUILTINS.items()}
 

@@ -1,0 +1,284 @@
+"""The web app: one static page and a small JSON API over `vqprior.api.Run`.
+
+Every request is validated before any model work (4xx with {"error": "..."} otherwise, never a traceback), sizes
+are bounded (images per grid, completions, upload bytes), and model work runs in a worker thread behind one lock,
+so a slow request never blocks the page, the static files or the other endpoints' validation.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from torchvision.utils import make_grid
+
+from ..api import Run, load
+from ..config import MAX_SEED
+from ..datasets.folder import _fit
+from ..datasets.pixels import UNREADABLE, open_image, to_uint8, why_unreadable
+from ..errors import UserError
+
+PAGE = Path(__file__).parent / "page.html"
+MAX_IMAGES = 64  # images per generated grid
+MAX_COMPLETIONS = 16
+MAX_MORPH = 16  # steps of a morph strip
+MAX_UPLOAD = 4 << 20  # bytes of an uploaded or drawn image
+OOD_QUANTILE = 0.99  # an input whose code bits exceed this quantile of the run's test digits is flagged
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def png(images: torch.Tensor, nrow: int, scale: int = 3) -> str:
+    """uint8 images [N, C, H, W] -> a data URL of their grid, scaled up without smoothing."""
+    grid = make_grid(images.float() / 255, nrow=nrow, padding=2, pad_value=0.5).mul(255).round().byte()
+    img = Image.fromarray(grid.permute(1, 2, 0).numpy().squeeze(-1) if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy())
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def number(body: dict, key: str, default, lo, hi, integer: bool = False):
+    value = body.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        raise BadRequest(f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise BadRequest(f"{key} must be in {lo}..{hi}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+class Service:
+    """The run, its limits and the one lock that serialises model work."""
+
+    def __init__(self, run: Run):
+        self.run, self.lock = run, threading.Lock()
+        self.ood_threshold, self.test_images = None, None
+        from ..config import DataSection
+        from ..datasets import load_split
+
+        try:
+            test = load_split(DataSection.model_validate(run._vq.saved["data"]), "test")
+            self.test_images = test.images[:1000]
+            bits = run.score(self.test_images[:500])["code_bits"]
+            self.ood_threshold = float(torch.quantile(bits.double(), OOD_QUANTILE))
+        except UserError:
+            pass  # data no longer on this machine: no test digits to pick, no OOD threshold
+
+    def info(self) -> dict:
+        r = self.run
+        return {"run": str(r.folder), "classes": r.class_names or [], "grid": list(r.grid), "image_shape": list(r.image_shape),
+                "temperature": r.temperature, "guidance": r.guidance, "ood_threshold": self.ood_threshold,
+                "test_images": 0 if self.test_images is None else len(self.test_images),
+                "limits": {"n": MAX_IMAGES, "samples": MAX_COMPLETIONS, "steps": MAX_MORPH, "upload_bytes": MAX_UPLOAD,
+                           "keep_rows": r.grid[0]}, "report": (r.folder / "report.html").is_file()}
+
+    def sampling(self, body: dict) -> dict:
+        return {"temperature": number(body, "temperature", self.run.temperature, 0.01, 100),
+                "guidance": number(body, "guidance", self.run.guidance, 0, 100),
+                "seed": number(body, "seed", 0, 0, MAX_SEED, integer=True)}
+
+    def label(self, body: dict, key: str = "label") -> int | None:
+        classes = self.run.num_classes
+        value = body.get(key)
+        if value is None:
+            return None
+        if not classes:
+            raise BadRequest("this run's prior is unconditional; leave the class empty")
+        return number(body, key, None, 0, classes - 1, integer=True)
+
+    def generate(self, body: dict) -> dict:
+        n = number(body, "n", 16, 1, MAX_IMAGES, integer=True)
+        kw = self.sampling(body)
+        r = self.run
+        mix = body.get("mix")
+        if mix is not None:
+            if not r.num_classes:
+                raise BadRequest("mixing needs a class-conditional prior")
+            if not isinstance(mix, dict):
+                raise BadRequest('mix must be {"a": class, "b": class, "weight": 0..1}')
+            a, b = self.label(mix, "a"), self.label(mix, "b")
+            if a is None or b is None:
+                raise BadRequest("mix needs two classes, a and b")
+            w = number(mix, "weight", 0.5, 0, 1)
+            labels = torch.zeros(n, r.num_classes, dtype=torch.float64)
+            labels[:, a] += 1 - w
+            labels[:, b] += w
+            out = r.generate(labels=labels, **kw)
+        elif r.num_classes:
+            label = self.label(body)
+            labels = torch.full((n,), label) if label is not None else torch.arange(n) % r.num_classes
+            out = r.generate(labels=labels, **kw)
+        else:
+            out = r.generate(n=n, **kw)
+        return {"image": png(out.images, nrow=min(8, n)), "count": n, **kw}
+
+    def morph(self, body: dict) -> dict:
+        r = self.run
+        if not r.num_classes:
+            raise BadRequest("a morph needs a class-conditional prior")
+        a, b = self.label(body, "a"), self.label(body, "b")
+        if a is None or b is None:
+            raise BadRequest("a morph needs two classes, a and b")
+        steps = number(body, "steps", 9, 2, MAX_MORPH, integer=True)
+        kw = self.sampling(body)
+        weights = torch.zeros(steps, r.num_classes, dtype=torch.float64)
+        t = torch.linspace(0, 1, steps, dtype=torch.float64)
+        weights[:, a] += 1 - t
+        weights[:, b] += t
+        # one noise for the whole strip: map 0 of the seed at every step, only the label moves
+        frames = [r.generate(labels=weights[k : k + 1], **kw).images for k in range(steps)]
+        return {"image": png(torch.cat(frames), nrow=steps), **kw}
+
+    def complete(self, body: dict) -> dict:
+        r = self.run
+        if body.get("test_index") is not None:
+            if self.test_images is None:
+                raise BadRequest("this run's test images are not on this machine; draw a digit instead")
+            i = number(body, "test_index", 0, 0, len(self.test_images) - 1, integer=True)
+            image = self.test_images[i : i + 1]
+        else:
+            image = decode_image(body.get("image"), r.image_shape)[0]
+        keep_rows = number(body, "keep_rows", r.grid[0] // 2, 0, r.grid[0], integer=True)
+        samples = number(body, "samples", 8, 1, MAX_COMPLETIONS, integer=True)
+        kw = self.sampling(body)
+        label = self.label(body)
+        done = r.complete(image, keep_rows, samples, label, kw["temperature"], kw["guidance"], kw["seed"])
+        kept_pixels = done.keep // r.grid[1] * (r.image_shape[1] // r.grid[0])
+        masked = done.originals.clone()
+        masked[:, :, kept_pixels:, :] = 128
+        strip = torch.cat([done.originals, masked, done.images[0]])
+        posterior = None if done.posterior is None else [{"class": str(r.class_names[c]), "p": float(p)}
+                                                          for c, p in enumerate(done.posterior[0].tolist())]
+        return {"image": png(strip, nrow=len(strip)), "keep_rows": keep_rows, "posterior": posterior, **kw}
+
+    def score(self, data: bytes) -> dict:
+        r = self.run
+        image, notice = decode_bytes(data, r.image_shape)
+        s = r.score(image)
+        recon = r.decode(r.encode(image))
+        bits = float(s["code_bits"][0])
+        best = int(s["best_class"][0])
+        return {"code_bits": bits, "best_class": str(r.class_names[best]) if best >= 0 else None, "recon_mse": float(s["recon_mse"][0]),
+                "image_bits_bound": float(s["image_bits_bound"][0]), "ood_threshold": self.ood_threshold,
+                "out_of_distribution": None if self.ood_threshold is None else bits > self.ood_threshold,
+                "image": png(torch.cat([image, recon]), nrow=2), "notice": notice}
+
+
+def decode_bytes(data: bytes, image_shape) -> tuple[torch.Tensor, str | None]:
+    """Any image Pillow opens (the rules of `vqprior score`: modes scaled by their range), resized and centre-cropped
+    to the run's size, as uint8 [1, C, H, W]."""
+    if not data:
+        raise BadRequest("no image in the request")
+    if len(data) > MAX_UPLOAD:
+        raise BadRequest(f"the image is {len(data):,} bytes; the limit is {MAX_UPLOAD:,}", 413)
+    c, h, w = image_shape
+    try:
+        pixels, notice = to_uint8(open_image(io.BytesIO(data)), c)
+    except UNREADABLE as e:
+        raise BadRequest(f"not a readable image: {why_unreadable(e)}") from None
+    img = Image.fromarray(pixels)
+    if img.size != (w, h):
+        img = _fit(img, h).resize((w, h), Image.BICUBIC) if h == w else img.resize((w, h), Image.BICUBIC)
+        notice = ((notice + "; ") if notice else "") + f"resized to {w}x{h}"
+    a = np.asarray(img, dtype=np.uint8)
+    tensor = torch.from_numpy(a[None].copy() if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+    return tensor[None], notice
+
+
+def decode_image(data_url, image_shape) -> tuple[torch.Tensor, str | None]:
+    if not isinstance(data_url, str) or not data_url.startswith("data:image/") or "," not in data_url:
+        raise BadRequest("image must be a data URL (data:image/png;base64,...)")
+    if len(data_url) > MAX_UPLOAD * 4 // 3 + 100:
+        raise BadRequest("the image is too large", 413)
+    try:
+        data = base64.b64decode(data_url.split(",", 1)[1], validate=True)
+    except ValueError:
+        raise BadRequest("image is not valid base64") from None
+    return decode_bytes(data, image_shape)
+
+
+def create_app(run_dir: str | Path, device: str = "auto", trust_code: bool = False) -> Starlette:
+    service = Service(load(run_dir, device, trust_code))
+
+    def endpoint(work, reads: str = "json"):
+        async def handle(request: Request) -> Response:
+            try:
+                if reads == "json":
+                    try:
+                        body = await request.json()
+                    except ValueError:
+                        raise BadRequest("the request body must be JSON") from None
+                    if not isinstance(body, dict):
+                        raise BadRequest("the request body must be a JSON object")
+                    arg = body
+                else:
+                    length = int(request.headers.get("content-length") or 0)
+                    if length > MAX_UPLOAD + 4096:
+                        raise BadRequest(f"the upload is {length:,} bytes; the limit is {MAX_UPLOAD:,}", 413)
+                    arg = await read_upload(request)
+
+                def locked():
+                    with service.lock, torch.inference_mode():
+                        return work(arg)
+
+                return JSONResponse(await run_in_threadpool(locked))
+            except BadRequest as e:
+                return JSONResponse({"error": str(e)}, status_code=e.status)
+            except UserError as e:
+                return JSONResponse({"error": str(e)}, status_code=400)
+
+        return handle
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(PAGE.read_text())
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(service.info())
+
+    async def report(request: Request) -> Response:
+        path = service.run.folder / "report.html"
+        if not path.is_file():
+            return JSONResponse({"error": "this run has no report.html yet; run `vqprior eval` or `vqprior report`"}, status_code=404)
+        return FileResponse(path)
+
+    routes = [Route("/", page), Route("/api/info", info), Route("/report", report),
+              Route("/api/generate", endpoint(service.generate), methods=["POST"]),
+              Route("/api/morph", endpoint(service.morph), methods=["POST"]),
+              Route("/api/complete", endpoint(service.complete), methods=["POST"]),
+              Route("/api/score", endpoint(service.score, reads="upload"), methods=["POST"])]
+    app = Starlette(routes=routes)
+    app.state.service = service
+    return app
+
+
+async def read_upload(request: Request) -> bytes:
+    """The uploaded file's bytes from a multipart form (field "file"), or the raw body."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=1, max_fields=4, max_part_size=MAX_UPLOAD + 1)
+        except Exception:  # noqa: BLE001 - any malformed form is the client's mistake
+            raise BadRequest("the upload is not a valid multipart form with one file") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise BadRequest('the form needs a file field named "file"')
+        data = await upload.read(MAX_UPLOAD + 1)
+        return data
+    body = await request.body()
+    return body
