@@ -48,6 +48,8 @@ def test_the_vqvae_step_has_no_host_sync_or_data_dependent_branch():
     compiled = fullgraph(vqvae_step)(twin, twin, images)
     assert torch.allclose(compiled["loss"], eager["loss"]) and torch.equal(compiled["code_counts"], eager["code_counts"])
     assert int(compiled["code_counts"].sum()) == 32 * 7 * 7
+    fresh = small_vqvae()  # the very first step, which seeds the codebook, compiles whole too
+    assert int(fullgraph(vqvae_step)(fresh, fresh, images)["code_counts"].sum()) == 32 * 7 * 7 and not fresh.quantizer._needs_init
 
 
 @pytest.mark.parametrize("kind", ["gated_pixelcnn", "row_lstm", "diagonal_bilstm", "transformer"])

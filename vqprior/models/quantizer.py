@@ -54,11 +54,14 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("ema_sum", codebook.clone())
         # codes start as real encoder outputs from the first training batch, not as random noise
         self.register_buffer("initialized", torch.tensor(False))
-        self._init_checked = False  # host-side cache of `initialized`: read once, not synced every step
+        # host-side copy of `initialized`, set when the buffer is created or loaded: a training step never reads the
+        # buffer back from the device (and a compiled step has no data-dependent branch on it)
+        self._needs_init = True
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._init_checked = False
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "initialized" in state_dict:
+            self._needs_init = not bool(state_dict[prefix + "initialized"])  # a loaded state's tensor, read once
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of flat [N, D] (squared Euclidean distance)."""
@@ -81,10 +84,9 @@ class VectorQuantizer(nn.Module):
         if d != self.code_dim:
             raise ValueError(f"latent has {d} channels, codebook has D={self.code_dim}")
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, d)
-        if self.training and not self._init_checked:
-            if not bool(self.initialized):
-                self._init_from(flat)
-            self._init_checked = True
+        if self.training and self._needs_init:
+            self._init_from(flat)
+            self._needs_init = False
         indices = self.nearest(flat)
         if self.training:
             self._ema_update(flat, indices)
