@@ -47,9 +47,7 @@ def test_commitment_loss_pulls_encoder_output_towards_its_code():
 def test_ema_update_moves_codes_towards_assigned_vectors():
     torch.manual_seed(4)
     vq = VectorQuantizer(4, 2, decay=0.5, dead_code_threshold=0.0)
-    vq.initialized.fill_(True)
-    vq.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]]))
-    vq.ema_sum.copy_(vq.codebook)
+    vq.set_codebook(torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]]))
     target = torch.tensor([1.0, 1.0])
     z = (target + 0.01 * torch.randn(64, 2)).T.reshape(1, 2, 8, 8)  # every vector lands on code 0
     before = (vq.codebook[0] - target).norm()
@@ -64,10 +62,9 @@ def test_ema_update_moves_codes_towards_assigned_vectors():
 def test_dead_codes_are_reseeded_from_encoder_outputs():
     torch.manual_seed(5)
     vq = VectorQuantizer(8, 2, decay=0.9, dead_code_threshold=0.95)
-    vq.initialized.fill_(True)
-    vq.codebook.copy_(torch.full((8, 2), 100.0))
-    vq.codebook[0] = 0.0
-    vq.ema_sum.copy_(vq.codebook)
+    codebook = torch.full((8, 2), 100.0)
+    codebook[0] = 0.0
+    vq.set_codebook(codebook)
     z = torch.randn(1, 2, 10, 10)
     vq(z)  # only code 0 is used; the other seven decay from 1.0 to 0.9, below the threshold
     outputs = z.permute(0, 2, 3, 1).reshape(-1, 2)

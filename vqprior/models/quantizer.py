@@ -96,10 +96,16 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, flat: torch.Tensor) -> None:
-        self.codebook.copy_(_pick_rows(flat, self.codebook_size))
+        self.set_codebook(_pick_rows(flat, self.codebook_size))
+
+    @torch.no_grad()
+    def set_codebook(self, codes: torch.Tensor) -> None:
+        """Start from these K code vectors (a fresh EMA of count 1 each) instead of the first batch's outputs."""
+        self.codebook.copy_(codes)
         self.ema_sum.copy_(self.codebook)
         self.ema_count.fill_(1.0)
         self.initialized.fill_(True)
+        self._needs_init = False
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
