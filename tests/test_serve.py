@@ -129,6 +129,10 @@ def test_bad_requests_of_other_shapes(client):
     assert client.post("/api/score", content=b"").json()["error"] == "no image in the request"
     big = client.post("/api/score", files={"file": ("big.png", b"\0" * (MAX_UPLOAD + 10), "image/png")})
     assert big.status_code == 413
+    chunked = client.post("/api/score", content=iter([b"\0" * (1 << 20)] * 5))  # no Content-Length: read in chunks, cut at the limit
+    assert chunked.status_code == 413 and "over the limit" in chunked.json()["error"]
+    huge_json = client.post("/api/generate", content=iter([b" " * (1 << 20)] * 7), headers={"content-type": "application/json"})
+    assert huge_json.status_code == 413
     text = client.post("/api/score", files={"file": ("a.png", b"hello", "image/png")})
     assert text.status_code == 400 and "not a readable image" in text.json()["error"]
     assert client.post("/api/score", files={"other": ("a.png", b"x", "image/png")}).json()["error"].startswith("the form needs a file")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import threading
 from pathlib import Path
@@ -222,7 +223,7 @@ def create_app(run_dir: str | Path, device: str = "auto", trust_code: bool = Fal
             try:
                 if reads == "json":
                     try:
-                        body = await request.json()
+                        body = json.loads(await read_capped(request, MAX_UPLOAD * 4 // 3 + 4096))
                     except ValueError:
                         raise BadRequest("the request body must be JSON") from None
                     if not isinstance(body, dict):
@@ -280,5 +281,16 @@ async def read_upload(request: Request) -> bytes:
             raise BadRequest('the form needs a file field named "file"')
         data = await upload.read(MAX_UPLOAD + 1)
         return data
-    body = await request.body()
-    return body
+    return await read_capped(request, MAX_UPLOAD)
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request body, read in chunks and refused with 413 as soon as it passes `limit` bytes (whatever the
+    Content-Length header claims, or without one)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the request body is over the limit of {limit:,} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
