@@ -39,7 +39,7 @@ def seconds_per_epoch(cfg, codes: torch.Tensor, labels: torch.Tensor | None, num
     """Training time of one epoch, from 30 timed batches (after 5 warm-up batches) of the real codes; parameters."""
     torch.manual_seed(0)
     model = components.instantiate(components.resolve(cfg.prior.network, codebook_size=codebook_size, num_classes=num_classes))
-    batch = cfg.prior.batch_size or 128  # the CPU default
+    batch = cfg.prior.batch_size
     opt = torch.optim.Adam(model.parameters(), lr=scaled_lr(cfg.prior.lr, batch))
     for step in range(35):
         if step == 5:

@@ -73,7 +73,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     if not params:
         raise UserError("nothing to train: encoder and decoder both have trainable = false; unfreeze the decoder")
     k = cfg.vqvae.codebook_size
-    batch = cfg.vqvae.batch_size or rt.per_device(cpu=128, cuda=512)
+    batch = cfg.vqvae.batch_size
     trainer = Trainer(stage=1, runtime=rt, run_dir=cfg.run_dir(), fingerprint={**fingerprint(cfg), "batch_size": batch}, model=model,
                       optimizer=torch.optim.Adam(params, lr=scaled_lr(cfg.vqvae.lr, batch)), n_items=len(train), batch_size=batch,
                       epochs=cfg.vqvae.epochs, checkpoint_every=cfg.run.checkpoint_every, resume=resume, reporter=reporter,

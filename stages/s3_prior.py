@@ -70,7 +70,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
                         f"K={vq.model.quantizer.codebook_size} on {vq.grid[0]}x{vq.grid[1]}; run `vqprior run-stage 2` again")
     ema = WeightEMA(model, cfg.prior.ema_decay) if cfg.prior.ema_decay else None
     final = ema.module if ema is not None else model  # what is evaluated, sampled from and saved as prior.safetensors
-    batch = cfg.prior.batch_size or rt.per_device(cpu=128, cuda=1024)
+    batch = cfg.prior.batch_size
     # the Trainer comes last: resuming restores the random generators, nothing may draw from them after it
     trainer = Trainer(stage=3, runtime=rt, run_dir=cfg.run_dir(), fingerprint={**fingerprint(cfg), "batch_size": batch}, model=model,
                       optimizer=torch.optim.Adam(model.parameters(), lr=scaled_lr(cfg.prior.lr, batch)), n_items=len(train_codes),

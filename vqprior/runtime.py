@@ -75,9 +75,6 @@ class Runtime:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def per_device(self, cpu: int, cuda: int) -> int:
-        return cuda if self.device.type == "cuda" else cpu
-
     def seed_all(self) -> None:
         """Every stage starts from the run's seed, so a stage gives the same result alone or inside `vqprior run`."""
         seed_everything(self.seed)
