@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .artifacts import load_json, read_stage
 from .components import trusting_code
-from .config import MAX_SEED, SampleSection, format_validation_error
+from .config import MAX_SEED, check_sampling
 from .errors import UserError
 from .models.priors.base import generate as generate_codes
 from .models.priors.base import sample
@@ -127,10 +127,7 @@ class Run:
 
     @staticmethod
     def _sampling(temperature: float | None, guidance: float | None, seed: int) -> None:
-        try:
-            SampleSection.model_validate({k: v for k, v in (("temperature", temperature), ("guidance", guidance)) if v is not None})
-        except Exception as e:
-            raise UserError(format_validation_error(e).replace("config: sample.", "")) from None
+        check_sampling(temperature, guidance)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
             raise UserError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
 

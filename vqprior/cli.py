@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .artifacts import is_current, run_lock
 from .components import trusting_code
-from .config import MAX_SEED, Config, RunSection, load_config, presets, validate_run_name
+from .config import MAX_SEED, Config, RunSection, check_sampling, load_config, presets, validate_run_name
 from .errors import UserError, os_error_message
 from .runtime import Reporter, Runtime
 
@@ -236,7 +236,7 @@ def eval_run(name: Name = None, out_dir: OutDir = "artifacts",
     with _one_line_errors(), trusting_code(trust_code):
         if reference not in ("test", "valid"):
             raise UserError(f"--reference {reference!r}: choose test or valid")
-        _check_sampling(temperature, guidance)
+        check_sampling(temperature, guidance)
         from .evaluation.run_eval import evaluate_run, write_eval
 
         run_dir = _run_dir_of(name, out_dir)
@@ -250,18 +250,6 @@ def eval_run(name: Name = None, out_dir: OutDir = "artifacts",
         console.print(eval_table(result))
         console.print(f"[green]report[/] -> {report_path}")
         console.print(f"[green]eval done[/] in {result['seconds']:.0f}s -> {folder / 'eval.json'}")
-
-
-def _check_sampling(temperature: Optional[float], guidance: Optional[float]) -> None:
-    """The same ranges as sample.temperature and sample.guidance, checked before any work."""
-    from .config import SampleSection, format_validation_error
-    from pydantic import ValidationError
-
-    values = {k: v for k, v in (("temperature", temperature), ("guidance", guidance)) if v is not None}
-    try:
-        SampleSection.model_validate(values)
-    except ValidationError as e:
-        raise UserError(format_validation_error(e).replace("config: ", "--", 1)) from None
 
 
 def eval_table(result: dict):
@@ -356,7 +344,7 @@ def complete(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
         from .api import load
         from .artifacts import writing_folder
 
-        _check_sampling(temperature, guidance)
+        check_sampling(temperature, guidance)
         run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
         images, _, names = _inputs(run, inputs, from_split, n)
         done = run.complete(images, keep_rows, samples, label, temperature, guidance, seed)

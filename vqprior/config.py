@@ -266,6 +266,15 @@ def default_run_name(data: DataSection) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(data.root).expanduser().resolve().name).strip("-.") or "folder"
 
 
+def check_sampling(temperature: float | None, guidance: float | None) -> None:
+    """sample.temperature's and sample.guidance's ranges for values given to eval, complete, the API or the page."""
+    values = {k: v for k, v in (("temperature", temperature), ("guidance", guidance)) if v is not None}
+    try:
+        SampleSection.model_validate(values)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e).replace("config: sample.", "", 1)) from None
+
+
 def validate_run_name(name: str) -> str:
     """run.name's rules for a name given on the command line: one line if it breaks them."""
     try:

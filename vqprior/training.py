@@ -322,12 +322,14 @@ class WeightEMA(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        avg_f, cur_f, avg_o, cur_o = self._pairs(model)
+        if getattr(self, "_groups_of", None) != id(model):  # the tensor lists are grouped once, not every step
+            avg_f, cur_f, self._avg_other, self._cur_other = self._pairs(model)
+            self._groups = {d: ([a for a in avg_f if a.dtype == d], [c for a, c in zip(avg_f, cur_f) if a.dtype == d])
+                            for d in {t.dtype for t in avg_f}}
+            self._groups_of = id(model)  # an id, not the module: a module attribute would join the state dict
         self.n_averaged.add_(1)
         weight = (1 - self.decay) / (1 - torch.pow(self.decay, self.n_averaged.to(torch.float64)))
-        for dtype in {t.dtype for t in avg_f}:  # one fused lerp per dtype, the weight as a device tensor
-            a = [t for t in avg_f if t.dtype == dtype]
-            c = [t for t, ref in zip(cur_f, avg_f) if ref.dtype == dtype]
-            torch._foreach_lerp_(a, c, weight.to(dtype))
-        if avg_o:
-            torch._foreach_copy_(avg_o, cur_o)
+        for dtype, (averaged, current) in self._groups.items():  # one fused lerp per dtype, the weight on the device
+            torch._foreach_lerp_(averaged, current, weight.to(dtype))
+        if self._avg_other:
+            torch._foreach_copy_(self._avg_other, self._cur_other)
