@@ -53,7 +53,7 @@ if __name__ == "__main__":
 
     print(f"threads={pin_threads(args.threads)}; yardstick fp32 matmul {matmul_gflops(torch.device('cpu'), torch.float32):.0f} GFLOP/s")
     t0 = time.perf_counter()
-    with TestClient(create_app(args.run, device="cpu")) as client:
+    with TestClient(create_app(args.run, device="cpu", hosts=("testserver",))) as client:
         print(f"load (model, test digits, OOD threshold): {time.perf_counter() - t0:.2f} s")
         client.post("/api/generate", json={"n": 4})  # warm-up
         print(f"grid of 16 digits: {median_seconds(client, '/api/generate', {'n': 16}, args.repeat):.3f} s (median of {args.repeat})")

@@ -50,7 +50,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     rt.seed_all()
     vq = load_vqvae(cfg.run_dir(), needed_by=2, device=rt.device)
     # the data is the one stage 1 trained on, as recorded beside its weights
-    data_cfg = DataSection.model_validate(vq.saved["data"])
+    data_cfg = vq.data
     k = vq.model.quantizer.codebook_size
     dtype = code_dtype(k)
     reporter.log(f"stage 2: encoding with the stage-1 VQ-VAE into {vq.grid[0]}x{vq.grid[1]} maps of {dtype.name} codes (K={k})")

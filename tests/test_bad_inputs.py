@@ -323,7 +323,7 @@ API_CASES = [
     ("guidance-nan", lambda r: r.generate(labels=[3], guidance=float("nan")), "guidance"),
     ("seed-negative", lambda r: r.generate(labels=[3], seed=-1), "seed must be"),
     ("decode-codes-out-of-range", lambda r: r.decode(np.full((1, 7, 7), 99)), "codes must be in 0..15"),
-    ("decode-wrong-grid", lambda r: r.decode(np.zeros((1, 5, 5), np.int64)), "codes must be integers [N, 7, 7]"),
+    ("decode-wrong-grid", lambda r: r.decode(np.zeros((1, 5, 5), np.int64)), "codes must be integers [N >= 1, 7, 7]"),
     ("encode-nan", lambda r: r.encode(np.full((1, 28, 28), np.nan)), "NaN"),
     ("encode-floats-out-of-range", lambda r: r.encode(np.full((1, 28, 28), 7.0)), "must be in [0, 1]"),
     ("encode-not-an-array", lambda r: r.encode("digit.png"), "images must be"),

@@ -52,7 +52,19 @@ def test_run_is_incremental_like_make(tmp_path):
     # a new sampling setting redoes stage 4 only; a new prior setting redoes stages 3 and 4
     more = invoke("run", *tiny_args(tmp_path), "--per-class", 3)
     assert more.output.count("up to date") == 3 and "stage 4 done" in more.output
-    prior = invoke("run", *tiny_args(tmp_path), "--per-class", 3, "--set", "prior.lr=0.002")
+    assert "(replaced the samples made" in more.output  # said, not silent
+    # a new prior setting would retrain the finished prior: refused in one line, nothing touched ...
+    refused = invoke("run", *tiny_args(tmp_path), "--per-class", 3, "--set", "prior.lr=0.002")
+    errors = [line for line in refused.output.splitlines() if line.startswith("error:")]
+    assert refused.exit_code == 2 and len(errors) == 1 and "prior.lr 0.003 -> 0.002" in errors[0] and "--replace" in errors[0], refused.output
+    assert "stage 3 done" not in refused.output
+    after_refusal = manifests(run_dir)
+    # ... and a preset with other settings is refused the same way (it would replace the VQ-VAE and the prior)
+    preset = invoke("run", *tiny_args(tmp_path)[:10], "--preset", "quick")  # the folder, device and data of the tiny run
+    assert preset.exit_code == 2 and "would replace the VQ-VAE (stage 1) and the prior (stage 3)" in preset.output, preset.output
+    assert manifests(run_dir) == after_refusal
+    # --replace retrains it there: stages 3 and 4 redone
+    prior = invoke("run", *tiny_args(tmp_path), "--per-class", 3, "--set", "prior.lr=0.002", "--replace")
     assert prior.output.count("up to date") == 2 and "stage 3 done" in prior.output and "stage 4 done" in prior.output
     # --restart redoes everything
     restart = invoke("run", *tiny_args(tmp_path), "--per-class", 3, "--set", "prior.lr=0.002", "--restart")

@@ -41,7 +41,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(run_dir):
-    with TestClient(create_app(run_dir, device="cpu")) as c:
+    with TestClient(create_app(run_dir, device="cpu", hosts=("testserver",))) as c:
         yield c
 
 

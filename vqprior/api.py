@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .artifacts import load_json, read_stage
+from .artifacts import check_run_folder, load_json_object, read_stage
 from .components import trusting_code
 from .config import MAX_SEED, check_sampling
 from .errors import UserError
@@ -57,7 +57,12 @@ class Run:
     """A finished run folder's VQ-VAE and prior, ready to use."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto", trust_code: bool = False):
+        if not isinstance(run_dir, (str, Path)) or not str(run_dir):
+            raise UserError(f"pass a run folder (a path such as 'artifacts/mnist'), got {run_dir!r}")
+        if not isinstance(trust_code, bool):
+            raise UserError(f"trust_code must be True or False, got {trust_code!r}")
         self.folder = Path(run_dir)
+        check_run_folder(self.folder)
         if not (self.folder / "stage3").is_dir():
             raise UserError(f"{self.folder} has no trained prior (stage 3); run `vqprior run` first or point at a run folder")
         self.device = resolve_device(device)
@@ -68,9 +73,7 @@ class Run:
         self.grid, self.image_shape = self._prior.grid, self._vq.image_shape
         self.class_names = self._prior.class_names
         self.num_classes = self.prior.num_classes
-        sample_cfg = load_json(self._prior.folder / "config.json").get("config", {}).get("sample", {})
-        self.temperature = float(sample_cfg.get("temperature", 1.0))
-        self.guidance = float(sample_cfg.get("guidance", 1.0))
+        self.temperature, self.guidance = self._prior.sampling
         self.log_class_prior = self._class_prior()
 
     def _class_prior(self) -> torch.Tensor | None:
@@ -78,7 +81,14 @@ class Run:
         if not self.num_classes:
             return None
         folder, _ = read_stage(self.folder, 2)
-        counts = np.bincount(np.load(folder / "train_labels.npy"), minlength=self.num_classes).astype(np.float64)
+        path = folder / "train_labels.npy"
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path} is not a readable label array ({type(e).__name__}); re-run stage 2") from None
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or not len(labels) or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise UserError(f"{path} must hold integer classes 0..{self.num_classes - 1} (got {labels.dtype} {list(labels.shape)}); re-run stage 2")
+        counts = np.bincount(labels.astype(np.int64), minlength=self.num_classes).astype(np.float64)
         return torch.from_numpy(np.log(np.maximum(counts, 1) / counts.sum())).to(self.device)
 
     # ------------------------------------------------------------------ images <-> codes
@@ -92,9 +102,13 @@ class Run:
             x = x.unsqueeze(1)
         if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.image_shape) or len(x) == 0:
             raise UserError(f"images must be [N >= 1, {', '.join(map(str, self.image_shape))}] for this run, got {list(x.shape)}")
+        if x.dtype != torch.uint8 and not x.is_floating_point() and x.dtype != torch.bool and not x.is_complex():
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) > 255):
+                raise UserError(f"integer images must be in 0..255, got {int(x.min())}..{int(x.max())} (or pass floats in [0, 1])")
+            x = x.to(torch.uint8)
         if x.dtype != torch.uint8:
             if x.dtype == torch.bool or x.is_complex():
-                raise UserError(f"images must be uint8 or floats in [0, 1], got {x.dtype}")
+                raise UserError(f"images must be uint8 (0..255), integers in 0..255 or floats in [0, 1], got {x.dtype}")
             x = x.double()
             if not torch.isfinite(x).all():
                 raise UserError("images contain NaN or infinite values")
@@ -118,8 +132,9 @@ class Run:
         except (TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"codes must be integers [N, {self.grid[0]}, {self.grid[1]}], got {type(codes).__name__} ({e})") from None
         k = self.vqvae.quantizer.codebook_size
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() != 3 or tuple(t.shape[1:]) != tuple(self.grid):
-            raise UserError(f"codes must be integers [N, {self.grid[0]}, {self.grid[1]}], got {t.dtype} {list(t.shape)}")
+        if (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() != 3 or tuple(t.shape[1:]) != tuple(self.grid)
+                or len(t) == 0):
+            raise UserError(f"codes must be integers [N >= 1, {self.grid[0]}, {self.grid[1]}], got {t.dtype} {list(t.shape)}")
         t = t.long()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
             raise UserError(f"codes must be in 0..{k - 1} (K={k}), got {int(t.min())}..{int(t.max())}")
@@ -210,7 +225,13 @@ class Run:
     def decoder_sigma(self) -> float:
         """The pixel noise σ that `vqprior eval` chose on the validation slice (0.1 when the run was not evaluated)."""
         ev = self.folder / "eval" / "eval.json"
-        return float(load_json(ev)["prior"]["decoder_sigma"]) if ev.is_file() else 0.1
+        if not ev.is_file():
+            return 0.1
+        sigma = load_json_object(ev).get("prior", {})
+        sigma = sigma.get("decoder_sigma") if isinstance(sigma, dict) else None
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 1e-4 <= sigma <= 1:
+            raise UserError(f"{ev}: prior.decoder_sigma must be a number in 0.0001..1, got {sigma!r}; run `vqprior eval` again")
+        return float(sigma)
 
     def classify(self, images) -> tuple[torch.Tensor, torch.Tensor]:
         """The prior as a generative classifier: argmax_c p(codes | c) p(c). Returns (classes [N], posterior [N, C])."""
@@ -241,7 +262,7 @@ class Run:
                 posterior = self.posterior(codes, keep)
                 labels = torch.multinomial(posterior, samples, replacement=True, generator=gen)
             else:
-                if not 0 <= label < self.num_classes:
+                if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes:
                     raise UserError(f"--label {label} is out of range: this prior knows classes 0..{self.num_classes - 1}")
                 labels = torch.full((n, samples), label, dtype=torch.long)
         elif label is not None:

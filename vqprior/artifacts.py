@@ -3,6 +3,13 @@
 artifacts/<run>/stage1 .. stage4. A stage writes into a hidden temporary folder and renames it into place
 when everything is written, so a crash never leaves a half-written stage under its final name. Each stage
 folder has a manifest.json with sha256 fingerprints of what it read and wrote; later stages check them.
+
+A run folder may be shared (handed over, unpacked from an archive, writable by others), so nothing read or
+written under it leaves it: `check_run_folder` refuses a symbolic link or a special file (FIFO, device,
+socket) anywhere inside before a command reads or writes there, manifests name only plain files of their own
+stage and paths inside the run folder, files are opened without following links (O_NOFOLLOW) and checked to
+be regular files, and every write goes to a fresh temporary file (O_CREAT | O_EXCL, unique name) that is
+renamed over the target, which replaces a link instead of writing through it.
 """
 
 from __future__ import annotations
@@ -11,11 +18,14 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
 import re
+import secrets
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +34,77 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from . import __version__
 from .errors import UserError, disk_full
 
 STAGE_NAMES = {1: "VQ-VAE", 2: "code maps", 3: "prior", 4: "samples"}
 MANIFEST = "manifest.json"
+MAX_JSON_BYTES = 64 << 20  # a manifest, config or metrics file; anything larger is not one of ours
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a stage's output: a file name, no folder, no '..'
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse, before anything is read or written, a run folder with a symbolic link or a special file anywhere
+    inside it: a planted link would make a command write, delete or expose a file outside the folder. The run
+    folder itself may be a link (a run kept on another disk); what is inside it may not."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=_walk_error):
+        for name in dirnames + filenames:
+            _check_entry(Path(dirpath) / name)
+
+
+def _walk_error(e: OSError) -> None:
+    raise UserError(f"cannot read the run folder {e.filename}: {e.strerror}; make it readable") from None
+
+
+def _check_entry(path: Path) -> os.stat_result:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise UserError(f"missing file {path}; re-run the stage that writes it") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UserError(f"{path} is a symbolic link; a run folder holds only its own files, so nothing was read or written: "
+                        f"remove the link (copy the file in if it belongs there)")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise UserError(f"{path} is not a regular file or folder (a FIFO, socket or device); nothing was read or written: remove it")
+    return st
+
+
+def inside(run_dir: Path, relative: str) -> Path:
+    """`run_dir / relative` for a path recorded in a manifest, refused unless it is relative and stays inside."""
+    rel = Path(relative)
+    if rel.is_absolute() or not relative or any(part in ("..", "") for part in rel.parts):
+        raise UserError(f"a manifest in {run_dir} names {relative!r}, a path outside the run folder; re-run the stage that wrote it")
+    return Path(run_dir) / rel
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, opened without following a link (a FIFO or device is refused, never waited on);
+    with `limit`, a larger file is refused."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UserError(f"missing file {path}; re-run the stage that writes it") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            _check_entry(path)  # raises the one line for a link
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{path} is not a regular file (a FIFO, socket or device); remove it")
+        if limit is not None and st.st_size > limit:
+            raise UserError(f"{path} is {st.st_size:,} bytes, more than such a file can be ({limit:,}); re-run the stage that wrote it")
+        data = f.read(st.st_size + 1)
+        if len(data) > st.st_size:  # /proc-like files say 0 bytes and never end: not a file of ours
+            raise UserError(f"{path} grows while it is read (not an ordinary file); remove it")
+        return data
 
 
 def stage_dir(run_dir: Path, stage: int) -> Path:
@@ -50,24 +124,45 @@ def writing_folder(final: Path, what: str) -> Iterator[Path]:
     run_dir = Path(final).parent
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        _check_folder_chain(final)
         tmp = run_dir / f".{final.name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _remove(tmp)
         tmp.mkdir()
     except OSError as e:
         raise UserError(f"cannot write to {run_dir}: {e.strerror}; choose a writable run.out_dir") from None
     try:
         yield tmp
         old = run_dir / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            final.rename(old)
+        if os.path.lexists(final):
+            final.rename(old)  # a rename moves a link itself, never what it points to
         tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise disk_full(e.filename or final) from None
         raise
+
+
+def _check_folder_chain(final: Path) -> None:
+    """The folder that `final` will replace, and its parent, must not be links (the parent is a run folder or one of
+    its folders, whose own checks ran already; this covers a link planted since)."""
+    for p in (final, final.parent / f".{final.name}.tmp-{os.getpid()}"):
+        if os.path.islink(p):
+            _check_entry(p)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, folder or link at `path` (a link itself, never what it points to)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path, ignore_errors=True)  # rmtree does not follow links inside (fd-based where the OS has it)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 @contextlib.contextmanager
@@ -83,6 +178,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     path = run_dir / ".lock"
     fd = _take_lock(path, run_dir)
     try:
+        check_run_folder(run_dir)
         remove_leftovers(run_dir)
         yield
     finally:
@@ -99,13 +195,13 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
     """Remove the temporary files and folders of writers that died (killed, power cut) before cleaning up; the
     caller holds the run lock, so no live writer of this folder can own them. Returns what was removed."""
     removed = []
-    for folder in (run_dir, run_dir / ".checkpoints"):
-        if not folder.is_dir():
-            continue
+    for folder in (run_dir, run_dir / ".checkpoints", run_dir / "eval"):
+        if os.path.islink(folder) or not folder.is_dir():
+            continue  # never look inside a link (check_run_folder refuses one anyway)
         for p in folder.iterdir():
             m = LEFTOVER.match(p.name)
             if m and not _alive(int(m.group(1) or m.group(2))):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                _remove(p)
                 removed.append(p)
     return removed
 
@@ -125,8 +221,13 @@ def _alive(pid: int) -> bool:
 def _take_lock(path: Path, run_dir: Path) -> int:
     while True:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                _check_entry(path)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                _check_entry(path)  # a planted link: one line, its target untouched
             raise UserError(f"cannot write to {run_dir}: {e.strerror}; choose a writable run.out_dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -148,21 +249,47 @@ def _take_lock(path: Path, run_dir: Path) -> int:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a regular file (a link, FIFO or never-ending file is refused in one line, not followed or waited on)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOENT):
+            _check_entry(path)
+        raise
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{path} is not a regular file (a FIFO, socket or device); remove it")
+        left = st.st_size
+        while left > 0:
+            chunk = f.read(min(1 << 20, left))
+            if not chunk:
+                break
             h.update(chunk)
+            left -= len(chunk)
+        if f.read(1):
+            raise UserError(f"{path} grows while it is read (not an ordinary file); remove it")
     return h.hexdigest()
 
 
+def temporary_beside(path: Path) -> tuple[Path, int]:
+    """A new file beside `path` that nobody else can have opened or linked (O_EXCL, a random name, no link followed);
+    its name `.<name>.<random>.<pid>.tmp` lets the leftover cleanup remove it once this process is gone."""
+    path = Path(path)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.{os.getpid()}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            continue
+
+
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 def save_json(path: Path, obj: Any) -> None:
@@ -171,40 +298,61 @@ def save_json(path: Path, obj: Any) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """`data` at `path`, or a one-line DiskFull and no partial file when the disk fills up."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """`data` at `path`, or a one-line DiskFull and no partial file when the disk fills up. The rename replaces
+    whatever is at `path` (a planted link too) instead of writing through it."""
+    path = Path(path)
+    tmp = None
     try:
-        with open(tmp, "wb") as f:
+        tmp, fd = temporary_beside(path)
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise disk_full(path, len(data)) from None
         raise
 
 
 def load_json(path: Path) -> Any:
+    """The one JSON reader for a run folder's files: a regular file (no link followed), valid UTF-8 JSON of a sane
+    size and depth, or a one-line UserError."""
+    data = read_regular(path, MAX_JSON_BYTES)
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"missing file {path}; re-run the stage that writes it") from None
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; re-run the stage that writes it") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e.msg}); re-run the stage that writes it") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be one of vqprior's files; re-run the stage that writes it") from None
+
+
+def load_json_object(path: Path) -> dict:
+    """load_json for files that hold one JSON object (manifests, configs, eval results)."""
+    obj = load_json(path)
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object; re-run the stage that writes it")
+    return obj
 
 
 def save_weights(path: Path, module: torch.nn.Module) -> None:
+    """safetensors, serialised in memory first so a full disk is one plain failed write (one line, nothing partial)."""
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata={"vqprior": __version__})
+    write_bytes_atomic(Path(path), save_safetensors(state, metadata={"vqprior": __version__}))
 
 
 def load_weights(path: Path, module: torch.nn.Module) -> None:
+    """Weights into `module`, refused in one line when unreadable, of another shape, or not finite (NaN/inf)."""
+    data = read_regular(path)
     try:
-        state = load_file(str(path))
-    except FileNotFoundError:
-        raise UserError(f"missing weights {path}; re-run the stage that writes it") from None
+        state = load_safetensors(data)
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e}); re-run the stage that wrote it") from None
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"{path}: weight {key!r} holds NaN or infinite values; re-run the stage that wrote it")
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
@@ -249,20 +397,27 @@ def read_stage(run_dir: Path, stage: int, needed_by: int | None = None) -> tuple
     """Return (folder, manifest) of a finished stage after checking that its files are unchanged and that the
     earlier stages' files it was made from are still the current ones."""
     folder = stage_dir(run_dir, stage)
+    check_run_folder(run_dir)
     if not (folder / MANIFEST).is_file():
         who = f"stage {needed_by} needs" if needed_by else "missing"
         raise UserError(
             f"{who} stage {stage} ({STAGE_NAMES[stage]}) output in {folder}, which does not exist; run `vqprior run-stage {stage}` first"
         )
-    manifest = load_json(folder / MANIFEST)
-    for name, digest in manifest.get("outputs", {}).items():
+    manifest = load_json_object(folder / MANIFEST)
+    outputs, inputs = manifest.get("outputs", {}), manifest.get("inputs", {})
+    if not isinstance(outputs, dict) or not isinstance(inputs, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("path"), str) and isinstance(v.get("sha256"), str) for v in inputs.values()):
+        raise UserError(f"{folder / MANIFEST} is not a stage manifest (outputs/inputs of the wrong shape); re-run stage {stage}")
+    for name, digest in outputs.items():
+        if not PLAIN_NAME.match(name) or name == MANIFEST or not isinstance(digest, str):
+            raise UserError(f"{folder / MANIFEST} lists {name!r} as an output, which is not a file of that stage folder; re-run stage {stage}")
         path = folder / name
         if not path.is_file():
             raise UserError(f"{path} is missing though stage {stage}'s manifest lists it; re-run stage {stage}")
         if sha256_file(path) != digest:
             raise UserError(f"{path} changed after stage {stage} wrote it (sha256 differs from its manifest); re-run stage {stage}")
-    for name, record in manifest.get("inputs", {}).items():
-        source = Path(run_dir) / record["path"]  # an absolute path stays absolute
+    for name, record in inputs.items():
+        source = inside(run_dir, record["path"])
         if not source.is_file() or sha256_file(source) != record["sha256"]:
             made_by = re.match(r"stage(\d)/", record["path"])
             first = int(made_by.group(1)) + 1 if made_by else stage
@@ -289,6 +444,7 @@ def output_sha(run_dir: Path, stage: int, name: str) -> str | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text()).get("outputs", {}).get(name)
-    except (OSError, json.JSONDecodeError):
+        digest = load_json_object(path).get("outputs", {}).get(name)
+    except (OSError, UserError, AttributeError):
         return None
+    return digest if isinstance(digest, str) else None

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .artifacts import is_current, run_lock
+from .artifacts import STAGE_NAMES, is_current, load_json_object, run_lock
 from .components import trusting_code
 from .config import MAX_SEED, Config, RunSection, check_sampling, load_config, presets, validate_run_name
 from .errors import UserError, os_error_message
@@ -52,8 +52,8 @@ class ConsoleReporter(Reporter):
 
 def _fail(message: str, code: int = 2) -> None:
     one_line = " ".join(message.split())
-    rank = int(os.environ.get("RANK", "0"))
-    where = f"[rank {rank}] " if rank else ""  # under torchrun: which process
+    rank = os.environ.get("RANK", "0")
+    where = f"[rank {rank}] " if rank.isdigit() and int(rank) else ""  # under torchrun: which process
     console.print(f"[bold red]error:[/] {where}{escape(one_line)}", soft_wrap=True)
     raise typer.Exit(code)
 
@@ -126,7 +126,47 @@ def _stage(stage: int):
     return importlib.import_module(STAGE_MODULES[stage])
 
 
-def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool) -> None:
+def finished_stage(run_dir: Path, stage: int) -> dict | None:
+    """The manifest of a finished stage in the run folder (not re-verified), or None."""
+    path = run_dir / f"stage{stage}" / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return load_json_object(path)
+    except UserError:
+        return {}
+
+
+def _changes(old, new, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs between two fingerprints."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str) for c in _changes(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if old == new:
+        return []
+    shown = lambda v: json.dumps(v) if len(json.dumps(v)) <= 30 else json.dumps(v)[:27] + "..."  # noqa: E731
+    return [f"{prefix[:-1]} {shown(old)} -> {shown(new)}"]
+
+
+def check_nothing_finished_is_replaced(run_dir: Path, cfg: Config) -> None:
+    """`vqprior run` with other settings than the finished training stages in its folder would retrain them there and
+    replace minutes of work: refused in one line that says what differs and how to keep or replace it."""
+    for stage in (1, 3):
+        old = finished_stage(run_dir, stage)
+        if not old or "fingerprint" not in old:
+            continue
+        new = _stage(stage).fingerprint(cfg)
+        if new is None:  # stage 2's codes are missing: the prior is stale whatever the settings
+            continue
+        new = json.loads(json.dumps(new))
+        changes = [c for c in _changes(old["fingerprint"], new) if not c.startswith("codes.")]
+        if changes:
+            what = "the VQ-VAE (stage 1) and the prior (stage 3)" if stage == 1 and finished_stage(run_dir, 3) else f"the {STAGE_NAMES[stage]} (stage {stage})"
+            raise UserError(f"{run_dir} holds a finished {STAGE_NAMES[stage]} made with other settings ({'; '.join(changes[:4])}"
+                            f"{'; ...' if len(changes) > 4 else ''}); this run would replace {what}: pass --name NEW to keep it "
+                            f"and train elsewhere, or --replace to retrain in this folder")
+
+
+def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool, replace: bool = False) -> None:
     rt = Runtime.setup(cfg.run)
     reporter = ConsoleReporter() if rt.is_main else Reporter()
     run_dir = cfg.run_dir()
@@ -136,17 +176,21 @@ def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool) 
             if not list((run_dir / ".checkpoints").glob("stage*.pt")):
                 raise UserError(f"--resume: no interrupted stage to resume in {run_dir}; run without --resume")
             resume = "auto"
+        if incremental and resume != "restart" and not replace:
+            check_nothing_finished_is_replaced(run_dir, cfg)
         for stage in stages:
             module = _stage(stage)
             if incremental and resume != "restart" and is_current(run_dir, stage, module.fingerprint(cfg)):
                 if rt.is_main:
                     console.print(f"[green]stage {stage} up to date[/] ({run_dir / f'stage{stage}'}); skipped (--restart redoes it)")
                 continue
+            old = finished_stage(run_dir, stage) if rt.is_main else None
             t0 = time.perf_counter()
             kwargs = {"resume": resume} if stage in RESUMABLE else {}
             out = module.run(cfg, reporter=reporter, rt=rt, **kwargs)
             if rt.is_main:
-                console.print(f"[green]stage {stage} done[/] in {time.perf_counter() - t0:.0f}s -> {out}")
+                replaced = f" (replaced the {STAGE_NAMES[stage]} made {old.get('created', '?')})" if old is not None else ""
+                console.print(f"[green]stage {stage} done[/] in {time.perf_counter() - t0:.0f}s -> {out}{replaced}", soft_wrap=True)
         if incremental and rt.is_main:
             from .report.html import write_report
 
@@ -159,7 +203,7 @@ def _terminate(signum, frame) -> None:
 
 
 def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temperature, seed, sampler, resume, restart,
-             incremental: bool = False, guidance: Optional[float] = None, trust_code: bool = False) -> None:
+             incremental: bool = False, guidance: Optional[float] = None, trust_code: bool = False, replace: bool = False) -> None:
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         with _one_line_errors("interrupted; the stage that was running left its last checkpoint (if any) and wrote no outputs"), \
@@ -167,7 +211,7 @@ def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temp
             if resume and restart:
                 raise UserError("--resume and --restart contradict each other; pass one")
             cfg = load_config(preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler, guidance))
-            _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto", incremental)
+            _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto", incremental, replace)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -200,13 +244,16 @@ def run_stage(stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE,
 @app.command("run")
 def run_all(preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
             mix: Mix = None, per_class: PerClass = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
-            guidance: Guidance = None, resume: Resume = False, restart: Restart = False, trust_code: Trust = False) -> None:
+            guidance: Guidance = None, resume: Resume = False, restart: Restart = False, trust_code: Trust = False,
+            replace: Annotated[bool, typer.Option("--replace", help="Retrain finished stages whose settings changed in this run "
+                                                  "folder (without it such a run is refused: it would replace them).")] = False) -> None:
     """Run all four stages in order (the whole pipeline on MNIST with the defaults).
 
     Like make: a stage whose outputs are intact and were made from the same settings and inputs is skipped,
-    an interrupted one resumes from its checkpoint; --restart redoes everything."""
+    an interrupted one resumes from its checkpoint; --restart redoes everything. A finished VQ-VAE or prior made
+    with other settings is never replaced silently: pass --name for a new folder or --replace."""
     _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, per_class, temperature, seed, sampler, resume, restart, incremental=True,
-             guidance=guidance, trust_code=trust_code)
+             guidance=guidance, trust_code=trust_code, replace=replace)
 
 
 def _run_dir_of(name: Optional[str], out_dir: str) -> Path:
@@ -243,13 +290,28 @@ def eval_run(name: Name = None, out_dir: OutDir = "artifacts",
         rt = Runtime.setup(RunSection(device=device))
         with run_lock(run_dir):
             result, images = evaluate_run(run_dir, n, temperature, reference, rt.device, ConsoleReporter(), seed, guidance)
-            folder = write_eval(run_dir, result, images)
-            from .report.html import write_report
-
-            report_path = write_report(run_dir)
+            replaced = previous_eval(run_dir)
+            folder = write_eval(run_dir, result, images, report=True)
         console.print(eval_table(result))
-        console.print(f"[green]report[/] -> {report_path}")
+        if replaced:
+            console.print(f"replaced the previous evaluation of this run ({replaced})")
+        console.print(f"[green]report[/] -> {run_dir / 'report.html'}")
         console.print(f"[green]eval done[/] in {result['seconds']:.0f}s -> {folder / 'eval.json'}")
+
+
+def previous_eval(run_dir: Path) -> str | None:
+    """A few words about the evaluation that a new one replaces, or None."""
+    path = run_dir / "eval" / "eval.json"
+    if not path.is_file():
+        return None
+    from .artifacts import load_json_object
+
+    try:
+        old = load_json_object(path)
+        return (f"{old['n_samples']} samples at temperature {old['temperature']:g}, guidance {old['guidance']:g} vs the "
+                f"{old['reference']} split: {old['samples']['fd_ratio']:.2f}x the floor")
+    except (UserError, KeyError, TypeError, ValueError):
+        return "an unreadable eval.json"
 
 
 def eval_table(result: dict):
@@ -298,7 +360,10 @@ def runs(out_dir: OutDir = "artifacts") -> None:
 
     from .report.runs import collect_runs
 
-    rows = collect_runs(Path(out_dir))
+    try:
+        rows = collect_runs(Path(out_dir))
+    except OSError as e:
+        _fail(f"cannot list {out_dir}: {e.strerror}; make it readable", 2)
     if not rows:
         _fail(f"no runs under {out_dir}; run `vqprior run` first", 2)
     table = Table(title=f"runs in {out_dir}")
@@ -318,7 +383,7 @@ def _inputs(run, inputs, from_split, n):
     from .inputs import read_inputs
 
     notices: list[str] = []
-    out = read_inputs(inputs or [], from_split, n, run.image_shape, run._vq.saved["data"], notices)
+    out = read_inputs(inputs or [], from_split, n, run.image_shape, lambda: run._vq.data, notices)
     for notice in notices:
         console.print(f"[yellow]notice:[/] {escape(notice)}")
     return out
@@ -414,7 +479,7 @@ def classify(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
             from .config import DataSection
             from .datasets import load_split
 
-            labels = load_split(DataSection.model_validate(run._vq.saved["data"]), from_split).labels[: len(images)]
+            labels = load_split(run._vq.data, from_split).labels[: len(images)]
         pred, post = run.classify(images)
         if labels is not None:
             console.print(f"generative classifier: {(pred == labels).double().mean():.2%} of {len(labels)} {from_split} images correct")
@@ -435,7 +500,7 @@ def serve(name: Name = None, out_dir: OutDir = "artifacts",
         try:
             import uvicorn
 
-            from .serve.app import create_app
+            from .serve.app import allowed_hosts, create_app
         except ImportError as e:
             raise UserError(f"vqprior serve needs the serve extra ({e.name} is missing): pip install 'vqprior[serve]'") from None
         import socket
@@ -446,7 +511,7 @@ def serve(name: Name = None, out_dir: OutDir = "artifacts",
                 probe.bind((host, port))
             except OSError as e:
                 raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
-        web = create_app(run_dir, device, trust_code)
+        web = create_app(run_dir, device, trust_code, hosts=allowed_hosts(host))
         console.print(f"[green]serving[/] {run_dir} at [bold]http://{host}:{port}/[/] (Ctrl-C stops)")
         uvicorn.run(web, host=host, port=port, log_level="warning")
 

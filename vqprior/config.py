@@ -7,6 +7,8 @@ from what was actually used instead of re-typing hyperparameters.
 
 from __future__ import annotations
 
+import os
+
 import re
 import sys
 from pathlib import Path
@@ -24,6 +26,7 @@ else:  # pragma: no cover
 
 PRESET_DIR = Path(__file__).parent / "presets"
 MAX_SEED = 2**63 - 1  # every generator (torch, numpy's SeedSequence) takes seeds up to here
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # run.threads' upper bound on this machine
 RUN_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # a plain folder name: no path, not hidden, not "." or ".."
 
 
@@ -77,8 +80,9 @@ class RunSection(Section):
     compile: Literal["auto"] | bool = "auto"
     # bitwise-repeatable CUDA runs: deterministic kernels, fixed cuBLAS workspace, no TF32 (slower; CPU is always so)
     deterministic: bool = False
-    # torch intra-op threads on CPU; 0 = one per core. More threads than cores slows everything down.
-    threads: int = Field(0, ge=0)
+    # torch intra-op threads on CPU; 0 = one per core. More threads than cores slows everything down, and thousands
+    # exhaust the machine, so at most MAX_THREADS (4 per core of this machine)
+    threads: int = Field(0, ge=0, le=MAX_THREADS)
     # training steps between checkpoints of stages 1 and 3 (0 = only when interrupted); a checkpoint costs milliseconds
     checkpoint_every: int = Field(200, ge=0)
     # also log every epoch's metrics to TensorBoard under <run>/tensorboard (needs pip install 'vqprior[tensorboard]')
@@ -269,6 +273,9 @@ def default_run_name(data: DataSection) -> str:
 def check_sampling(temperature: float | None, guidance: float | None) -> None:
     """sample.temperature's and sample.guidance's ranges for values given to eval, complete, the API or the page."""
     values = {k: v for k, v in (("temperature", temperature), ("guidance", guidance)) if v is not None}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key} must be a number, got {value!r}")
     try:
         SampleSection.model_validate(values)
     except ValidationError as e:

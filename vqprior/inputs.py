@@ -15,7 +15,7 @@ from .errors import UserError
 
 
 def read_inputs(paths: list[str], from_split: str | None, n: int, image_shape: tuple[int, int, int],
-                data: dict, notices: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+                data, notices: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
     """(uint8 images [N, C, H, W], labels or None, one name per image). Images of any mode are scaled by their
     range (16-bit, float); where the range had to be guessed a line is added to `notices`."""
     notices = [] if notices is None else notices
@@ -24,7 +24,7 @@ def read_inputs(paths: list[str], from_split: str | None, n: int, image_shape: t
             raise UserError("give input files or --from, not both")
         if from_split not in ("train", "test"):
             raise UserError(f"--from {from_split!r}: choose train or test")
-        split = load_split(DataSection.model_validate(data), from_split)
+        split = load_split(data() if callable(data) else DataSection.model_validate(data), from_split)  # data: the run's section, or a function giving it
         n = min(n, len(split))
         return split.images[:n], None if split.labels is None else split.labels[:n], [f"{from_split}[{i}]" for i in range(n)]
     if not paths:
@@ -42,19 +42,7 @@ def read_inputs(paths: list[str], from_split: str | None, n: int, image_shape: t
                 images.append(_read_image(f, image_shape, notices))
                 names.append(str(f))
         elif path.suffix == ".npz":
-            try:
-                with np.load(path, allow_pickle=False) as npz:
-                    if "images" not in npz:
-                        raise UserError(f"{path} has no 'images' array (it has {', '.join(npz.files)})")
-                    arr = torch.from_numpy(npz["images"])
-            except (ValueError, OSError) as e:
-                raise UserError(f"{path} is not a readable .npz ({e})") from None
-            if arr.dim() == 3:
-                arr = arr.unsqueeze(1)
-            if arr.dim() != 4 or tuple(arr.shape[1:]) != tuple(image_shape):
-                raise UserError(f"{path}: images are {list(arr.shape)}, this run needs [N, {', '.join(map(str, image_shape))}]")
-            if arr.dtype != torch.uint8:
-                arr = _float_images(arr, path)
+            arr = _npz_images(path, image_shape)
             images.extend(arr)
             names.extend(f"{path}[{i}]" for i in range(len(arr)))
         else:
@@ -63,17 +51,37 @@ def read_inputs(paths: list[str], from_split: str | None, n: int, image_shape: t
     return torch.stack(images), None, names
 
 
-def _float_images(arr: torch.Tensor, path: Path) -> torch.Tensor:
-    """Float (or wider integer) images from an .npz: floats in [0, 1], integers in 0..255; anything else is refused."""
-    x = arr.double()
-    if not torch.isfinite(x).all():
-        raise UserError(f"{path}: images contain NaN or infinite values")
-    lo, hi = (x.min().item(), x.max().item()) if x.numel() else (0.0, 0.0)
-    if arr.is_floating_point() and lo >= 0 and hi <= 1:
-        return x.mul(255).round().to(torch.uint8)
-    if not arr.is_floating_point() and lo >= 0 and hi <= 255:
-        return x.to(torch.uint8)
-    raise UserError(f"{path}: {arr.dtype} images must be floats in [0, 1] or integers in 0..255, got {lo:g}..{hi:g}")
+def _npz_images(path: Path, image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 [N, C, H, W] from an .npz's 'images' array: uint8, integers in 0..255 or floats in [0, 1]; any other
+    dtype (bool, complex, strings, dates, records, objects), no images, or a broken file is one line."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "images" not in npz:
+                raise UserError(f"{path} has no 'images' array (it has {', '.join(npz.files) or 'nothing'})")
+            a = npz["images"]
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken zip, a pickled array, a bad header: all the file's fault
+        raise UserError(f"{path} is not a readable .npz of arrays ({type(e).__name__}: {e})") from None
+    if a.dtype.kind not in "uif":
+        raise UserError(f"{path}: images are {a.dtype}; they must be uint8, integers in 0..255 or floats in [0, 1]")
+    if a.dtype != np.uint8:
+        wide = a.astype(np.float64)
+        lo, hi = (float(wide.min()), float(wide.max())) if wide.size else (0.0, 0.0)
+        if not np.isfinite(wide).all():
+            raise UserError(f"{path}: images contain NaN or infinite values")
+        if a.dtype.kind == "f" and lo >= 0 and hi <= 1:
+            a = np.rint(wide * 255).astype(np.uint8)
+        elif a.dtype.kind in "ui" and lo >= 0 and hi <= 255:
+            a = wide.astype(np.uint8)
+        else:
+            raise UserError(f"{path}: {a.dtype} images must be floats in [0, 1] or integers in 0..255, got {lo:g}..{hi:g}")
+    arr = torch.from_numpy(np.ascontiguousarray(a))
+    if arr.dim() == 3:
+        arr = arr.unsqueeze(1)
+    if arr.dim() != 4 or tuple(arr.shape[1:]) != tuple(image_shape) or len(arr) == 0:
+        raise UserError(f"{path}: images are {list(arr.shape)}, this run needs [N >= 1, {', '.join(map(str, image_shape))}]")
+    return arr
 
 
 def _read_image(path: Path, image_shape: tuple[int, int, int], notices: list[str]) -> torch.Tensor:

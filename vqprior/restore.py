@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from . import components
-from .artifacts import load_json, load_weights, read_stage
+from .artifacts import load_json_object, load_weights, read_stage
+from .config import check_sampling
 from .errors import UserError
 from .models.priors.base import Prior
 from .models.vqvae import VQVAE, rebuild_vqvae
@@ -41,6 +42,19 @@ class TrainedVQVAE:
     def class_names(self) -> list[str] | None:
         return self.saved.get("class_names")
 
+    @property
+    def data(self):
+        """Stage 1's data section (what stage 2, eval, the page and --from read), validated into a DataSection."""
+        from pydantic import ValidationError
+
+        from .config import DataSection, format_validation_error
+
+        try:
+            return DataSection.model_validate(self.saved.get("data"))
+        except ValidationError as e:
+            raise UserError(f"{self.folder / 'config.json'} has a data section that is not valid "
+                            f"({format_validation_error(e)}); re-run stage 1") from None
+
 
 @dataclass
 class TrainedPrior:
@@ -54,10 +68,15 @@ class TrainedPrior:
     def weights(self) -> Path:
         return self.folder / "prior.safetensors"
 
+    @property
+    def sampling(self) -> tuple[float, float]:
+        """(temperature, guidance) saved with the prior: the defaults of generate, complete, eval and the page."""
+        return saved_sampling(self.folder / "config.json")
+
 
 def load_vqvae(run_dir: Path, needed_by: int | None, device: torch.device) -> TrainedVQVAE:
     folder, manifest = read_stage(run_dir, 1, needed_by)
-    saved = load_json(folder / "config.json")
+    saved = load_json_object(folder / "config.json")
     constructor = saved.get("vqvae") if isinstance(saved, dict) else None
     if not isinstance(constructor, dict):
         raise UserError(f"{folder / 'config.json'} has no 'vqvae' section; re-run stage 1")
@@ -74,7 +93,7 @@ def load_vqvae(run_dir: Path, needed_by: int | None, device: torch.device) -> Tr
 def load_prior(run_dir: Path, needed_by: int | None, device: torch.device, vqvae: TrainedVQVAE | None = None) -> TrainedPrior:
     """The trained prior; with `vqvae`, also checked to model that VQ-VAE's codes (same K and grid)."""
     folder, manifest = read_stage(run_dir, 3, needed_by)
-    saved = load_json(folder / "config.json")
+    saved = load_json_object(folder / "config.json")
     resolved = _component_section(saved, "prior", folder)
     class_names = saved.get("class_names")
     try:
@@ -93,6 +112,24 @@ def load_prior(run_dir: Path, needed_by: int | None, device: torch.device, vqvae
     if vqvae is not None:
         check_prior_fits(prior, vqvae)
     return prior
+
+
+def saved_sampling(config_file: Path) -> tuple[float, float]:
+    """(temperature, guidance) saved with the prior: the defaults of generate, complete, eval and the page. Checked
+    like values a user passes (a forged 1e6 guidance is refused, not used)."""
+    saved = load_json_object(config_file)
+    sample_cfg = saved.get("config", {}).get("sample", {}) if isinstance(saved.get("config", {}), dict) else None
+    if not isinstance(sample_cfg, dict):
+        raise UserError(f"{config_file}: config.sample is not a table; re-run stage 3")
+    temperature, guidance = sample_cfg.get("temperature", 1.0), sample_cfg.get("guidance", 1.0)
+    for key, value in (("temperature", temperature), ("guidance", guidance)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{config_file}: sample.{key} must be a number, got {value!r}; re-run stage 3 or stage 4")
+    try:
+        check_sampling(temperature, guidance)
+    except UserError as e:
+        raise UserError(f"{config_file} holds saved sampling settings out of range ({e}); re-run stage 3") from None
+    return float(temperature), float(guidance)
 
 
 def check_prior_fits(prior: TrainedPrior, vqvae: TrainedVQVAE) -> None:

@@ -46,8 +46,7 @@ class Runtime:
     def setup(cls, run: RunSection) -> "Runtime":
         """Pin CPU threads, seed every generator and pick the device. Under torchrun (RANK/WORLD_SIZE set) each
         process takes the GPU of its local rank, sets it as the current device and then joins the process group."""
-        rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        rank, world, local, local_world = process_place()
         # processes on one machine share its cores (torchrun sets LOCAL_WORLD_SIZE); more threads than cores slows all
         torch.set_num_threads(run.threads or max(1, cpu_count() // local_world))
         seed_everything(run.seed)
@@ -106,10 +105,32 @@ class Runtime:
             dist.barrier()
 
 
+def process_place() -> tuple[int, int, int, int]:
+    """(rank, world size, local rank, local world size) from torchrun's variables; malformed ones are one line."""
+    values = []
+    for key, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1)):
+        raw = os.environ.get(key)
+        try:
+            value = default if raw is None else int(raw)
+        except ValueError:
+            value = -1
+        if value < (1 if key.endswith("WORLD_SIZE") else 0) or value > 1 << 20:
+            raise UserError(f"the environment variable {key}={raw!r} is not a valid torchrun setting; unset it, or start "
+                            f"the command with torchrun")
+        values.append(value)
+    rank, world, local, local_world = values
+    if rank >= world or local >= local_world:
+        raise UserError(f"RANK={rank}/LOCAL_RANK={local} do not fit WORLD_SIZE={world}/LOCAL_WORLD_SIZE={local_world}; "
+                        f"unset them, or start the command with torchrun")
+    return rank, world, local, local_world
+
+
 def resolve_device(name: str, local_rank: int | None = None, local_world: int = 1) -> torch.device:
     """The device of this process. `local_rank` is set under torchrun: "auto" and "cuda" then mean the GPU of the
     local rank, and more processes on a machine than it has GPUs is refused (NCCL cannot share one GPU between
     ranks; run one process per GPU, or run.device=cpu to use gloo on the CPU)."""
+    if not isinstance(name, str):
+        raise UserError(f"device must be a string (auto, cpu, cuda or cuda:N), got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:

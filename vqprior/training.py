@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import write_bytes_atomic
+from .artifacts import read_regular, write_bytes_atomic
 from .errors import UserError
 from .runtime import Reporter, Runtime, batches
 
@@ -143,19 +143,27 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoint I/O
     def _load(self) -> None:
         try:
-            ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(io.BytesIO(read_regular(self.path)), map_location="cpu", weights_only=True)
+        except UserError:
+            raise
         except Exception as e:
             raise UserError(f"checkpoint {self.path} is unreadable ({type(e).__name__}); delete it or pass --restart") from None
+        if not isinstance(ckpt, dict):
+            raise UserError(f"checkpoint {self.path} is not a vqprior checkpoint (a {type(ckpt).__name__}); delete it or pass --restart")
         if ckpt.get("fingerprint") != self.fingerprint:
             raise UserError(f"checkpoint {self.path} was made with a different config; pass --restart to discard it "
                             f"or run with the config it was made with")
-        for name, obj in self.stateful.items():
-            obj.load_state_dict(ckpt["state"][name])
-        self.epoch, self.step, self.history, self.n_batches = ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["n_batches"]
-        self.sums = {k: v.to(self.runtime.device) for k, v in ckpt["sums"].items()}
-        self._epoch_order_state = ckpt["epoch_order_state"]
-        self.order.set_state(self._epoch_order_state)
-        _set_rng_state(ckpt["rng"])
+        try:
+            for name, obj in self.stateful.items():
+                obj.load_state_dict(ckpt["state"][name])
+            self.epoch, self.step, self.history, self.n_batches = ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["n_batches"]
+            self.sums = {k: v.to(self.runtime.device) for k, v in ckpt["sums"].items()}
+            self._epoch_order_state = ckpt["epoch_order_state"]
+            self.order.set_state(self._epoch_order_state)
+            _set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise UserError(f"checkpoint {self.path} is not a vqprior checkpoint of this stage ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:100] if str(e) else e!r}); delete it or pass --restart") from None
         self.reporter.log(f"stage {self.stage}: resuming from epoch {self.epoch} step {self.step} ({self.path}); --restart starts over")
 
     def _check_finite(self) -> None:

@@ -9,11 +9,13 @@ pixels than Pillow's decompression-bomb limit are refused before they are decode
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 
@@ -22,13 +24,24 @@ GRAY_MODES = {"1", "L", "LA", "La", "I", "F"} | SIXTEEN_BIT  # palette images (P
 UNREADABLE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
-def open_image(path: Path) -> Image.Image:
-    """The decoded image at `path`; raises one of UNREADABLE (a decompression bomb too) for a file that is not one."""
+MAX_PIXELS = 4096 * 4096  # pixels of one input image: a digit needs far fewer, and decoding more costs gigabytes
+
+
+def open_image(path) -> Image.Image:
+    """The decoded image at `path` (or in a file object), turned upright by its EXIF orientation; raises one of
+    UNREADABLE for a file that is not an image, is not a regular file (a FIFO is never waited on), or declares more
+    than MAX_PIXELS pixels (refused before it is decoded)."""
+    if isinstance(path, (str, Path)) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, do not allocate gigabytes
         with Image.open(path) as img:
+            if img.size[0] * img.size[1] > MAX_PIXELS:
+                raise ValueError(f"it is {img.size[0]}x{img.size[1]} pixels, more than the {MAX_PIXELS:,} an input may have; "
+                                 f"scale it down first")
             img.load()
-            return img.copy()
+            upright = ImageOps.exif_transpose(img)
+            return upright if upright is not img else img.copy()
 
 
 def why_unreadable(e: BaseException) -> str:

@@ -9,6 +9,8 @@ the held-out validation slice instead, for choosing settings without looking at 
 
 from __future__ import annotations
 
+import io
+
 import math
 import time
 from pathlib import Path
@@ -72,16 +74,16 @@ def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = Non
     started = time.perf_counter()
     vq = load_vqvae(run_dir, needed_by=None, device=device)
     prior = load_prior(run_dir, needed_by=None, device=device, vqvae=vq)
-    data_cfg = DataSection.model_validate(vq.saved["data"])
+    data_cfg = vq.data
     train, test = load_split(data_cfg, "train"), load_split(data_cfg, "test")
     if train.labels is None:
         raise_unlabeled(data_cfg)
     fit, valid = split_holdout(train)
     # the floor's real set is never the one scored against; both are unseen by the classifier
     ref, other = (test, valid) if reference == "test" else (valid, test)
-    saved_sample = run_sample_settings(prior)
-    temperature = temperature if temperature is not None else float(saved_sample.get("temperature", 1.0))
-    guidance = guidance if guidance is not None else float(saved_sample.get("guidance", 1.0))
+    saved_temperature, saved_guidance = prior.sampling
+    temperature = temperature if temperature is not None else saved_temperature
+    guidance = guidance if guidance is not None else saved_guidance
     classifier, cls_info = load_or_train_classifier(fit, test, device, reporter)
 
     t0 = time.perf_counter()
@@ -150,13 +152,6 @@ def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = Non
     return result, images
 
 
-def run_sample_settings(prior) -> dict:
-    """The run's sample section (temperature, guidance) as saved with its prior."""
-    from ..artifacts import load_json
-
-    return load_json(prior.folder / "config.json").get("config", {}).get("sample", {})
-
-
 def raise_unlabeled(data_cfg: DataSection) -> None:
     from ..errors import UserError
 
@@ -164,11 +159,13 @@ def raise_unlabeled(data_cfg: DataSection) -> None:
                     f"has none: put the images into class subfolders")
 
 
-def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int = 10) -> Path:
-    """<run>/eval/eval.json and samples.png (the first `per_class` scored samples of each class, one row each)."""
+def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int = 10, report: bool = False) -> Path:
+    """<run>/eval/eval.json and samples.png (the first `per_class` scored samples of each class, one row each).
+    With `report`, report.html is rendered from the new evaluation before it replaces the previous one: a failure
+    (a full disk, say) keeps the previous evaluation and report whole."""
     from torchvision.utils import save_image
 
-    from ..artifacts import save_json, writing_folder
+    from ..artifacts import save_json, write_bytes_atomic, writing_folder
 
     labels = result["samples"].get("per_class_accuracy")
     if labels:
@@ -179,5 +176,11 @@ def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int
         shown = images[: per_class * per_class]
     with writing_folder(Path(run_dir) / "eval", "eval") as out:
         save_json(out / "eval.json", result)
-        save_image(to_float(shown), out / "samples.png", nrow=per_class, padding=2, pad_value=0.5)
+        buffer = io.BytesIO()
+        save_image(to_float(shown), buffer, format="png", nrow=per_class, padding=2, pad_value=0.5)
+        write_bytes_atomic(out / "samples.png", buffer.getvalue())
+        if report:
+            from ..report.html import write_report
+
+            write_report(run_dir, eval_dir=out)
     return Path(run_dir) / "eval"

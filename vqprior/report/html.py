@@ -3,45 +3,118 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
-from ..artifacts import STAGE_NAMES, versions
+from ..artifacts import STAGE_NAMES, check_run_folder, load_json_object, read_regular, versions, write_bytes_atomic
+from ..errors import UserError
 from . import plots
 
-
-def _load(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+MAX_PICTURE_BYTES = 32 << 20
 
 
-def _picture(path: Path, caption: str, scale: int = 2) -> dict | None:
-    if not path.is_file():
+def _load(path: Path, skipped: list[str]):
+    """A JSON object the report shows, or None (missing, or unreadable: then named in the report's notes)."""
+    if not os.path.lexists(path):
         return None
-    with Image.open(path) as img:
-        width = img.size[0]
+    try:
+        return load_json_object(path)
+    except UserError as e:
+        skipped.append(str(e))
+        return None
+
+
+def _picture(path: Path, caption: str, skipped: list[str], scale: int = 2) -> dict | None:
+    """A picture of the run's own (a regular file inside it, a PNG or GIF that decodes), embedded; else None."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        data = read_regular(path, MAX_PICTURE_BYTES)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format not in ("PNG", "GIF"):
+                    raise ValueError(f"a {img.format} file, not a PNG or GIF")
+                width = img.size[0]
+                img.verify()
+    except UserError as e:
+        skipped.append(str(e))
+        return None
+    except Exception as e:  # noqa: BLE001 - any undecodable picture is left out of the report, named in its notes
+        skipped.append(f"{path} is not a readable picture ({type(e).__name__}); re-run the stage that wrote it")
+        return None
     mime = "image/gif" if path.suffix == ".gif" else "image/png"
-    return {"data": base64.b64encode(path.read_bytes()).decode(), "mime": mime, "caption": caption, "width": width * scale}
+    return {"data": base64.b64encode(data).decode(), "mime": mime, "caption": caption, "width": width * scale}
 
 
-def write_report(run_dir: Path) -> Path:
+def write_report(run_dir: Path, eval_dir: Path | None = None) -> Path:
+    """Write <run>/report.html (atomically); `eval_dir` is an evaluation folder not yet in place (vqprior eval
+    renders the report before it replaces the previous evaluation, so a failure keeps both old ones)."""
     run_dir = Path(run_dir)
+    check_run_folder(run_dir)
+    html = render_report(run_dir, eval_dir or run_dir / "eval")
+    path = run_dir / "report.html"
+    write_bytes_atomic(path, html.encode())
+    return path
+
+
+def render_report(run_dir: Path, eval_dir: Path) -> str:
     env = Environment(loader=PackageLoader("vqprior.report", "."), autoescape=select_autoescape(["html", "j2"]))
-    s1, s3 = _load(run_dir / "stage1" / "metrics.json"), _load(run_dir / "stage3" / "metrics.json")
-    evaluation = _load(run_dir / "eval" / "eval.json")
+    skipped: list[str] = []
+    s1, s3 = _load(run_dir / "stage1" / "metrics.json", skipped), _load(run_dir / "stage3" / "metrics.json", skipped)
+    evaluation = _load(eval_dir / "eval.json", skipped)
 
     pictures = [
-        _picture(run_dir / "eval" / "samples.png", "Samples scored by vqprior eval: one row per class"),
-        _picture(run_dir / "stage4" / "samples.png", "Stage 4 samples (one row per requested class)"),
-        _picture(run_dir / "stage3" / "samples.gif", "The same seed and labels after each epoch of stage 3"),
-        _picture(run_dir / "stage1" / "reconstructions.png", "Test digits (odd rows) and their reconstructions (even rows)"),
-        _picture(run_dir / "stage1" / "reconstructions.gif", "Reconstructions after each epoch of stage 1"),
+        _picture(eval_dir / "samples.png", "Samples scored by vqprior eval: one row per class", skipped),
+        _picture(run_dir / "stage4" / "samples.png", "Stage 4 samples (one row per requested class)", skipped),
+        _picture(run_dir / "stage3" / "samples.gif", "The same seed and labels after each epoch of stage 3", skipped),
+        _picture(run_dir / "stage1" / "reconstructions.png", "Test digits (odd rows) and their reconstructions (even rows)", skipped),
+        _picture(run_dir / "stage1" / "reconstructions.gif", "Reconstructions after each epoch of stage 1", skipped),
     ]
     figures = []
+    try:
+        _figures(run_dir, s1, s3, figures, skipped)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        skipped.append(f"the training curves could not be drawn from the metrics files ({type(e).__name__}: {e}); re-run stage 1 or 3")
+    for fig in figures:
+        fig["data"] = base64.b64encode(fig["data"]).decode()
+
+    stages, config = [], None
+    for stage in (1, 2, 3, 4):
+        m = _load(run_dir / f"stage{stage}" / "manifest.json", skipped)
+        if m:
+            timings = m.get("timings_s") if isinstance(m.get("timings_s"), dict) else {}
+            total = timings.get("total", 0)
+            stages.append({"stage": stage, "what": STAGE_NAMES[stage],
+                           "seconds": f"{total:.0f} s" if isinstance(total, (int, float)) else "?", "created": str(m.get("created", "?"))})
+            config = m.get("config")
+    if evaluation is not None and not isinstance(evaluation.get("samples"), dict):
+        skipped.append(f"{eval_dir / 'eval.json'} is not an evaluation result; run `vqprior eval` again")
+        evaluation = None
+    try:
+        return env.get_template("report.html.j2").render(
+            name=run_dir.name, folder=str(run_dir), written=time.strftime("%Y-%m-%d %H:%M"), versions=versions(),
+            eval=evaluation, pictures=[p for p in pictures if p], plots=figures, stages=stages, skipped=skipped,
+            config=json.dumps(config, indent=2) if config else "(no finished stage)")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if evaluation is None:
+            raise
+        skipped.append(f"{eval_dir / 'eval.json'} could not be shown ({type(e).__name__}); run `vqprior eval` again")
+        return env.get_template("report.html.j2").render(
+            name=run_dir.name, folder=str(run_dir), written=time.strftime("%Y-%m-%d %H:%M"), versions=versions(),
+            eval=None, pictures=[p for p in pictures if p], plots=figures, stages=stages, skipped=skipped,
+            config=json.dumps(config, indent=2) if config else "(no finished stage)")
+
+
+def _figures(run_dir: Path, s1, s3, figures: list, skipped: list[str]) -> None:
     if s1:
         figures.append({"caption": "Stage 1: reconstruction error; codebook perplexity on the right",
                         "data": plots.curves(s1["epochs"], {"train_recon_loss": "train loss", "test_recon_mse": "test MSE"},
@@ -52,27 +125,9 @@ def write_report(run_dir: Path) -> Path:
                                                             "test_bits_per_code_without_ema": "test, last weights"},
                                              "prior", "bits per code")})
     codes = run_dir / "stage2" / "train_codes.npy"
-    manifest2 = _load(run_dir / "stage2" / "manifest.json")
-    if codes.is_file() and manifest2:
-        counts = np.bincount(np.load(codes, mmap_mode="r").ravel(), minlength=manifest2["codebook_size"])
+    manifest2 = _load(run_dir / "stage2" / "manifest.json", skipped)
+    if os.path.isfile(codes) and not os.path.islink(codes) and manifest2:
+        k = int(manifest2["codebook_size"])
+        counts = np.bincount(np.load(codes, mmap_mode="r", allow_pickle=False).ravel(), minlength=k)
         figures.append({"caption": "How often each code is used in the training code maps",
-                        "data": plots.code_usage_histogram(counts, f"codebook usage (K={manifest2['codebook_size']})")})
-    for fig in figures:
-        fig["data"] = base64.b64encode(fig["data"]).decode()
-
-    stages, config = [], None
-    for stage in (1, 2, 3, 4):
-        m = _load(run_dir / f"stage{stage}" / "manifest.json")
-        if m:
-            stages.append({"stage": stage, "what": STAGE_NAMES[stage], "seconds": f"{m['timings_s'].get('total', 0):.0f} s",
-                           "created": m["created"]})
-            config = m["config"]
-    html = env.get_template("report.html.j2").render(
-        name=run_dir.name, folder=str(run_dir), written=time.strftime("%Y-%m-%d %H:%M"), versions=versions(),
-        eval=evaluation, pictures=[p for p in pictures if p], plots=figures, stages=stages,
-        config=json.dumps(config, indent=2) if config else "(no finished stage)")
-    path = run_dir / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(html)
-    tmp.replace(path)
-    return path
+                        "data": plots.code_usage_histogram(counts, f"codebook usage (K={k})")})

@@ -2,32 +2,53 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
+from ..artifacts import check_run_folder, load_json_object
+from ..errors import UserError
 
-def _load(path: Path):
+
+def _load(path: Path) -> dict:
+    """A JSON object of the run's, or {} when it is missing or unreadable (the table shows '-' for it)."""
+    if not os.path.lexists(path):
+        return {}
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        return load_json_object(path)
+    except (UserError, OSError):
+        return {}
+
+
+def _number(obj, *keys) -> float | None:
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return float(obj) if isinstance(obj, (int, float)) and not isinstance(obj, bool) else None
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
 def collect_runs(out_dir: Path) -> list[list[str]]:
     rows = []
-    for run in sorted(p for p in Path(out_dir).iterdir() if p.is_dir() and (p / "stage1" / "manifest.json").is_file()) if Path(out_dir).is_dir() else []:
-        m2 = _load(run / "stage2" / "manifest.json") or {}
-        s3 = _load(run / "stage3" / "metrics.json") or {}
-        ev = _load(run / "eval" / "eval.json") or {}
-        wall = sum((_load(run / f"stage{s}" / "manifest.json") or {}).get("timings_s", {}).get("total", 0) for s in (1, 2, 3, 4))
-        samples = ev.get("samples", {})
+    out_dir = Path(out_dir)
+    found = sorted(p for p in out_dir.iterdir() if p.is_dir() and (p / "stage1" / "manifest.json").is_file()) if out_dir.is_dir() else []
+    for run in found:
+        try:
+            check_run_folder(run)
+        except UserError as e:
+            rows.append([run.name, "-", "-", "-", "-", "-", f"refused: {e}"])
+            continue
+        m2, s3, ev = _load(run / "stage2" / "manifest.json"), _load(run / "stage3" / "metrics.json"), _load(run / "eval" / "eval.json")
+        wall = sum(_number(_load(run / f"stage{s}" / "manifest.json"), "timings_s", "total") or 0 for s in (1, 2, 3, 4))
+        k = _number(m2, "codebook_size")
         rows.append([
             run.name,
-            str(m2.get("codebook_size", "-")),
-            f"{s3['final']['test_bits_per_map']:.1f}" if s3 else "-",
-            f"{samples['fd_ratio']:.2f}x" if "fd_ratio" in samples else "-",
-            f"{samples['conditional_accuracy']:.1%}" if "conditional_accuracy" in samples else "-",
-            f"{ev['vqvae']['recon_fd_ratio']:.2f}x" if ev else "-",
+            _fmt(k, ".0f"),
+            _fmt(_number(s3, "final", "test_bits_per_map"), ".1f"),
+            _fmt(_number(ev, "samples", "fd_ratio"), ".2f", "x"),
+            _fmt(_number(ev, "samples", "conditional_accuracy"), ".1%"),
+            _fmt(_number(ev, "vqvae", "recon_fd_ratio"), ".2f", "x"),
             f"{wall:.0f} s",
         ])
     return rows

@@ -1,8 +1,10 @@
 """The web app: one static page and a small JSON API over `vqprior.api.Run`.
 
-Every request is validated before any model work (4xx with {"error": "..."} otherwise, never a traceback), sizes
-are bounded (images per grid, completions, upload bytes), and model work runs in a worker thread behind one lock,
-so a slow request never blocks the page, the static files or the other endpoints' validation.
+Every request is validated, and its image decoded, before it waits for the model (4xx with {"error": "..."}
+otherwise, never a traceback); sizes are bounded (images per grid, completions, upload bytes, decoded pixels, JSON
+depth), bodies are read in chunks and cut at the limit; only model work runs behind the one lock, in a worker
+thread, so a slow request never blocks the page, the static files or another request's validation. Requests whose
+Host header is not a name the server was started for are refused (a page elsewhere cannot reach it by DNS rebinding).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import io
 import json
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -18,13 +21,16 @@ import numpy as np
 import torch
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from torchvision.utils import make_grid
 
 from ..api import Run, load
+from ..artifacts import check_run_folder, read_regular
 from ..config import MAX_SEED
 from ..datasets.folder import _fit
 from ..datasets.pixels import UNREADABLE, open_image, to_uint8, why_unreadable
@@ -36,6 +42,19 @@ MAX_COMPLETIONS = 16
 MAX_MORPH = 16  # steps of a morph strip
 MAX_UPLOAD = 4 << 20  # bytes of an uploaded or drawn image
 OOD_QUANTILE = 0.99  # an input whose code bits exceed this quantile of the run's test digits is flagged
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(host: str) -> tuple[str, ...]:
+    """The Host header values a server listening on `host` answers: the loopback names for a loopback address, that
+    address itself otherwise, anything for a wildcard (0.0.0.0 / ::, where the names it is reached by are unknown)."""
+    if host in ("0.0.0.0", "::", ""):
+        return ("*",)
+    if host in LOOPBACK_NAMES or host.startswith("127."):
+        return (*LOOPBACK_NAMES, host)
+    return (host, f"[{host}]") if ":" in host else (host,)
 
 
 class BadRequest(Exception):
@@ -58,11 +77,20 @@ def number(body: dict, key: str, default, lo, hi, integer: bool = False):
     value = body.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        raise BadRequest(f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{key} must be {'an integer' if integer else 'a number'}, got {_short(value)}")
+    if isinstance(value, int) and not lo <= value <= hi:  # before float(): a 400-digit integer would overflow it
+        raise BadRequest(f"{key} must be in {lo}..{hi}, got {_short(value)}")
+    if integer and not float(value).is_integer():
+        raise BadRequest(f"{key} must be an integer, got {_short(value)}")
     if not math.isfinite(value) or not lo <= value <= hi:
-        raise BadRequest(f"{key} must be in {lo}..{hi}, got {value!r}")
+        raise BadRequest(f"{key} must be in {lo}..{hi}, got {_short(value)}")
     return int(value) if integer else float(value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class Service:
@@ -75,7 +103,7 @@ class Service:
         from ..datasets import load_split
 
         try:
-            test = load_split(DataSection.model_validate(run._vq.saved["data"]), "test")
+            test = load_split(run._vq.data, "test")
             self.test_images = test.images[:1000]
             bits = run.score(self.test_images[:500])["code_bits"]
             self.ood_threshold = float(torch.quantile(bits.double(), OOD_QUANTILE))
@@ -104,7 +132,7 @@ class Service:
             raise BadRequest("this run's prior is unconditional; leave the class empty")
         return number(body, key, None, 0, classes - 1, integer=True)
 
-    def generate(self, body: dict) -> dict:
+    def generate(self, body: dict):
         n = number(body, "n", 16, 1, MAX_IMAGES, integer=True)
         kw = self.sampling(body)
         r = self.run
@@ -121,16 +149,20 @@ class Service:
             labels = torch.zeros(n, r.num_classes, dtype=torch.float64)
             labels[:, a] += 1 - w
             labels[:, b] += w
-            out = r.generate(labels=labels, **kw)
+            args = {"labels": labels}
         elif r.num_classes:
             label = self.label(body)
-            labels = torch.full((n,), label) if label is not None else torch.arange(n) % r.num_classes
-            out = r.generate(labels=labels, **kw)
+            args = {"labels": torch.full((n,), label) if label is not None else torch.arange(n) % r.num_classes}
         else:
-            out = r.generate(n=n, **kw)
-        return {"image": png(out.images, nrow=min(8, n)), "count": n, **kw}
+            args = {"n": n}
 
-    def morph(self, body: dict) -> dict:
+        def job():
+            out = r.generate(**args, **kw)
+            return {"image": png(out.images, nrow=min(8, n)), "count": n, **kw}
+
+        return job
+
+    def morph(self, body: dict):
         r = self.run
         if not r.num_classes:
             raise BadRequest("a morph needs a class-conditional prior")
@@ -143,11 +175,14 @@ class Service:
         t = torch.linspace(0, 1, steps, dtype=torch.float64)
         weights[:, a] += 1 - t
         weights[:, b] += t
-        # one noise for the whole strip: map 0 of the seed at every step, only the label moves
-        frames = [r.generate(labels=weights[k : k + 1], **kw).images for k in range(steps)]
-        return {"image": png(torch.cat(frames), nrow=steps), **kw}
 
-    def complete(self, body: dict) -> dict:
+        def job():  # one noise for the whole strip: map 0 of the seed at every step, only the label moves
+            frames = [r.generate(labels=weights[k : k + 1], **kw).images for k in range(steps)]
+            return {"image": png(torch.cat(frames), nrow=steps), **kw}
+
+        return job
+
+    def complete(self, body: dict):
         r = self.run
         if body.get("test_index") is not None:
             if self.test_images is None:
@@ -160,18 +195,25 @@ class Service:
         samples = number(body, "samples", 8, 1, MAX_COMPLETIONS, integer=True)
         kw = self.sampling(body)
         label = self.label(body)
-        done = r.complete(image, keep_rows, samples, label, kw["temperature"], kw["guidance"], kw["seed"])
-        kept_pixels = done.keep // r.grid[1] * (r.image_shape[1] // r.grid[0])
-        masked = done.originals.clone()
-        masked[:, :, kept_pixels:, :] = 128
-        strip = torch.cat([done.originals, masked, done.images[0]])
-        posterior = None if done.posterior is None else [{"class": str(r.class_names[c]), "p": float(p)}
-                                                          for c, p in enumerate(done.posterior[0].tolist())]
-        return {"image": png(strip, nrow=len(strip)), "keep_rows": keep_rows, "posterior": posterior, **kw}
 
-    def score(self, data: bytes) -> dict:
+        def job():
+            done = r.complete(image, keep_rows, samples, label, kw["temperature"], kw["guidance"], kw["seed"])
+            kept_pixels = done.keep // r.grid[1] * (r.image_shape[1] // r.grid[0])
+            masked = done.originals.clone()
+            masked[:, :, kept_pixels:, :] = 128
+            strip = torch.cat([done.originals, masked, done.images[0]])
+            posterior = None if done.posterior is None else [{"class": str(r.class_names[c]), "p": float(p)}
+                                                              for c, p in enumerate(done.posterior[0].tolist())]
+            return {"image": png(strip, nrow=len(strip)), "keep_rows": keep_rows, "posterior": posterior, **kw}
+
+        return job
+
+    def score(self, data: bytes):
+        image, notice = decode_bytes(data, self.run.image_shape)
+        return lambda: self._score(image, notice)
+
+    def _score(self, image: torch.Tensor, notice: str | None) -> dict:
         r = self.run
-        image, notice = decode_bytes(data, r.image_shape)
         s = r.score(image)
         recon = r.decode(r.encode(image))
         bits = float(s["code_bits"][0])
@@ -215,29 +257,31 @@ def decode_image(data_url, image_shape) -> tuple[torch.Tensor, str | None]:
     return decode_bytes(data, image_shape)
 
 
-def create_app(run_dir: str | Path, device: str = "auto", trust_code: bool = False) -> Starlette:
+def create_app(run_dir: str | Path, device: str = "auto", trust_code: bool = False,
+               hosts: tuple[str, ...] = LOOPBACK_NAMES) -> Starlette:
+    """The app over one run. `hosts`: the names a request's Host header may carry (vqprior serve passes the ones it
+    listens on); "*" accepts any."""
     service = Service(load(run_dir, device, trust_code))
 
-    def endpoint(work, reads: str = "json"):
+    def endpoint(plan, reads: str = "json"):
         async def handle(request: Request) -> Response:
             try:
                 if reads == "json":
+                    raw = await read_capped(request, MAX_UPLOAD * 4 // 3 + 4096)
                     try:
-                        body = json.loads(await read_capped(request, MAX_UPLOAD * 4 // 3 + 4096))
-                    except ValueError:
-                        raise BadRequest("the request body must be JSON") from None
+                        body = json.loads(raw)
+                    except (ValueError, RecursionError):
+                        raise BadRequest("the request body must be JSON (UTF-8, nested at most a few levels)") from None
                     if not isinstance(body, dict):
                         raise BadRequest("the request body must be a JSON object")
                     arg = body
                 else:
-                    length = int(request.headers.get("content-length") or 0)
-                    if length > MAX_UPLOAD + 4096:
-                        raise BadRequest(f"the upload is {length:,} bytes; the limit is {MAX_UPLOAD:,}", 413)
                     arg = await read_upload(request)
+                job = await run_in_threadpool(plan, arg)  # validation and image decoding: no lock held
 
                 def locked():
                     with service.lock, torch.inference_mode():
-                        return work(arg)
+                        return job()
 
                 return JSONResponse(await run_in_threadpool(locked))
             except BadRequest as e:
@@ -255,38 +299,58 @@ def create_app(run_dir: str | Path, device: str = "auto", trust_code: bool = Fal
 
     async def report(request: Request) -> Response:
         path = service.run.folder / "report.html"
-        if not path.is_file():
+        if not os.path.lexists(path):
             return JSONResponse({"error": "this run has no report.html yet; run `vqprior eval` or `vqprior report`"}, status_code=404)
-        return FileResponse(path)
+        try:  # the run's own file, never a link's target
+            check_run_folder(service.run.folder)
+            return HTMLResponse(read_regular(path, 256 << 20))
+        except UserError as e:
+            return JSONResponse({"error": str(e)}, status_code=403)
 
     routes = [Route("/", page), Route("/api/info", info), Route("/report", report),
               Route("/api/generate", endpoint(service.generate), methods=["POST"]),
               Route("/api/morph", endpoint(service.morph), methods=["POST"]),
               Route("/api/complete", endpoint(service.complete), methods=["POST"]),
               Route("/api/score", endpoint(service.score, reads="upload"), methods=["POST"])]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))])
     app.state.service = service
     return app
 
 
 async def read_upload(request: Request) -> bytes:
-    """The uploaded file's bytes from a multipart form (field "file"), or the raw body."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=1, max_fields=4, max_part_size=MAX_UPLOAD + 1)
-        except Exception:  # noqa: BLE001 - any malformed form is the client's mistake
-            raise BadRequest("the upload is not a valid multipart form with one file") from None
+    """The uploaded file's bytes from a multipart form (field "file"), or the raw body. The body is read (in chunks,
+    cut at the limit) before the form is parsed, so an oversized upload is refused without being spooled to disk."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_UPLOAD + 4096:
+        raise BadRequest(f"the upload is {int(length):,} bytes; the limit is {MAX_UPLOAD:,}", 413)
+    body = await read_capped(request, MAX_UPLOAD + 4096)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if len(body) > MAX_UPLOAD:
+            raise BadRequest(f"the image is {len(body):,} bytes; the limit is {MAX_UPLOAD:,}", 413)
+        return body
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=4, max_part_size=MAX_UPLOAD + 1)
+    except Exception:  # noqa: BLE001 - any malformed form is the client's mistake
+        raise BadRequest("the upload is not a valid multipart form with one file") from None
+    try:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise BadRequest('the form needs a file field named "file"')
-        data = await upload.read(MAX_UPLOAD + 1)
-        return data
-    return await read_capped(request, MAX_UPLOAD)
+        return await upload.read(MAX_UPLOAD + 1)
+    finally:
+        await form.close()
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
     """The request body, read in chunks and refused with 413 as soon as it passes `limit` bytes (whatever the
     Content-Length header claims, or without one)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise BadRequest(f"the request body is {int(length):,} bytes, over the limit of {limit:,}", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
