@@ -118,3 +118,103 @@ def test_interrupted_two_process_stage_3_resumes_in_one(both, tmp_path):
                                  "--set", "run.checkpoint_every=2"], catch_exceptions=False)
     assert result.exit_code == 0 and "resuming from epoch" in " ".join(result.output.split()), result.output
     assert (tmp_path / "t" / "stage3" / "prior.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ two torchrun "nodes" on this machine, and faults
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(out, *args, port: int, last=(), nnodes: int = 2, ranks=(0, 1)):
+    """One torchrun launcher per "node" (--nnodes=2, one process each), c10d rendezvous on 127.0.0.1: what two
+    machines would run. Returns the launchers (started, not waited for)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", "--nproc-per-node=1",
+                              f"--node-rank={r}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=vq",
+                              "--rdzv-conf=join_timeout=10", "-m", "vqprior", *map(str, args), *tiny_args(out), *EXTRA, *last],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+            for r in ranks]
+
+
+def finish(procs, timeout: float):
+    """(return code, stderr) of each launcher; a launcher still running after `timeout` s is killed and fails the test."""
+    import signal
+    import time
+
+    deadline, results = time.monotonic() + timeout, []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                with __import__("contextlib").suppress(ProcessLookupError):
+                    os.killpg(q.pid, signal.SIGKILL)
+            pytest.fail(f"a torchrun launcher was still running after {timeout} s (a hang)")
+        results.append((p.returncode, err))
+    return results
+
+
+def test_two_nodes_run_the_pipeline_to_the_results_of_one_process(both, tmp_path):
+    results = finish(two_nodes(tmp_path, "run", port=free_port(), last=["--per-class", "1"]), timeout=240)
+    assert all(code == 0 for code, _ in results), results[0][1][-3000:] + results[1][1][-3000:]
+    run_dir = tmp_path / "t"
+    for stage, file, tolerance in (("stage1", "vqvae.safetensors", 5e-3), ("stage3", "prior.safetensors", 1e-5)):
+        a, b = load_file(str(run_dir / stage / file)), load_file(str(both[1] / stage / file))
+        for k in a:
+            if a[k].is_floating_point():
+                assert (a[k] - b[k]).abs().max() <= tolerance * b[k].abs().max().clamp_min(1e-6), k
+    assert (run_dir / "stage4" / "samples.png").is_file() and not (run_dir / ".lock").exists()
+
+
+def test_a_rank_killed_during_stage_3_stops_every_rank_with_one_line_and_the_run_resumes(both, tmp_path):
+    import signal
+    import time
+
+    for stage in ("stage1", "stage2"):
+        import shutil
+
+        shutil.copytree(both[1] / stage, tmp_path / "t" / stage)
+    long = ["--set", "prior.epochs=15", "--set", "run.checkpoint_every=2", "--set", "run.timeout_s=60"]
+    procs = two_nodes(tmp_path, "run-stage", 3, port=free_port(), last=long)
+    ckpt = tmp_path / "t" / ".checkpoints" / "stage3.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    assert ckpt.exists(), procs[0].communicate()[1][-3000:]
+    time.sleep(0.5)
+    worker = int(open(f"/proc/{procs[1].pid}/task/{procs[1].pid}/children").read().split()[0])  # node 1's rank
+    os.kill(worker, signal.SIGKILL)
+    started = time.monotonic()
+    results = finish(procs, timeout=120)
+    print(f"every rank stopped {time.monotonic() - started:.1f} s after the kill")
+    assert time.monotonic() - started < 90
+    assert all(code != 0 for code, _ in results)
+    errors = [line for line in results[0][1].splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "[rank 0] lost contact with another torchrun process" in errors[0], results[0][1][-3000:]
+    assert not (tmp_path / "t" / "stage3").exists() and ckpt.is_file()
+    # the same job started again resumes from the last checkpoint and ends bitwise where an undisturbed job ends
+    again = finish(two_nodes(tmp_path, "run-stage", 3, port=free_port(), last=long), timeout=180)
+    assert all(code == 0 for code, _ in again) and "resuming from epoch" in " ".join(again[0][1].split()), again[0][1][-3000:]
+    reference = tmp_path / "ref"
+    for stage in ("stage1", "stage2"):
+        shutil.copytree(both[1] / stage, reference / "t" / stage)
+    assert all(code == 0 for code, _ in finish(two_nodes(reference, "run-stage", 3, port=free_port(), last=long), timeout=180))
+    for name in ("prior.safetensors", "prior_last.safetensors"):
+        assert (tmp_path / "t" / "stage3" / name).read_bytes() == (reference / "t" / "stage3" / name).read_bytes(), name
+
+
+def test_a_rank_that_cannot_join_is_one_line(tmp_path):
+    # a job for three nodes of which only two come: the rendezvous gives up after its join timeout
+    results = finish(two_nodes(tmp_path, "run-stage", 1, port=free_port(), nnodes=3), timeout=120)
+    assert all(code != 0 for code, _ in results)
+    # WORLD_SIZE claims a peer that never starts: this process waits run.timeout_s at most, then says so in one line
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    result = subprocess.run([sys.executable, "-m", "vqprior", "run-stage", "1", *tiny_args(tmp_path), "--set", "run.timeout_s=10"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("error:") == 1 and "could not join" in result.stderr, result.stderr[-2000:]

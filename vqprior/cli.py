@@ -26,7 +26,7 @@ from .artifacts import STAGE_NAMES, is_current, load_json_object, run_lock
 from .components import trusting_code
 from .config import MAX_SEED, Config, RunSection, check_sampling, load_config, presets, validate_run_name
 from .errors import UserError, os_error_message
-from .runtime import Reporter, Runtime
+from .runtime import Reporter, Runtime, lost_peer, process_place
 
 T = TypeVar("T")
 RESUMABLE = {1, 3}
@@ -211,7 +211,13 @@ def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temp
             if resume and restart:
                 raise UserError("--resume and --restart contradict each other; pass one")
             cfg = load_config(preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler, guidance))
-            _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto", incremental, replace)
+            try:
+                _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto", incremental, replace)
+            except RuntimeError as e:  # under torchrun: another process died or hung -> one line on every survivor
+                rank, world, _, _ = process_place()
+                if world > 1 and (lost := lost_peer(e, rank)) is not None:
+                    raise lost from None
+                raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -83,6 +83,10 @@ class RunSection(Section):
     # torch intra-op threads on CPU; 0 = one per core. More threads than cores slows everything down, and thousands
     # exhaust the machine, so at most MAX_THREADS (4 per core of this machine)
     threads: int = Field(0, ge=0, le=MAX_THREADS)
+    # under torchrun: seconds a process waits for the others (to join, or at a collective) before it gives up with
+    # one line; a dead process is noticed at once, this bounds a hung one. Longer than any rank-0-only work (writing
+    # a stage, the epoch's test pass), shorter than a user's patience
+    timeout_s: int = Field(300, ge=10, le=86_400)
     # training steps between checkpoints of stages 1 and 3 (0 = only when interrupted); a checkpoint costs milliseconds
     checkpoint_every: int = Field(200, ge=0)
     # also log every epoch's metrics to TensorBoard under <run>/tensorboard (needs pip install 'vqprior[tensorboard]')

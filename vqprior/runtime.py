@@ -13,6 +13,7 @@ import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import numpy as np
@@ -62,7 +63,12 @@ class Runtime:
             import torch.distributed as dist
 
             if not dist.is_initialized():
-                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+                try:
+                    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=run.timeout_s))
+                except (dist.DistError, RuntimeError, ValueError) as e:
+                    raise UserError(f"[rank {rank}] could not join the other {world - 1} torchrun process(es) "
+                                    f"({first_line(e)}); check --nnodes/--nproc-per-node and the rendezvous address, or "
+                                    f"choose a free --master-port") from None
         precision = run.precision if run.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         compiled = run.compile if run.compile != "auto" else device.type == "cuda"
         return cls(device, rank, world, local, run.seed, precision, bool(compiled))
@@ -103,6 +109,25 @@ class Runtime:
             import torch.distributed as dist
 
             dist.barrier()
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def lost_peer(e: BaseException, rank: int) -> UserError | None:
+    """The one line for a collective that failed because another torchrun process died or hung (None when `e` is
+    something else): every surviving process stops with it instead of a traceback or a hang."""
+    import torch.distributed as dist
+
+    text = str(e)
+    if isinstance(e, dist.DistError) or any(s in text for s in ("Gloo", "gloo", "NCCL", "Connection closed", "Connection reset",
+                                                               "Broken pipe", "Timed out", "timed out")):
+        return UserError(f"[rank {rank}] lost contact with another torchrun process ({first_line(e)}); every process stops. "
+                         f"Run the same command again to resume from the last checkpoint")
+    return None
 
 
 def process_place() -> tuple[int, int, int, int]:
