@@ -183,6 +183,8 @@ MANIFEST_CASES = [
      ["run-stage", "4"], "outside the run folder"),
     ("input-dotdot", forge_manifest(3, lambda m: m["inputs"]["train_codes"].__setitem__("path", "../victim.txt")), ["run-stage", "4"],
      "outside the run folder"),
+    ("stage2-grid-infinite", forge_manifest(2, lambda m: m.__setitem__("grid", [float("inf"), 7])), ["run-stage", "3"], "finite"),
+    ("stage2-codebook-1e12", forge_manifest(2, lambda m: m.__setitem__("codebook_size", 10**12)), ["run-stage", "3"], "codebook_size"),
     ("manifest-a-list", lambda r, t: (r / "stage3" / "manifest.json").write_text("[1, 2]"), ["run-stage", "4"], "not an object"),
     ("manifest-not-utf8", lambda r, t: (r / "stage3" / "manifest.json").write_bytes(b'{"a": "\xff"}'), ["run-stage", "4"], "not UTF-8"),
     ("manifest-deeply-nested", lambda r, t: (r / "stage3" / "manifest.json").write_text("[" * 100_000 + "]" * 100_000), ["run-stage", "4"],
@@ -464,3 +466,11 @@ def test_a_corrupt_picture_or_metrics_file_is_left_out_of_the_report_with_a_note
     html = (run / "report.html").read_text()
     assert "Left out of this report" in html and "reconstructions.png" in html and "metrics.json" in html
     assert zipfile  # (imported for the npz cases)
+
+
+def test_the_report_and_runs_survive_a_forged_codebook_size(run):
+    forge_manifest(2, lambda m: m.__setitem__("codebook_size", 10**12))(run, run)
+    result = cli(run, "report", tiny=False)
+    assert result.exit_code == 0 and "codebook_size" in (run / "report.html").read_text(), result.output
+    listed = runner.invoke(app, ["runs", "--out-dir", str(run.parent)], catch_exceptions=False)
+    assert listed.exit_code == 0 and "Traceback" not in listed.output

@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
 from ..artifacts import STAGE_NAMES, check_run_folder, load_json_object, read_regular, versions, write_bytes_atomic
+from ..codes import codes_manifest
 from ..errors import UserError
 from . import plots
 
@@ -127,7 +128,11 @@ def _figures(run_dir: Path, s1, s3, figures: list, skipped: list[str]) -> None:
     codes = run_dir / "stage2" / "train_codes.npy"
     manifest2 = _load(run_dir / "stage2" / "manifest.json", skipped)
     if os.path.isfile(codes) and not os.path.islink(codes) and manifest2:
-        k = int(manifest2["codebook_size"])
+        try:
+            k = codes_manifest(manifest2, run_dir / "stage2").codebook_size  # validated: a forged K of 1e12 is refused
+        except UserError as e:
+            skipped.append(str(e))
+            return
         counts = np.bincount(np.load(codes, mmap_mode="r", allow_pickle=False).ravel(), minlength=k)
         figures.append({"caption": "How often each code is used in the training code maps",
                         "data": plots.code_usage_histogram(counts, f"codebook usage (K={k})")})

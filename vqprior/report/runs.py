@@ -42,6 +42,7 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
         m2, s3, ev = _load(run / "stage2" / "manifest.json"), _load(run / "stage3" / "metrics.json"), _load(run / "eval" / "eval.json")
         wall = sum(_number(_load(run / f"stage{s}" / "manifest.json"), "timings_s", "total") or 0 for s in (1, 2, 3, 4))
         k = _number(m2, "codebook_size")
+        k = k if k is not None and 1 <= k <= 2**32 else None
         rows.append([
             run.name,
             _fmt(k, ".0f"),
