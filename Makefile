@@ -19,6 +19,8 @@ run: $(STAMP)
 	$(BIN)/vqprior eval $(EVAL_ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check vqprior stages tests bench examples
+	$(BIN)/ruff format --check vqprior stages tests bench examples
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)

@@ -50,7 +50,10 @@ def same_as(run_dir: Path, reference: Path) -> bool:
         for stage, name in ((1, "vqvae.safetensors"), (3, "prior.safetensors")):
             if (run_dir / f"stage{stage}" / name).read_bytes() != (reference / f"stage{stage}" / name).read_bytes():
                 return False
-        return np.array_equal(np.load(run_dir / "stage4" / "samples.npz")["images"], np.load(reference / "stage4" / "samples.npz")["images"])
+        return np.array_equal(
+            np.load(run_dir / "stage4" / "samples.npz")["images"],
+            np.load(reference / "stage4" / "samples.npz")["images"],
+        )
     except FileNotFoundError:
         return False
 
@@ -60,12 +63,16 @@ def last_line(result: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else "(nothing)"
 
 
-def report(fault: str, result, left: list[str], after: subprocess.CompletedProcess, run_dir: Path, reference: Path) -> bool:
+def report(
+    fault: str, result, left: list[str], after: subprocess.CompletedProcess, run_dir: Path, reference: Path
+) -> bool:
     ok = after.returncode == 0 and same_as(run_dir, reference) and not leftovers(run_dir)
     traceback = "Traceback" in result.stderr
     print(f"{fault:34s} | exit {result.returncode:>4} | {'TRACEBACK ' if traceback else ''}{last_line(result)[:150]}")
-    print(f"{'':34s} | left behind: {', '.join(left) or 'nothing'} | then `vqprior run`: exit {after.returncode}, "
-          f"{'same results as undisturbed' if ok else 'DIFFERENT or incomplete'}")
+    print(
+        f"{'':34s} | left behind: {', '.join(left) or 'nothing'} | then `vqprior run`: exit {after.returncode}, "
+        f"{'same results as undisturbed' if ok else 'DIFFERENT or incomplete'}"
+    )
     return ok and not traceback
 
 
@@ -91,7 +98,9 @@ def main() -> int:
         assert vqprior(reference_out, "run-stage", str(stage)).returncode == 0
         durations[stage] = time.perf_counter() - t0
     reference = reference_out / "t"
-    print(f"undisturbed run: stage wall times {', '.join(f'{s}: {d:.1f}s' for s, d in durations.items())} (imports included)\n")
+    print(
+        f"undisturbed run: stage wall times {', '.join(f'{s}: {d:.1f}s' for s, d in durations.items())} (imports included)\n"
+    )
 
     for stage in (1, 2, 3, 4):
         with small_disk(work / f"disk{stage}", 16384) as disk:
@@ -103,21 +112,31 @@ def main() -> int:
             result = vqprior(disk, "run")
             left = leftovers(disk / "t")
             filler.unlink()
-            good.append(report(f"disk full from stage {stage} on", result, left, vqprior(disk, "run"), disk / "t", reference))
+            good.append(
+                report(f"disk full from stage {stage} on", result, left, vqprior(disk, "run"), disk / "t", reference)
+            )
 
     for stage in (1, 2, 3, 4):
         for k in range(args.kills):
             out = work / f"kill{stage}-{k}"
             copy_stages(reference, out / "t", stage)
             delay = rng.uniform(0.3, 1.0) * durations[stage]
-            proc = subprocess.Popen([sys.executable, "-m", "vqprior", "run-stage", str(stage), *tiny_args(out), *EXTRA],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "vqprior", "run-stage", str(stage), *tiny_args(out), *EXTRA],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
             _, err = proc.communicate()
             result = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
             left = leftovers(out / "t")
-            good.append(report(f"SIGKILL in stage {stage} at {delay:.1f}s", result, left, vqprior(out, "run"), out / "t", reference))
+            good.append(
+                report(
+                    f"SIGKILL in stage {stage} at {delay:.1f}s", result, left, vqprior(out, "run"), out / "t", reference
+                )
+            )
 
     with small_disk(work / "ro", 65536) as disk:
         if disk is not None:
@@ -130,7 +149,9 @@ def main() -> int:
                 good.append(report("read-only run folder", result, left, vqprior(disk, "run"), disk / "t", reference))
 
     shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{sum(good)} of {len(good)} faults: one line (or killed), nothing half-written left, same results after `vqprior run`")
+    print(
+        f"\n{sum(good)} of {len(good)} faults: one line (or killed), nothing half-written left, same results after `vqprior run`"
+    )
     return 0 if all(good) else 1
 
 

@@ -67,7 +67,9 @@ def main() -> None:
         "uniform noise": torch.randint(0, 256, digits.shape, generator=gen, dtype=torch.uint8),
         "inverted digits": 255 - digits,
         "rotated 90 degrees": digits.rot90(1, (2, 3)).contiguous(),
-        "constant images": torch.randint(0, 256, (len(digits), 1, 1, 1), generator=gen, dtype=torch.uint8).expand_as(digits).contiguous(),
+        "constant images": torch.randint(0, 256, (len(digits), 1, 1, 1), generator=gen, dtype=torch.uint8)
+        .expand_as(digits)
+        .contiguous(),
         "natural-image patches": natural_patches(len(digits)),
     }
     inlier = run.score(digits)

@@ -35,10 +35,14 @@ from vqprior.stages import s3_prior  # noqa: E402
 from vqprior.training import scaled_lr  # noqa: E402
 
 
-def seconds_per_epoch(cfg, codes: torch.Tensor, labels: torch.Tensor | None, num_classes: int, codebook_size: int) -> tuple[float, int]:
+def seconds_per_epoch(
+    cfg, codes: torch.Tensor, labels: torch.Tensor | None, num_classes: int, codebook_size: int
+) -> tuple[float, int]:
     """Training time of one epoch, from 30 timed batches (after 5 warm-up batches) of the real codes; parameters."""
     torch.manual_seed(0)
-    model = components.instantiate(components.resolve(cfg.prior.network, codebook_size=codebook_size, num_classes=num_classes))
+    model = components.instantiate(
+        components.resolve(cfg.prior.network, codebook_size=codebook_size, num_classes=num_classes)
+    )
     batch = cfg.prior.batch_size
     opt = torch.optim.Adam(model.parameters(), lr=scaled_lr(cfg.prior.lr, batch))
     for step in range(35):
@@ -57,8 +61,12 @@ def seconds_per_epoch(cfg, codes: torch.Tensor, labels: torch.Tensor | None, num
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="artifacts/mnist", help="a finished run whose stages 1 and 2 are shared")
-    ap.add_argument("--seconds", type=float, default=None,
-                    help="stage-3 training budget per kind (default: the training seconds of --run's own stage 3)")
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stage-3 training budget per kind (default: the training seconds of --run's own stage 3)",
+    )
     ap.add_argument("--kinds", default=",".join(PRIOR_KINDS))
     ap.add_argument("--budgets", default="1", help="multiples of --seconds to train each kind for, e.g. 1,2")
     ap.add_argument("--n", type=int, default=10_000)
@@ -72,8 +80,11 @@ def main() -> None:
     num_classes = len(stage2["class_names"]) if stage2.get("class_names") else 0
     if args.seconds is None:
         args.seconds = sum(e["train_seconds"] for e in load_json(source / "stage3" / "metrics.json")["epochs"])
-    print(f"# threads={pin_threads(args.threads)} torch {torch.__version__}; codes of {source}; {args.seconds:.0f} s of "
-          f"stage-3 training per kind; {args.n} samples vs the test split", flush=True)
+    print(
+        f"# threads={pin_threads(args.threads)} torch {torch.__version__}; codes of {source}; {args.seconds:.0f} s of "
+        f"stage-3 training per kind; {args.n} samples vs the test split",
+        flush=True,
+    )
     base_seconds = args.seconds
     for kind, budget in ((k, float(b)) for b in args.budgets.split(",") for k in args.kinds.split(",")):
         args.seconds = base_seconds * budget
@@ -82,7 +93,14 @@ def main() -> None:
             shutil.rmtree(run_dir)
         for stage in (1, 2):
             shutil.copytree(source / f"stage{stage}", run_dir / f"stage{stage}")
-        cfg = load_config(overrides=[f"prior.kind={kind}", f'run.out_dir="{args.out}"', f'run.name="{run_dir.name}"', 'run.device="cpu"'])
+        cfg = load_config(
+            overrides=[
+                f"prior.kind={kind}",
+                f'run.out_dir="{args.out}"',
+                f'run.name="{run_dir.name}"',
+                'run.device="cpu"',
+            ]
+        )
         per_epoch, n_params = seconds_per_epoch(cfg, codes, labels, num_classes, stage2["codebook_size"])
         cfg.prior.epochs = max(1, round(args.seconds / per_epoch))  # the nearest whole number of epochs
         started = time.perf_counter()
@@ -91,16 +109,22 @@ def main() -> None:
         trained = sum(e["train_seconds"] for e in load_json(run_dir / "stage3" / "metrics.json")["epochs"])
         ev, _ = evaluate_run(run_dir, args.n, cfg.sample.temperature, "test", seed=0, guidance=cfg.sample.guidance)
         s = ev["samples"]
-        worst = min(s["per_class_accuracy"].items(), key=lambda kv: kv[1]) if "per_class_accuracy" in s else ("-", float("nan"))
+        worst = (
+            min(s["per_class_accuracy"].items(), key=lambda kv: kv[1])
+            if "per_class_accuracy" in s
+            else ("-", float("nan"))
+        )
         params = cfg.prior.network.params
         ratio = cached_over_forward(run_dir)
-        print(f"{kind} (budget x{budget:g}): {', '.join(f'{k}={v}' for k, v in params.items())}"
-              + f" ({n_params / 1e6:.2f}M parameters)"
-              + f" | {per_epoch:.0f} s/epoch -> {cfg.prior.epochs} epochs: {trained:.0f} s training, stage 3 {stage3_seconds:.0f} s"
-              f" | test {ev['prior']['test_bits_per_map']:.1f} bits/map | samples FD/floor {s['fd_ratio']:.2f}"
-              f" | cond acc {s.get('conditional_accuracy', float('nan')):.1%} (worst {worst[0]} {worst[1]:.1%})"
-              f" | sampling {args.n} maps {s['seconds']:.1f} s (guidance {ev['guidance']:g}; cached sampler = {ratio:.2f} forward passes)",
-              flush=True)
+        print(
+            f"{kind} (budget x{budget:g}): {', '.join(f'{k}={v}' for k, v in params.items())}"
+            + f" ({n_params / 1e6:.2f}M parameters)"
+            + f" | {per_epoch:.0f} s/epoch -> {cfg.prior.epochs} epochs: {trained:.0f} s training, stage 3 {stage3_seconds:.0f} s"
+            f" | test {ev['prior']['test_bits_per_map']:.1f} bits/map | samples FD/floor {s['fd_ratio']:.2f}"
+            f" | cond acc {s.get('conditional_accuracy', float('nan')):.1%} (worst {worst[0]} {worst[1]:.1%})"
+            f" | sampling {args.n} maps {s['seconds']:.1f} s (guidance {ev['guidance']:g}; cached sampler = {ratio:.2f} forward passes)",
+            flush=True,
+        )
 
 
 def cached_over_forward(run_dir: Path, batch: int = 1000) -> float:

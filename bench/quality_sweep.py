@@ -68,28 +68,41 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="artifacts/sweep")
     args = ap.parse_args()
-    print(f"# threads={pin_threads(args.threads)} torch {torch.__version__}; scored against the validation slice", flush=True)
+    print(
+        f"# threads={pin_threads(args.threads)} torch {torch.__version__}; scored against the validation slice",
+        flush=True,
+    )
     for spec in args.tries:
         name, *sets = spec.split()
         cfg = load_config(overrides=sets + [f'run.out_dir="{args.out}"'])
-        vq_key = hashlib.sha256(json.dumps([cfg.data.model_dump(mode="json"), cfg.vqvae.model_dump(mode="json"), cfg.run.seed],
-                                           sort_keys=True).encode()).hexdigest()[:10]
+        vq_key = hashlib.sha256(
+            json.dumps(
+                [cfg.data.model_dump(mode="json"), cfg.vqvae.model_dump(mode="json"), cfg.run.seed], sort_keys=True
+            ).encode()
+        ).hexdigest()[:10]
         cfg.run.name = f"vq-{vq_key}"
         t0 = time.perf_counter()
         times = run_stages(cfg, [1] if args.stage1_only else [1, 2, 3])
         p = cfg.prior.network.params
-        line = (f"{name}: K={cfg.vqvae.codebook_size} vq_epochs={cfg.vqvae.epochs} likelihood={cfg.vqvae.likelihood} "
-                f"prior={p.get('channels')}ch x {p.get('layers')} layers x {cfg.prior.epochs} ep | "
-                + " ".join(f"s{s}={t:.0f}s" for s, t in times.items()))
+        line = (
+            f"{name}: K={cfg.vqvae.codebook_size} vq_epochs={cfg.vqvae.epochs} likelihood={cfg.vqvae.likelihood} "
+            f"prior={p.get('channels')}ch x {p.get('layers')} layers x {cfg.prior.epochs} ep | "
+            + " ".join(f"s{s}={t:.0f}s" for s, t in times.items())
+        )
         if args.stage1_only:
             print(f"{line} | recon FD/floor {recon_fd_ratio(cfg.run_dir()):.2f}", flush=True)
             continue
-        ev, _ = evaluate_run(cfg.run_dir(), args.n, cfg.sample.temperature, "valid", seed=1, guidance=cfg.sample.guidance)
+        ev, _ = evaluate_run(
+            cfg.run_dir(), args.n, cfg.sample.temperature, "valid", seed=1, guidance=cfg.sample.guidance
+        )
         s = ev["samples"]
         worst = min(s.get("per_class_accuracy", {"-": float("nan")}).items(), key=lambda kv: kv[1])
-        print(f"{line} | recon FD/floor {ev['vqvae']['recon_fd_ratio']:.2f} (test recon vs test) | {ev['prior']['test_bits_per_map']:.1f} bits/map"
-              f" | samples FD/floor {s['fd_ratio']:.2f} | cond acc {s.get('conditional_accuracy', float('nan')):.1%} (worst {worst[0]} {worst[1]:.1%})"
-              f" | T={ev['temperature']:g} guidance={ev['guidance']:g} | sweep step {time.perf_counter() - t0:.0f}s", flush=True)
+        print(
+            f"{line} | recon FD/floor {ev['vqvae']['recon_fd_ratio']:.2f} (test recon vs test) | {ev['prior']['test_bits_per_map']:.1f} bits/map"
+            f" | samples FD/floor {s['fd_ratio']:.2f} | cond acc {s.get('conditional_accuracy', float('nan')):.1%} (worst {worst[0]} {worst[1]:.1%})"
+            f" | T={ev['temperature']:g} guidance={ev['guidance']:g} | sweep step {time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

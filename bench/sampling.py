@@ -31,7 +31,9 @@ def load_model(run: Path) -> tuple[GatedPixelCNN, str]:
         from vqprior.restore import load_prior
 
         return load_prior(run, needed_by=4, device=torch.device("cpu")).model, f"trained prior from {run}"
-    return GatedPixelCNN(64, **Config().prior.network.params, num_classes=10).eval(), "randomly initialised default prior"
+    return GatedPixelCNN(
+        64, **Config().prior.network.params, num_classes=10
+    ).eval(), "randomly initialised default prior"
 
 
 def naive_estimate(model, batch, grid, labels) -> float:
@@ -60,14 +62,18 @@ def main() -> None:
     args = ap.parse_args()
     threads = pin_threads(args.threads)
     model, what = load_model(Path(args.run))
-    print(f"# {what}: {model.num_classes} classes, K={model.codebook_size}, {len(model.layers)} layers, "
-          f"{model.embed.weight.shape[1]} channels; torch {torch.__version__}, threads={threads}")
+    print(
+        f"# {what}: {model.num_classes} classes, K={model.codebook_size}, {len(model.layers)} layers, "
+        f"{model.embed.weight.shape[1]} channels; torch {torch.__version__}, threads={threads}"
+    )
     for size in (int(s) for s in args.grids.split(",")):
         grid = (size, size)
         for batch in (int(b) for b in args.batches.split(",")):
             labels = torch.arange(batch) % model.num_classes if model.num_classes else None
             codes_per_map = size * size
-            cached_s, _ = timed(lambda: sample(model, batch, grid, labels, seed=0, method="cached"), repeat=2 if batch <= 256 else 1)
+            cached_s, _ = timed(
+                lambda: sample(model, batch, grid, labels, seed=0, method="cached"), repeat=2 if batch <= 256 else 1
+            )
             estimate = naive_estimate(model, batch, grid, labels)
             if estimate <= args.naive_budget:
                 naive_s, _ = timed(lambda: sample(model, batch, grid, labels, seed=0, method="naive"))
@@ -78,9 +84,12 @@ def main() -> None:
             with torch.no_grad():
                 forward_s, _ = timed(lambda: model(x, labels), repeat=2)
             rate = lambda s: batch * codes_per_map / s  # noqa: E731
-            print(f"{size}x{size} batch={batch} threads={threads} {tag}{rate(naive_s):,.0f} codes/s cached={rate(cached_s):,.0f} codes/s "
-                  f"speedup={naive_s / cached_s:.1f}x cached/forward={cached_s / forward_s:.2f} "
-                  f"images/s naive={batch / naive_s:,.1f} cached={batch / cached_s:,.1f}", flush=True)
+            print(
+                f"{size}x{size} batch={batch} threads={threads} {tag}{rate(naive_s):,.0f} codes/s cached={rate(cached_s):,.0f} codes/s "
+                f"speedup={naive_s / cached_s:.1f}x cached/forward={cached_s / forward_s:.2f} "
+                f"images/s naive={batch / naive_s:,.1f} cached={batch / cached_s:,.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

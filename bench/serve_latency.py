@@ -51,12 +51,20 @@ if __name__ == "__main__":
     args = ap.parse_args()
     import torch
 
-    print(f"threads={pin_threads(args.threads)}; yardstick fp32 matmul {matmul_gflops(torch.device('cpu'), torch.float32):.0f} GFLOP/s")
+    print(
+        f"threads={pin_threads(args.threads)}; yardstick fp32 matmul {matmul_gflops(torch.device('cpu'), torch.float32):.0f} GFLOP/s"
+    )
     t0 = time.perf_counter()
     with TestClient(create_app(args.run, device="cpu", hosts=("testserver",))) as client:
         print(f"load (model, test digits, OOD threshold): {time.perf_counter() - t0:.2f} s")
         client.post("/api/generate", json={"n": 4})  # warm-up
-        print(f"grid of 16 digits: {median_seconds(client, '/api/generate', {'n': 16}, args.repeat):.3f} s (median of {args.repeat})")
-        print(f"mix slider step (8 digits): {median_seconds(client, '/api/generate', {'n': 8, 'mix': {'a': 4, 'b': 9, 'weight': 0.5}}, args.repeat):.3f} s")
+        print(
+            f"grid of 16 digits: {median_seconds(client, '/api/generate', {'n': 16}, args.repeat):.3f} s (median of {args.repeat})"
+        )
+        print(
+            f"mix slider step (8 digits): {median_seconds(client, '/api/generate', {'n': 8, 'mix': {'a': 4, 'b': 9, 'weight': 0.5}}, args.repeat):.3f} s"
+        )
         body = {"image": half_digit(), "keep_rows": 3, "samples": 8}
-        print(f"completion of a drawn half-digit (8 completions + posterior): {median_seconds(client, '/api/complete', body, args.repeat):.3f} s")
+        print(
+            f"completion of a drawn half-digit (8 completions + posterior): {median_seconds(client, '/api/complete', body, args.repeat):.3f} s"
+        )

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_speed import matmul_gflops  # noqa: E402
 
 MAX_REQUESTS = 20_000  # per level, whatever the duration: the loops stop by themselves
+CLIENT_TIMEOUT = 60  # seconds a client waits for one answer (a longer wait counts as ReadTimeout)
 
 
 def png(a: np.ndarray) -> bytes:
@@ -76,7 +77,9 @@ async def client_loop(http: httpx.AsyncClient, base: str, deadline: float, stats
             if kind == "generate":
                 r = await http.post(f"{base}/api/generate", json={"n": 16, "seed": i % 100})
             elif kind == "complete":
-                r = await http.post(f"{base}/api/complete", json={"image": image, "keep_rows": 3, "samples": 8, "seed": i % 100})
+                r = await http.post(
+                    f"{base}/api/complete", json={"image": image, "keep_rows": 3, "samples": 8, "seed": i % 100}
+                )
             else:
                 r = await http.post(f"{base}/api/score", files={"file": ("d.png", upload, "image/png")})
             status = r.status_code
@@ -91,7 +94,9 @@ async def first_screen(http: httpx.AsyncClient, base: str, deadline: float, out:
     while time.monotonic() < deadline:
         t0 = time.perf_counter()
         a, b = await http.get(f"{base}/"), await http.get(f"{base}/api/info")
-        out.append((time.perf_counter() - t0, a.status_code, b.status_code))
+        t1 = time.perf_counter()
+        bad = await http.post(f"{base}/api/generate", json={"n": -1})  # a bad request: answered without the model
+        out.append((t1 - t0, a.status_code, b.status_code, time.perf_counter() - t1, bad.status_code))
         await asyncio.sleep(1)
 
 
@@ -99,7 +104,9 @@ async def trickle(host: str, port: int, deadline: float, sent: list) -> None:
     """A slow client: announces a 4 KB JSON body and sends it one byte every 0.2 s (never finishing in time)."""
     try:
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n")
+        writer.write(
+            b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n"
+        )
         await writer.drain()
         while time.monotonic() < deadline:
             writer.write(b" ")
@@ -114,13 +121,15 @@ async def trickle(host: str, port: int, deadline: float, sent: list) -> None:
 async def level(base: str, host: str, port: int, clients: int, seconds: float, trickling: int) -> dict:
     stats = {"latency": defaultdict(list), "status": Counter()}
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT, limits=limits) as http:
         deadline = time.monotonic() + seconds
         counter, screens, sent = [0], [], [0]
         t0 = time.perf_counter()
-        await asyncio.gather(*(client_loop(http, base, deadline, stats, counter, k) for k in range(clients)),
-                             first_screen(http, base, deadline, screens),
-                             *(trickle(host, port, deadline, sent) for _ in range(trickling)))
+        await asyncio.gather(
+            *(client_loop(http, base, deadline, stats, counter, k) for k in range(clients)),
+            first_screen(http, base, deadline, screens),
+            *(trickle(host, port, deadline, sent) for _ in range(trickling)),
+        )
         wall = time.perf_counter() - t0
     stats["wall"], stats["screens"], stats["requests"] = wall, screens, counter[0]
     return stats
@@ -139,8 +148,22 @@ def main() -> None:
     print(f"yardstick fp32 matmul {matmul_gflops(torch.device('cpu'), torch.float32):.0f} GFLOP/s (2 threads)")
     run = Path(args.run)
     port = free_port()
-    cmd = [sys.executable, "-m", "vqprior", "serve", "--out-dir", str(run.parent), "--name", run.name, "--port", str(port), "--device", "cpu"]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "vqprior",
+        "serve",
+        "--out-dir",
+        str(run.parent),
+        "--name",
+        run.name,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+    log = open(os.environ.get("SERVE_LOG", os.devnull), "w")
+    server = subprocess.Popen(cmd, stdout=log, stderr=log, text=True, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -151,29 +174,43 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.3)
             if server.poll() is not None:
-                raise SystemExit(f"the server did not start: {server.stderr.read()[-2000:]}")
+                raise SystemExit("the server did not start (set SERVE_LOG=file to see why)")
         print(f"server pid {server.pid}, RSS after start {rss_mb(server.pid):.0f} MB")
         for clients in (int(c) for c in args.clients.split(",")):
             before = rss_mb(server.pid)
             s = asyncio.run(level(base, "127.0.0.1", port, clients, args.seconds, args.trickle))
             after = rss_mb(server.pid)
             five = sum(v for k, v in s["status"].items() if isinstance(k, int) and k >= 500)
-            print(f"\n{clients} clients, {args.trickle} trickling, {s['wall']:.1f} s: {s['requests']} requests, "
-                  f"{s['requests'] / s['wall']:.1f} req/s; statuses {dict(s['status'])}; 5xx: {five}")
+            print(
+                f"\n{clients} clients, {args.trickle} trickling, {s['wall']:.1f} s: {s['requests']} requests, "
+                f"{s['requests'] / s['wall']:.1f} req/s; statuses {dict(s['status'])}; 5xx: {five}"
+            )
             for kind, lat in sorted(s["latency"].items()):
-                print(f"  {kind:9s} n={len(lat):5d}  p50 {percentile(lat, 50):6.2f} s  p99 {percentile(lat, 99):6.2f} s")
-            screens = [t for t, a, b in s["screens"] if a == 200 and b == 200]
-            print(f"  first screen (GET / + /api/info) while busy: max {max(screens, default=float('nan')):.3f} s, "
-                  f"median {statistics.median(screens) if screens else float('nan'):.3f} s over {len(s['screens'])} tries")
+                print(
+                    f"  {kind:9s} n={len(lat):5d}  p50 {percentile(lat, 50):6.2f} s  p99 {percentile(lat, 99):6.2f} s"
+                )
+            screens = [t for t, a, b, _, _ in s["screens"] if a == 200 and b == 200]
+            bad = [t for _, _, _, t, code in s["screens"] if code == 400]
+            print(
+                f"  first screen (GET / + /api/info) while busy: max {max(screens, default=float('nan')):.3f} s, "
+                f"median {statistics.median(screens) if screens else float('nan'):.3f} s over {len(s['screens'])} tries; "
+                f"a bad request's 400: max {max(bad, default=float('nan')):.3f} s ({len(bad)} of {len(s['screens'])})"
+            )
             print(f"  server RSS {before:.0f} -> {after:.0f} MB")
         # the same load without trickling clients, to see whether they slowed anyone
         s = asyncio.run(level(base, "127.0.0.1", port, 10, args.seconds, 0))
-        print(f"\n10 clients, no trickling: {s['requests'] / s['wall']:.1f} req/s; "
-              + ", ".join(f"{k} p50 {percentile(v, 50):.2f} s" for k, v in sorted(s["latency"].items())))
+        print(
+            f"\n10 clients, no trickling: {s['requests'] / s['wall']:.1f} req/s; "
+            + ", ".join(f"{k} p50 {percentile(v, 50):.2f} s" for k, v in sorted(s["latency"].items()))
+        )
         print(f"server RSS at the end {rss_mb(server.pid):.0f} MB")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 if __name__ == "__main__":

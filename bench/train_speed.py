@@ -15,7 +15,6 @@ One line per configuration; on CPU these figures are the regression guard for th
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -66,7 +65,11 @@ def stage1_setup(device, batch):
 
 def stage3_setup(device, batch):
     torch.manual_seed(0)
-    model = components.instantiate(components.resolve(prior_network("gated_pixelcnn"), codebook_size=128, num_classes=10)).to(device).train()
+    model = (
+        components.instantiate(components.resolve(prior_network("gated_pixelcnn"), codebook_size=128, num_classes=10))
+        .to(device)
+        .train()
+    )
     codes = torch.randint(0, 128, (batch, 7, 7), device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
     keep = torch.rand(batch, 1, device=device) >= 0.1
@@ -79,7 +82,11 @@ def time_steps(setup, step_fn, device, batch, precision, compiled, steps) -> tup
     """(seconds per training step, FLOPs per step)."""
     model, opt, call, ema = setup(device, batch)
     fwd = torch.compile(step_fn) if compiled else step_fn
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(device.type, enabled=False)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else torch.autocast(device.type, enabled=False)
+    )
 
     def one():
         with autocast:
@@ -109,7 +116,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (the machines here have 2 cores)")
-    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 128,512 on CPU; 128,1024,4096 on CUDA)")
+    ap.add_argument(
+        "--batches", default=None, help="comma-separated batch sizes (default: 128,512 on CPU; 128,1024,4096 on CUDA)"
+    )
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (on by default on CUDA)")
     ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast (on by default on CUDA)")
     ap.add_argument("--steps", type=int, default=20)
@@ -124,7 +133,10 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}")
     peak = {p: matmul_gflops(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
     print("yardstick, dense matmul: " + ", ".join(f"{p} {g:,.0f} GFLOP/s" for p, g in peak.items()))
-    per_item = {"stage 1 VQ-VAE": ("images/s", stage1_setup, vqvae_step, 60_000), "stage 3 prior": ("maps/s", stage3_setup, prior_step, 60_000)}
+    per_item = {
+        "stage 1 VQ-VAE": ("images/s", stage1_setup, vqvae_step, 60_000),
+        "stage 3 prior": ("maps/s", stage3_setup, prior_step, 60_000),
+    }
     for stage, (unit, setup, step_fn, epoch_items) in per_item.items():
         for precision in precisions:
             for compiled in modes:
@@ -132,13 +144,21 @@ def main() -> None:
                     try:
                         seconds, flops = time_steps(setup, step_fn, device, batch, precision, compiled, args.steps)
                     except Exception as e:  # noqa: BLE001 - a configuration that cannot run here is reported, not fatal
-                        print(f"{stage:15s} {precision} {'compiled' if compiled else 'eager':8s} batch {batch:5d}: failed ({type(e).__name__}: {str(e)[:100]})")
+                        print(
+                            f"{stage:15s} {precision} {'compiled' if compiled else 'eager':8s} batch {batch:5d}: failed ({type(e).__name__}: {str(e)[:100]})"
+                        )
                         continue
                     achieved = flops / seconds / 1e9
-                    print(f"{stage:15s} {precision} {'compiled' if compiled else 'eager':8s} batch {batch:5d}: {batch / seconds:10,.0f} {unit}"
-                          f" | {epoch_items / batch * seconds:6.2f} s per 60k epoch | {flops / batch / 1e6:6.2f} MFLOP per item"
-                          f" | {achieved:8,.1f} GFLOP/s = {achieved / peak[precision]:5.1%} of {precision} matmul peak")
-    prior = components.instantiate(components.resolve(prior_network("gated_pixelcnn"), codebook_size=128, num_classes=10)).to(device).eval()
+                    print(
+                        f"{stage:15s} {precision} {'compiled' if compiled else 'eager':8s} batch {batch:5d}: {batch / seconds:10,.0f} {unit}"
+                        f" | {epoch_items / batch * seconds:6.2f} s per 60k epoch | {flops / batch / 1e6:6.2f} MFLOP per item"
+                        f" | {achieved:8,.1f} GFLOP/s = {achieved / peak[precision]:5.1%} of {precision} matmul peak"
+                    )
+    prior = (
+        components.instantiate(components.resolve(prior_network("gated_pixelcnn"), codebook_size=128, num_classes=10))
+        .to(device)
+        .eval()
+    )
     vq = build_vqvae(VQVAESection(), (1, 28, 28))[0].to(device).eval()
     labels = torch.arange(10_000) % 10
     generate(prior, 100, (7, 7), labels[:100], guidance=1.5)  # warm-up
@@ -150,7 +170,9 @@ def main() -> None:
     decode_images(vq, codes)
     sync(device)
     t2 = time.perf_counter()
-    print(f"generation: 10,000 guided 7x7 maps (cached sampler, batch 1000) {t1 - t0:.2f} s + decoding {t2 - t1:.2f} s = {t2 - t0:.2f} s")
+    print(
+        f"generation: 10,000 guided 7x7 maps (cached sampler, batch 1000) {t1 - t0:.2f} s + decoding {t2 - t1:.2f} s = {t2 - t0:.2f} s"
+    )
 
 
 if __name__ == "__main__":

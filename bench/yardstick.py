@@ -24,4 +24,7 @@ if __name__ == "__main__":
     device = resolve_device(ap.parse_args().device)
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"yardstick ({name}): " + ", ".join(f"{str(d).split('.')[1]} {matmul_gflops(device, d, 3.0):,.1f} GFLOP/s" for d in dtypes))
+    print(
+        f"yardstick ({name}): "
+        + ", ".join(f"{str(d).split('.')[1]} {matmul_gflops(device, d, 3.0):,.1f} GFLOP/s" for d in dtypes)
+    )

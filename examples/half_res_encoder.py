@@ -11,7 +11,9 @@ from torch import nn
 class Residual(nn.Module):
     def __init__(self, width: int):
         super().__init__()
-        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 1))
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -22,8 +24,12 @@ class HalfResEncoder(nn.Module):
 
     def __init__(self, in_channels: int, code_dim: int, width: int = 32, blocks: int = 2):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(in_channels, width, 4, stride=2, padding=1),
-                                 *[Residual(width) for _ in range(blocks)], nn.ReLU(), nn.Conv2d(width, code_dim, 1))
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 4, stride=2, padding=1),
+            *[Residual(width) for _ in range(blocks)],
+            nn.ReLU(),
+            nn.Conv2d(width, code_dim, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -34,8 +40,12 @@ class HalfResDecoder(nn.Module):
 
     def __init__(self, in_channels: int, code_dim: int, width: int = 32, blocks: int = 2):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(code_dim, width, 3, padding=1), *[Residual(width) for _ in range(blocks)], nn.ReLU(),
-                                 nn.ConvTranspose2d(width, in_channels, 4, stride=2, padding=1))
+        self.net = nn.Sequential(
+            nn.Conv2d(code_dim, width, 3, padding=1),
+            *[Residual(width) for _ in range(blocks)],
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, in_channels, 4, stride=2, padding=1),
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)

@@ -44,7 +44,9 @@ def _reconstruction_grid(model: VQVAE, images: torch.Tensor, device: torch.devic
         recon = model.reconstruct(x)
         model.train()
     shape = x.shape[1:]
-    return torch.stack([x.view(n_rows, per_row, *shape), recon.view(n_rows, per_row, *shape)], 1).flatten(0, 2).cpu(), per_row
+    return torch.stack([x.view(n_rows, per_row, *shape), recon.view(n_rows, per_row, *shape)], 1).flatten(
+        0, 2
+    ).cpu(), per_row
 
 
 def vqvae_step(forward, model: VQVAE, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -65,7 +67,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     image_shape = tuple(train.images.shape[1:])
     if tuple(test.images.shape[1:]) != image_shape:
-        raise UserError(f"train images are {list(image_shape)} but test images are {list(test.images.shape[1:])}; make both splits the same size")
+        raise UserError(
+            f"train images are {list(image_shape)} but test images are {list(test.images.shape[1:])}; make both splits the same size"
+        )
     model, constructor = build_vqvae(cfg.vqvae, image_shape)
     _load_component_weights(model, cfg)
     model.to(device)
@@ -74,19 +78,35 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         raise UserError("nothing to train: encoder and decoder both have trainable = false; unfreeze the decoder")
     k = cfg.vqvae.codebook_size
     batch = cfg.vqvae.batch_size
-    trainer = Trainer(stage=1, runtime=rt, run_dir=cfg.run_dir(), fingerprint={**fingerprint(cfg), "batch_size": batch}, model=model,
-                      optimizer=torch.optim.Adam(params, lr=scaled_lr(cfg.vqvae.lr, batch)), n_items=len(train), batch_size=batch,
-                      epochs=cfg.vqvae.epochs, checkpoint_every=cfg.run.checkpoint_every, resume=resume, reporter=reporter,
-                      lr_key="vqvae.lr", warmup_examples=100 * 128)
+    trainer = Trainer(
+        stage=1,
+        runtime=rt,
+        run_dir=cfg.run_dir(),
+        fingerprint={**fingerprint(cfg), "batch_size": batch},
+        model=model,
+        optimizer=torch.optim.Adam(params, lr=scaled_lr(cfg.vqvae.lr, batch)),
+        n_items=len(train),
+        batch_size=batch,
+        epochs=cfg.vqvae.epochs,
+        checkpoint_every=cfg.run.checkpoint_every,
+        resume=resume,
+        reporter=reporter,
+        lr_key="vqvae.lr",
+        warmup_examples=100 * 128,
+    )
     progress = ProgressWriter(cfg.run_dir(), 1, trainer.epoch, rt.is_main, cfg.run.tensorboard)
     for split, data in (("train", train), ("test", test)):
         if data.skipped:
-            reporter.log(f"[yellow]warning:[/] skipped {data.skipped} unreadable file(s) in the {split} split (data.strict=true makes this an error)")
+            reporter.log(
+                f"[yellow]warning:[/] skipped {data.skipped} unreadable file(s) in the {split} split (data.strict=true makes this an error)"
+            )
         for notice in data.notices:
             reporter.log(f"[yellow]notice:[/] {notice}")
     grid = model.grid
-    reporter.log(f"stage 1: VQ-VAE on {len(train)} images {list(image_shape)} -> {grid[0]}x{grid[1]} codes, K={k}, "
-                 f"{describe(rt, batch)}")
+    reporter.log(
+        f"stage 1: VQ-VAE on {len(train)} images {list(image_shape)} -> {grid[0]}x{grid[1]} codes, K={k}, "
+        f"{describe(rt, batch)}"
+    )
     images = train.images.to(device)  # uint8 on the training device: a step indexes it there, no host copy
     forward = maybe_compile(vqvae_step, rt.compile, reporter, "VQ-VAE step")
 
@@ -97,8 +117,10 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         usage = code_usage(trainer.sums["code_counts"].cpu())
         row.update({"train_perplexity": usage["perplexity"], "train_usage": usage["usage"]})
         row.update({f"test_{name}": v for name, v in reconstruction_metrics(model, test, device).items()})
-        reporter.log(f"  epoch {epoch}/{cfg.vqvae.epochs}: train {cfg.vqvae.likelihood} {row['train_recon_loss']:.4f} | test mse {row['test_recon_mse']:.4f}"
-                     f" | codes used {row['test_usage']:.0%} of {k}, perplexity {row['test_perplexity']:.1f} | {row['train_seconds']:.0f}s")
+        reporter.log(
+            f"  epoch {epoch}/{cfg.vqvae.epochs}: train {cfg.vqvae.likelihood} {row['train_recon_loss']:.4f} | test mse {row['test_recon_mse']:.4f}"
+            f" | codes used {row['test_usage']:.0%} of {k}, perplexity {row['test_perplexity']:.1f} | {row['train_seconds']:.0f}s"
+        )
         progress.picture(epoch, *_reconstruction_grid(model, test.images, device))
         progress.log(row)
 
@@ -108,13 +130,27 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     if rt.is_main:
         with writing_stage(cfg.run_dir(), 1) as out:
             save_weights(out / "vqvae.safetensors", model)
-            save_json(out / "config.json", {"vqvae": constructor, "data": cfg.data.model_dump(mode="json"),
-                                            "class_names": train.class_names, "config": cfg.model_dump(mode="json")})
+            save_json(
+                out / "config.json",
+                {
+                    "vqvae": constructor,
+                    "data": cfg.data.model_dump(mode="json"),
+                    "class_names": train.class_names,
+                    "config": cfg.model_dump(mode="json"),
+                },
+            )
             save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
             save_image(pairs, out / "reconstructions.png", nrow=per_row, padding=2, pad_value=0.5)
             progress.finish(out, "reconstructions.gif")
-            write_manifest(out, 1, {}, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started}, fingerprint(cfg),
-                           {"data": {"source": cfg.data.source, "train": len(train), "test": len(test)}})
+            write_manifest(
+                out,
+                1,
+                {},
+                cfg.model_dump(mode="json"),
+                {"total": time.perf_counter() - started},
+                fingerprint(cfg),
+                {"data": {"source": cfg.data.source, "train": len(train), "test": len(test)}},
+            )
         trainer.finish()
         progress.cleanup()
     rt.barrier()

@@ -14,7 +14,7 @@ import torch
 
 from vqprior.artifacts import output_sha, write_manifest, writing_stage
 from vqprior.codes import code_dtype
-from vqprior.config import Config, DataSection
+from vqprior.config import Config
 from vqprior.datasets import SPLITS, load_split, to_float
 from vqprior.errors import disk_full, ensure_free
 from vqprior.models.quantizer import code_usage
@@ -34,7 +34,10 @@ def create_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise disk_full(path, os.fstat(f.fileno()).st_size) from None
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: the free-space check stands
+            if e.errno not in (
+                errno.EOPNOTSUPP,
+                errno.EINVAL,
+            ):  # a filesystem without fallocate: the free-space check stands
                 raise
 
 
@@ -53,14 +56,19 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     data_cfg = vq.data
     k = vq.model.quantizer.codebook_size
     dtype = code_dtype(k)
-    reporter.log(f"stage 2: encoding with the stage-1 VQ-VAE into {vq.grid[0]}x{vq.grid[1]} maps of {dtype.name} codes (K={k})")
+    reporter.log(
+        f"stage 2: encoding with the stage-1 VQ-VAE into {vq.grid[0]}x{vq.grid[1]} maps of {dtype.name} codes (K={k})"
+    )
 
     # under torchrun each process encodes one contiguous slice of every split into the same preallocated .npy
     datasets = {split: load_split(data_cfg, split) for split in SPLITS}
     with writing_stage(cfg.run_dir(), 2) if rt.is_main else contextlib.nullcontext() as out:
         out = Path(rt.share(str(out) if rt.is_main else None))
         if rt.is_main:  # everything stage 2 writes has a known size: refuse up front rather than fail half-way
-            ensure_free(cfg.run_dir() / "stage2", sum(len(d) * (math.prod(vq.grid) * dtype.itemsize + 8) for d in datasets.values()))
+            ensure_free(
+                cfg.run_dir() / "stage2",
+                sum(len(d) * (math.prod(vq.grid) * dtype.itemsize + 8) for d in datasets.values()),
+            )
         info: dict[str, dict] = {}
         for split, data in datasets.items():
             path = out / f"{split}_codes.npy"
@@ -70,9 +78,13 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
             codes = np.load(path, mmap_mode="r+")
             lo, hi = (len(data) * rt.rank) // rt.world_size, (len(data) * (rt.rank + 1)) // rt.world_size
             with torch.no_grad():
-                for idx in reporter.track(batches(hi - lo, ENCODE_BATCH), -(-(hi - lo) // ENCODE_BATCH), f"stage 2 {split}"):
+                for idx in reporter.track(
+                    batches(hi - lo, ENCODE_BATCH), -(-(hi - lo) // ENCODE_BATCH), f"stage 2 {split}"
+                ):
                     idx = idx + lo
-                    codes[idx.numpy()] = vq.model.encode(to_float(data.images[idx]).to(rt.device)).cpu().numpy().astype(dtype)
+                    codes[idx.numpy()] = (
+                        vq.model.encode(to_float(data.images[idx]).to(rt.device)).cpu().numpy().astype(dtype)
+                    )
             codes.flush()
             del codes
             rt.barrier()
@@ -82,10 +94,24 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
                     np.save(out / f"{split}_labels.npy", data.labels.numpy().astype(np.int64))
                 usage = code_usage(torch.from_numpy(np.bincount(written.ravel(), minlength=k)))
                 info[split] = {"count": len(data), "labeled": data.labels is not None, **usage}
-                reporter.log(f"  {split}: {len(data)} maps, codes used {usage['usage']:.0%}, perplexity {usage['perplexity']:.1f}")
+                reporter.log(
+                    f"  {split}: {len(data)} maps, codes used {usage['usage']:.0%}, perplexity {usage['perplexity']:.1f}"
+                )
         if rt.is_main:
-            write_manifest(out, 2, {"vqvae": vq.weights}, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started},
-                           fingerprint(cfg), {"codebook_size": k, "grid": list(vq.grid), "dtype": dtype.name, "splits": info,
-                                              "class_names": vq.class_names if info["train"]["labeled"] else None})
+            write_manifest(
+                out,
+                2,
+                {"vqvae": vq.weights},
+                cfg.model_dump(mode="json"),
+                {"total": time.perf_counter() - started},
+                fingerprint(cfg),
+                {
+                    "codebook_size": k,
+                    "grid": list(vq.grid),
+                    "dtype": dtype.name,
+                    "splits": info,
+                    "class_names": vq.class_names if info["train"]["labeled"] else None,
+                },
+            )
     rt.barrier()
     return cfg.run_dir() / "stage2"

@@ -12,9 +12,9 @@ from vqprior import components
 from vqprior.artifacts import output_sha, read_stage, save_json, save_weights, stage_dir, write_manifest, writing_stage
 from vqprior.codes import load_code_maps
 from vqprior.config import Config
-from vqprior.evaluation import nll_bits_per_code
 from vqprior.datasets import to_float
 from vqprior.errors import UserError
+from vqprior.evaluation import nll_bits_per_code
 from vqprior.models.priors import check_prior, sample
 from vqprior.models.vqvae import decode_images
 from vqprior.report.progress import ProgressWriter
@@ -34,7 +34,9 @@ def fingerprint(cfg: Config) -> dict | None:
     return {"prior": cfg.prior.model_dump(mode="json"), "seed": cfg.run.seed, "codes": codes}
 
 
-def prior_step(forward, model, codes: torch.Tensor, labels: torch.Tensor | None, keep: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def prior_step(
+    forward, model, codes: torch.Tensor, labels: torch.Tensor | None, keep: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
     """Cross-entropy of one batch of code maps. `forward` is the prior, or its DDP wrapper; `keep` [B, 1] marks
     the maps that keep their class (the rest learn without it, the all-zero null condition that classifier-free
     guidance needs). The labels were range-checked when stage 2's files were read, so nothing here reads a value
@@ -59,30 +61,47 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         train_labels = test_labels = None
     grid = tuple(manifest["grid"])
 
-    resolved = components.resolve(cfg.prior.network, codebook_size=manifest["codebook_size"],
-                                   num_classes=len(class_names) if conditional else 0)
+    resolved = components.resolve(
+        cfg.prior.network, codebook_size=manifest["codebook_size"], num_classes=len(class_names) if conditional else 0
+    )
     model = components.instantiate(resolved)
     check_prior(model, resolved["target"], grid)
     model.to(device)
     vq = load_vqvae(cfg.run_dir(), needed_by=3, device=device)  # only to show each epoch's samples as images
     if (vq.model.quantizer.codebook_size, tuple(vq.grid)) != (manifest["codebook_size"], grid):
-        raise UserError(f"stage 2's manifest says K={manifest['codebook_size']} on a {grid[0]}x{grid[1]} grid but the stage-1 VQ-VAE has "
-                        f"K={vq.model.quantizer.codebook_size} on {vq.grid[0]}x{vq.grid[1]}; run `vqprior run-stage 2` again")
+        raise UserError(
+            f"stage 2's manifest says K={manifest['codebook_size']} on a {grid[0]}x{grid[1]} grid but the stage-1 VQ-VAE has "
+            f"K={vq.model.quantizer.codebook_size} on {vq.grid[0]}x{vq.grid[1]}; run `vqprior run-stage 2` again"
+        )
     ema = WeightEMA(model, cfg.prior.ema_decay) if cfg.prior.ema_decay else None
     final = ema.module if ema is not None else model  # what is evaluated, sampled from and saved as prior.safetensors
     batch = cfg.prior.batch_size
     # the Trainer comes last: resuming restores the random generators, nothing may draw from them after it
-    trainer = Trainer(stage=3, runtime=rt, run_dir=cfg.run_dir(), fingerprint={**fingerprint(cfg), "batch_size": batch}, model=model,
-                      optimizer=torch.optim.Adam(model.parameters(), lr=scaled_lr(cfg.prior.lr, batch)), n_items=len(train_codes),
-                      batch_size=batch, epochs=cfg.prior.epochs, checkpoint_every=cfg.run.checkpoint_every,
-                      resume=resume, reporter=reporter, lr_key="prior.lr", warmup_examples=200 * 128,
-                      extra_state={"ema": ema} if ema is not None else None)
+    trainer = Trainer(
+        stage=3,
+        runtime=rt,
+        run_dir=cfg.run_dir(),
+        fingerprint={**fingerprint(cfg), "batch_size": batch},
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=scaled_lr(cfg.prior.lr, batch)),
+        n_items=len(train_codes),
+        batch_size=batch,
+        epochs=cfg.prior.epochs,
+        checkpoint_every=cfg.run.checkpoint_every,
+        resume=resume,
+        reporter=reporter,
+        lr_key="prior.lr",
+        warmup_examples=200 * 128,
+        extra_state={"ema": ema} if ema is not None else None,
+    )
     progress = ProgressWriter(cfg.run_dir(), 3, trainer.epoch, rt.is_main, cfg.run.tensorboard)
     grid_labels = torch.arange(model.num_classes).repeat_interleave(GRID_PER_CLASS) if conditional else None
     n_params = sum(p.numel() for p in model.parameters())
     what = f"conditional on {len(class_names)} classes" if conditional else "unconditional"
-    reporter.log(f"stage 3: prior {resolved['target'].rpartition(':')[2]} ({n_params / 1e6:.2f}M parameters, {what}) on "
-                 f"{len(train_codes)} {grid[0]}x{grid[1]} maps, {describe(rt, batch)}")
+    reporter.log(
+        f"stage 3: prior {resolved['target'].rpartition(':')[2]} ({n_params / 1e6:.2f}M parameters, {what}) on "
+        f"{len(train_codes)} {grid[0]}x{grid[1]} maps, {describe(rt, batch)}"
+    )
     forward = maybe_compile(prior_step, rt.compile, reporter, "prior step")
 
     def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -99,10 +118,12 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         row["test_bits_per_map"] = row["test_bits_per_code"] * positions
         if ema is not None:
             row["test_bits_per_code_without_ema"] = nll_bits_per_code(model, test_codes, test_labels)
-        reporter.log(f"  epoch {epoch}/{cfg.prior.epochs}: train {row['train_bits_per_code']:.3f} | test {row['test_bits_per_code']:.3f} "
-                     f"bits/code = {row['test_bits_per_map']:.1f} bits/map"
-                     + (f" (last weights {row['test_bits_per_code_without_ema']:.3f})" if ema is not None else "")
-                     + f" | {row['train_seconds']:.0f}s")
+        reporter.log(
+            f"  epoch {epoch}/{cfg.prior.epochs}: train {row['train_bits_per_code']:.3f} | test {row['test_bits_per_code']:.3f} "
+            f"bits/code = {row['test_bits_per_map']:.1f} bits/map"
+            + (f" (last weights {row['test_bits_per_code_without_ema']:.3f})" if ema is not None else "")
+            + f" | {row['train_seconds']:.0f}s"
+        )
 
     def picture(epoch: int, row: dict) -> None:
         # the same seed and labels every epoch: the GIF shows the same digits taking shape
@@ -119,16 +140,29 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
             save_weights(out / "prior.safetensors", final)
             if ema is not None:
                 save_weights(out / "prior_last.safetensors", model)
-            save_json(out / "config.json", {"prior": resolved, "grid": list(grid), "class_names": class_names,
-                                            "config": cfg.model_dump(mode="json")})
+            save_json(
+                out / "config.json",
+                {
+                    "prior": resolved,
+                    "grid": list(grid),
+                    "class_names": class_names,
+                    "config": cfg.model_dump(mode="json"),
+                },
+            )
             save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
             progress.finish(out, "samples.gif")
             inputs = {Path(name).stem: folder / name for name in CODE_FILES if (folder / name).is_file()}
             inputs["vqvae"] = stage_dir(cfg.run_dir(), 1) / "vqvae.safetensors"
-            write_manifest(out, 3, inputs, cfg.model_dump(mode="json"), {"total": time.perf_counter() - started}, fingerprint(cfg),
-                           {"codebook_size": manifest["codebook_size"]})
+            write_manifest(
+                out,
+                3,
+                inputs,
+                cfg.model_dump(mode="json"),
+                {"total": time.perf_counter() - started},
+                fingerprint(cfg),
+                {"codebook_size": manifest["codebook_size"]},
+            )
         trainer.finish()
         progress.cleanup()
     rt.barrier()
     return cfg.run_dir() / "stage3"
-

@@ -49,8 +49,10 @@ def check_size(cfg: Config, total: int, grid: tuple[int, int], image_shape: tupl
         return
     gb = total * (math.prod(image_shape) + 8 * math.prod(grid)) / 1e9
     minutes = total / 1000 / 60  # about 1,000 maps/s with the cached sampler on 2 CPU cores (README)
-    raise UserError(f"{what} = {total:,} maps: about {gb:.1f} GB in memory and samples.npz, and ~{minutes:.0f} min on 2 CPU cores; "
-                    f"that is more than sample.limit={cfg.sample.limit:,}: lower --per-class, or --set sample.limit={total} to confirm")
+    raise UserError(
+        f"{what} = {total:,} maps: about {gb:.1f} GB in memory and samples.npz, and ~{minutes:.0f} min on 2 CPU cores; "
+        f"that is more than sample.limit={cfg.sample.limit:,}: lower --per-class, or --set sample.limit={total} to confirm"
+    )
 
 
 def fingerprint(cfg: Config) -> dict | None:
@@ -61,7 +63,9 @@ def fingerprint(cfg: Config) -> dict | None:
     return {"sample": cfg.sample.model_dump(mode="json"), "seed": cfg.run.seed, "prior": prior, "vqvae": vqvae}
 
 
-def generate_shared(rt: Runtime, prior, total: int, grid, labels, cfg: Config, seed: int, reporter: Reporter) -> torch.Tensor:
+def generate_shared(
+    rt: Runtime, prior, total: int, grid, labels, cfg: Config, seed: int, reporter: Reporter
+) -> torch.Tensor:
     """All `total` maps; under torchrun each process draws whole noise blocks of them and rank 0 gathers them.
     A map's noise depends only on (seed, its index), so the images do not depend on the number of processes."""
     blocks = list(range(0, total, SEED_BLOCK))
@@ -70,8 +74,19 @@ def generate_shared(rt: Runtime, prior, total: int, grid, labels, cfg: Config, s
     part = torch.empty(0, *grid, dtype=torch.long)
     if hi > lo:
         chunk_labels = None if labels is None else labels[lo:hi]
-        part = generate(prior, hi - lo, grid, chunk_labels, cfg.sample.temperature, seed, cfg.sample.batch_size,
-                        cfg.sample.sampler, reporter.track, cfg.sample.guidance, first=lo)
+        part = generate(
+            prior,
+            hi - lo,
+            grid,
+            chunk_labels,
+            cfg.sample.temperature,
+            seed,
+            cfg.sample.batch_size,
+            cfg.sample.sampler,
+            reporter.track,
+            cfg.sample.guidance,
+            first=lo,
+        )
     return torch.cat(rt.gather(part))
 
 
@@ -79,7 +94,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     started = time.perf_counter()
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
-    prior = load_prior(cfg.run_dir(), needed_by=4, device=rt.device)  # refuses a prior trained on another VQ-VAE's codes
+    prior = load_prior(
+        cfg.run_dir(), needed_by=4, device=rt.device
+    )  # refuses a prior trained on another VQ-VAE's codes
     vq = load_vqvae(cfg.run_dir(), needed_by=4, device=rt.device)
     check_prior_fits(prior, vq)  # and one made for another codebook size or grid
     if cfg.sample.morph:
@@ -88,26 +105,42 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     total = cfg.sample.per_class * len(rows)
     check_size(cfg, total, prior.grid, vq.image_shape, f"--per-class {cfg.sample.per_class} x {len(rows)} row(s)")
     seed = cfg.run.seed if cfg.sample.seed is None else cfg.sample.seed
-    reporter.log(f"stage 4: drawing {total} code maps ({cfg.sample.sampler} sampler, temperature {cfg.sample.temperature:g}, "
-                 f"guidance {cfg.sample.guidance:g}, seed {seed})")
+    reporter.log(
+        f"stage 4: drawing {total} code maps ({cfg.sample.sampler} sampler, temperature {cfg.sample.temperature:g}, "
+        f"guidance {cfg.sample.guidance:g}, seed {seed})"
+    )
 
     t0 = time.perf_counter()
     codes = generate_shared(rt, prior.model, total, prior.grid, labels, cfg, seed, reporter)
     sample_seconds = time.perf_counter() - t0
     images = decode_images(vq.model, codes)
-    reporter.log(f"  {total} images in {time.perf_counter() - t0:.1f}s ({total * codes[0].numel() / sample_seconds:,.0f} codes/s)")
+    reporter.log(
+        f"  {total} images in {time.perf_counter() - t0:.1f}s ({total * codes[0].numel() / sample_seconds:,.0f} codes/s)"
+    )
 
     per_row = cfg.sample.per_class
     shown = torch.cat([images[r * per_row : r * per_row + min(per_row, GRID_COLUMNS)] for r in range(len(rows))])
     if rt.is_main:
         with writing_stage(cfg.run_dir(), 4) as out:
             save_image(to_float(shown), out / "samples.png", nrow=min(per_row, GRID_COLUMNS), padding=2, pad_value=0.5)
-            extra = {} if labels is None else ({"label_weights": labels.numpy()} if labels.is_floating_point() else {"labels": labels.numpy()})
+            extra = (
+                {}
+                if labels is None
+                else ({"label_weights": labels.numpy()} if labels.is_floating_point() else {"labels": labels.numpy()})
+            )
             np.savez_compressed(out / "samples.npz", images=images.numpy(), codes=codes.numpy(), **extra)
-            save_json(out / "rows.json", {"rows": rows, "per_row": per_row, "shown_per_row": min(per_row, GRID_COLUMNS)})
-            write_manifest(out, 4, {"prior": prior.weights, "vqvae": vq.weights}, cfg.model_dump(mode="json"),
-                           {"sampling": sample_seconds, "total": time.perf_counter() - started}, fingerprint(cfg),
-                           {"seed": seed, "count": total})
+            save_json(
+                out / "rows.json", {"rows": rows, "per_row": per_row, "shown_per_row": min(per_row, GRID_COLUMNS)}
+            )
+            write_manifest(
+                out,
+                4,
+                {"prior": prior.weights, "vqvae": vq.weights},
+                cfg.model_dump(mode="json"),
+                {"sampling": sample_seconds, "total": time.perf_counter() - started},
+                fingerprint(cfg),
+                {"seed": seed, "count": total},
+            )
     rt.barrier()
     return cfg.run_dir() / "stage4"
 
@@ -130,17 +163,33 @@ def _morph(cfg: Config, prior, vq, rt: Runtime, reporter: Reporter, started: flo
         weights = torch.zeros(n, num_classes, dtype=torch.float64)
         weights[:, a], weights[:, b] = 1 - k / (steps - 1), k / (steps - 1)
         # first=0 for every step: the same maps' noise, only the label changes
-        frames.append(generate(prior.model, n, prior.grid, weights, cfg.sample.temperature, seed, guidance=cfg.sample.guidance))
+        frames.append(
+            generate(prior.model, n, prior.grid, weights, cfg.sample.temperature, seed, guidance=cfg.sample.guidance)
+        )
     codes = torch.stack(frames, 1)  # [n, steps, h, w]
     images = decode_images(vq.model, codes.flatten(0, 1)).view(n, steps, *vq.image_shape)
     if rt.is_main:
         with writing_stage(cfg.run_dir(), 4) as out:
             save_image(to_float(images.flatten(0, 1)), out / "morph.png", nrow=steps, padding=2, pad_value=0.5)
-            gif_frames = [make_grid(to_float(images[:, k]), nrow=min(n, GRID_COLUMNS), padding=2, pad_value=0.5) for k in range(steps)]
-            write_gif([Image.fromarray(f.mul(255).round().byte().permute(1, 2, 0).numpy()) for f in gif_frames], out / "morph.gif")
-            np.savez_compressed(out / "samples.npz", images=images.numpy(), codes=codes.numpy(),
-                                weights_of_b=np.linspace(0, 1, steps))
-            write_manifest(out, 4, {"prior": prior.weights, "vqvae": vq.weights}, cfg.model_dump(mode="json"),
-                           {"total": time.perf_counter() - started}, fingerprint(cfg), {"seed": seed, "morph": [a, b], "steps": steps})
+            gif_frames = [
+                make_grid(to_float(images[:, k]), nrow=min(n, GRID_COLUMNS), padding=2, pad_value=0.5)
+                for k in range(steps)
+            ]
+            write_gif(
+                [Image.fromarray(f.mul(255).round().byte().permute(1, 2, 0).numpy()) for f in gif_frames],
+                out / "morph.gif",
+            )
+            np.savez_compressed(
+                out / "samples.npz", images=images.numpy(), codes=codes.numpy(), weights_of_b=np.linspace(0, 1, steps)
+            )
+            write_manifest(
+                out,
+                4,
+                {"prior": prior.weights, "vqvae": vq.weights},
+                cfg.model_dump(mode="json"),
+                {"total": time.perf_counter() - started},
+                fingerprint(cfg),
+                {"seed": seed, "morph": [a, b], "steps": steps},
+            )
     rt.barrier()
     return cfg.run_dir() / "stage4"

@@ -15,11 +15,32 @@ def _isolated_cache(tmp_path_factory):
 def tiny_args(out_dir, name="t"):
     """CLI overrides for a run that takes seconds: 600 training images, tiny models."""
     return [
-        "--set", f'run.out_dir="{out_dir}"', "--name", name, "--set", 'run.device="cpu"',
-        "--set", "data.train_limit=600", "--set", "data.test_limit=200",
-        "--set", "vqvae.epochs=1", "--set", "vqvae.codebook_size=16", "--set", "vqvae.code_dim=8",
-        "--set", "vqvae.encoder.params={hidden=16, res_blocks=1}", "--set", "vqvae.decoder.params={hidden=16, res_blocks=1}",
-        "--set", "prior.epochs=1", "--set", "prior.network.params={channels=8, layers=2, kernel=3}", "--set", "prior.ema_decay=0",
+        "--set",
+        f'run.out_dir="{out_dir}"',
+        "--name",
+        name,
+        "--set",
+        'run.device="cpu"',
+        "--set",
+        "data.train_limit=600",
+        "--set",
+        "data.test_limit=200",
+        "--set",
+        "vqvae.epochs=1",
+        "--set",
+        "vqvae.codebook_size=16",
+        "--set",
+        "vqvae.code_dim=8",
+        "--set",
+        "vqvae.encoder.params={hidden=16, res_blocks=1}",
+        "--set",
+        "vqvae.decoder.params={hidden=16, res_blocks=1}",
+        "--set",
+        "prior.epochs=1",
+        "--set",
+        "prior.network.params={channels=8, layers=2, kernel=3}",
+        "--set",
+        "prior.ema_decay=0",
     ]
 
 

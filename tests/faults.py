@@ -12,7 +12,12 @@ from pathlib import Path
 def small_disk(path: Path, size_kb: int, readonly: bool = False) -> Iterator[Path | None]:
     """A tmpfs of `size_kb` mounted at `path` (None where mounting is not allowed: not root, or no CAP_SYS_ADMIN)."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         yield path if mounted else None
     finally:

@@ -4,9 +4,9 @@ or changed artifact (a checkpoint kept on purpose, after a NaN loss, is the one 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
-import fcntl
 import os
 import shutil
 import subprocess
@@ -17,9 +17,9 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from conftest import tiny_args
 from typer.testing import CliRunner
 
-from conftest import tiny_args
 from vqprior.cli import app
 
 runner = CliRunner()
@@ -36,8 +36,11 @@ def finished_run(tmp_path_factory):
 def snapshot(root: Path) -> dict[str, str]:
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".checkpoints" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".checkpoints" not in p.parts
+    }
 
 
 def rm(stage):
@@ -52,6 +55,7 @@ def truncate(rel):
     def setup(run, tmp, mp):
         path = run / rel
         path.write_bytes(path.read_bytes()[:-100])
+
     return setup
 
 
@@ -64,7 +68,9 @@ def garbage_with_matching_manifest(run, tmp, mp):
 
 
 def retrain_stage1(run, tmp, mp):
-    result = runner.invoke(app, ["run-stage", "1", *tiny_args(run.parent), "--set", "run.seed=7"], catch_exceptions=False)
+    result = runner.invoke(
+        app, ["run-stage", "1", *tiny_args(run.parent), "--set", "run.seed=7"], catch_exceptions=False
+    )
     assert result.exit_code == 0
 
 
@@ -81,6 +87,7 @@ def empty_folder(run, tmp, mp):
 def disk_full(run, tmp, mp):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     mp.setattr(np, "save", full)
 
 
@@ -105,6 +112,7 @@ FOLDER = ["--set", 'data.source="folder"', "--set", 'data.root="{tmp}/imgs"']
 
 def edit_json(rel, change):
     """Hand-edit a stage's JSON file and (as a forger would) fix its checksum in the manifest, if it is listed."""
+
     def setup(run, tmp, mp):
         path = run / rel
         data = json.loads(path.read_text())
@@ -115,6 +123,7 @@ def edit_json(rel, change):
             manifest = json.loads(manifest_path.read_text())
             manifest["outputs"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
             manifest_path.write_text(json.dumps(manifest))
+
     return setup
 
 
@@ -123,7 +132,10 @@ def labels_out_of_range(run, tmp, mp):
     labels = np.load(path)
     labels[0] = 12
     np.save(path, labels)
-    edit_json("stage2/manifest.json", lambda m: m["outputs"].__setitem__("train_labels.npy", hashlib.sha256(path.read_bytes()).hexdigest()))(run, tmp, mp)
+    edit_json(
+        "stage2/manifest.json",
+        lambda m: m["outputs"].__setitem__("train_labels.npy", hashlib.sha256(path.read_bytes()).hexdigest()),
+    )(run, tmp, mp)
 
 
 def config_folder(run, tmp, mp):
@@ -170,8 +182,15 @@ CASES = [
     Case("stage3-without-stage2", ["run-stage", "3"], "stage 3 needs stage 2", rm("stage2")),
     Case("stage4-without-stage3", ["run-stage", "4"], "stage 4 needs stage 3", rm("stage3")),
     Case("stage4-out-of-order", ["run-stage", "4"], "stage 4 needs stage 3", fresh=True),
-    Case("corrupted-weights", ["run-stage", "2"], "changed after stage 1 wrote it", garbage("stage1/vqvae.safetensors")),
-    Case("corrupted-weights-manifest-agrees", ["run-stage", "2"], "is not a readable safetensors file", garbage_with_matching_manifest),
+    Case(
+        "corrupted-weights", ["run-stage", "2"], "changed after stage 1 wrote it", garbage("stage1/vqvae.safetensors")
+    ),
+    Case(
+        "corrupted-weights-manifest-agrees",
+        ["run-stage", "2"],
+        "is not a readable safetensors file",
+        garbage_with_matching_manifest,
+    ),
     Case("truncated-npy", ["run-stage", "3"], "changed after stage 2 wrote it", truncate("stage2/train_codes.npy")),
     Case("manifest-mismatch-vqvae-vs-prior", ["run-stage", "4"], "re-run stages 2 and 3", retrain_stage1),
     Case("label-out-of-range", ["run-stage", "4", "--label", "10"], "label 10 is out of range"),
@@ -179,14 +198,29 @@ CASES = [
     Case("soft-labels-malformed", ["run-stage", "4", "--mix", "3-0.5"], "expected class:weight pairs"),
     Case("temperature-zero", ["run-stage", "4", "--temperature", "0"], "sample.temperature"),
     Case("temperature-negative", ["run-stage", "4", "--temperature", "-1"], "sample.temperature"),
-    Case("nonexistent-image-path", ["run-stage", "1", "--set", 'data.source="folder"', "--set", 'data.root="/nonexistent/imgs"'], "is not a folder"),
+    Case(
+        "nonexistent-image-path",
+        ["run-stage", "1", "--set", 'data.source="folder"', "--set", 'data.root="/nonexistent/imgs"'],
+        "is not a folder",
+    ),
     Case("non-image-files", ["run-stage", "1", *FOLDER], "is a readable image", text_files_as_images),
     Case("empty-dataset", ["run-stage", "1", *FOLDER], "no images", empty_folder),
     Case("wrong-channel-count-config", ["run-stage", "1", "--set", "data.channels=2"], "data.channels"),
-    Case("encoder-expects-other-channels", ["run-stage", "1", "--set", "vqvae.encoder.params={hidden=16, res_blocks=1, in_channels=3}"],
-         "failed on a [2, 1, 28, 28] batch"),
-    Case("nan-loss", ["run-stage", "1", "--set", "vqvae.lr=1e30", "--set", "run.checkpoint_every=1", "--restart"], "the loss became"),
-    Case("out-dir-not-writable", ["run-stage", "1", "--set", 'run.out_dir="/etc/hostname/sub"'], "choose a writable run.out_dir"),
+    Case(
+        "encoder-expects-other-channels",
+        ["run-stage", "1", "--set", "vqvae.encoder.params={hidden=16, res_blocks=1, in_channels=3}"],
+        "failed on a [2, 1, 28, 28] batch",
+    ),
+    Case(
+        "nan-loss",
+        ["run-stage", "1", "--set", "vqvae.lr=1e30", "--set", "run.checkpoint_every=1", "--restart"],
+        "the loss became",
+    ),
+    Case(
+        "out-dir-not-writable",
+        ["run-stage", "1", "--set", 'run.out_dir="/etc/hostname/sub"'],
+        "choose a writable run.out_dir",
+    ),
     Case("disk-full", ["run-stage", "2"], "no space left on device", disk_full),
     Case("run-folder-in-use", ["run-stage", "4"], "is in use by process", live_lock),
     Case("corrupted-checkpoint", ["run-stage", "1"], "unreadable", corrupt_checkpoint),
@@ -207,17 +241,56 @@ CASES = [
     Case("run-seed-2-to-the-64", ["run-stage", "1", "--set", f"run.seed={2**64}"], "run.seed"),
     Case("config-is-a-folder", ["run-stage", "1", "--config", "{tmp}/cfg"], "is a folder", config_folder),
     Case("config-not-utf8", ["run-stage", "1", "--config", "{tmp}/cfg"], "not UTF-8", config_not_utf8),
-    Case("image-header-too-large", ["run-stage", "1", *FOLDER, "--set", "data.strict=true"], "decompression bomb", bomb_folder),
+    Case(
+        "image-header-too-large",
+        ["run-stage", "1", *FOLDER, "--set", "data.strict=true"],
+        "decompression bomb",
+        bomb_folder,
+    ),
     # hand-edited or forged stage folders
-    Case("stage2-manifest-larger-K", ["run-stage", "3"], "K=200", edit_json("stage2/manifest.json", lambda m: m.__setitem__("codebook_size", 200))),
-    Case("stage2-manifest-K-vs-dtype", ["run-stage", "3"], "does not match K=4096", edit_json("stage2/manifest.json", lambda m: m.__setitem__("codebook_size", 4096))),
-    Case("stage2-manifest-missing-grid", ["run-stage", "3"], "grid: Field required", edit_json("stage2/manifest.json", lambda m: m.pop("grid"))),
-    Case("stage2-manifest-fewer-classes", ["run-stage", "3"], "names 2 classes", edit_json("stage2/manifest.json", lambda m: m.__setitem__("class_names", ["0", "1"]))),
+    Case(
+        "stage2-manifest-larger-K",
+        ["run-stage", "3"],
+        "K=200",
+        edit_json("stage2/manifest.json", lambda m: m.__setitem__("codebook_size", 200)),
+    ),
+    Case(
+        "stage2-manifest-K-vs-dtype",
+        ["run-stage", "3"],
+        "does not match K=4096",
+        edit_json("stage2/manifest.json", lambda m: m.__setitem__("codebook_size", 4096)),
+    ),
+    Case(
+        "stage2-manifest-missing-grid",
+        ["run-stage", "3"],
+        "grid: Field required",
+        edit_json("stage2/manifest.json", lambda m: m.pop("grid")),
+    ),
+    Case(
+        "stage2-manifest-fewer-classes",
+        ["run-stage", "3"],
+        "names 2 classes",
+        edit_json("stage2/manifest.json", lambda m: m.__setitem__("class_names", ["0", "1"])),
+    ),
     Case("labels-outside-the-classes", ["run-stage", "3"], "has labels 0..12", labels_out_of_range),
-    Case("prior-class-count-vs-names", ["run-stage", "4"], "knows 5 classes but names 10",
-         edit_json("stage3/config.json", lambda c: c["prior"]["params"].__setitem__("num_classes", 5))),
-    Case("prior-config-without-target", ["run-stage", "4"], "no valid 'prior'", edit_json("stage3/config.json", lambda c: c["prior"].pop("target"))),
-    Case("vqvae-config-not-an-object", ["run-stage", "2"], "no 'vqvae' section", edit_json("stage1/config.json", lambda c: c.__setitem__("vqvae", 3))),
+    Case(
+        "prior-class-count-vs-names",
+        ["run-stage", "4"],
+        "knows 5 classes but names 10",
+        edit_json("stage3/config.json", lambda c: c["prior"]["params"].__setitem__("num_classes", 5)),
+    ),
+    Case(
+        "prior-config-without-target",
+        ["run-stage", "4"],
+        "no valid 'prior'",
+        edit_json("stage3/config.json", lambda c: c["prior"].pop("target")),
+    ),
+    Case(
+        "vqvae-config-not-an-object",
+        ["run-stage", "2"],
+        "no 'vqvae' section",
+        edit_json("stage1/config.json", lambda c: c.__setitem__("vqvae", 3)),
+    ),
 ]
 
 
@@ -247,7 +320,9 @@ def test_bad_input(case, finished_run, tmp_path, monkeypatch):
 def test_stale_lock_of_a_dead_process_is_taken_over(finished_run, tmp_path):
     run_dir = tmp_path / "t"
     shutil.copytree(finished_run, run_dir)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     (run_dir / ".lock").write_text(dead)
     result = runner.invoke(app, ["run-stage", "4", *tiny_args(tmp_path), "--per-class", "1"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -255,14 +330,18 @@ def test_stale_lock_of_a_dead_process_is_taken_over(finished_run, tmp_path):
 
 
 def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "vqprior", "run-stage", "3", "--set", f'run.out_dir="{tmp_path}"'],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "vqprior", "run-stage", "3", "--set", f'run.out_dir="{tmp_path}"'],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "stage 3 needs stage 2" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
 # ------------------------------------------------------------------ commands that read a finished run, and the Python API
+
 
 def write_inputs(tmp):
     from PIL import Image
@@ -299,16 +378,26 @@ def test_bad_input_to_a_command_over_a_finished_run(case_id, args, message, fini
     write_inputs(tmp_path)
     before = snapshot(out)
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    where = ["--out-dir", str(out)] + ([] if "--name" in args else ["--name", "t"]) + ([] if args[0] == "report" else ["--device", "cpu"])
+    where = (
+        ["--out-dir", str(out)]
+        + ([] if "--name" in args else ["--name", "t"])
+        + ([] if args[0] == "report" else ["--device", "cpu"])
+    )
     result = runner.invoke(app, [*args, *where], catch_exceptions=False)
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
+        result.output
+    )
     assert snapshot(out) == before
 
 
 def test_usage_errors_of_the_real_command_are_one_line_too(tmp_path):
-    for args, message in ((["eval", "--n", "1000000"], "less than or equal to 100000"), (["eval", "--seed", "-1"], "greater than or equal to 0"),
-                          (["complete", "--seed", str(2**64)], "less than or equal to"), (["run", "--n", "3"], "No such option: --n")):
+    for args, message in (
+        (["eval", "--n", "1000000"], "less than or equal to 100000"),
+        (["eval", "--seed", "-1"], "greater than or equal to 0"),
+        (["complete", "--seed", str(2**64)], "less than or equal to"),
+        (["run", "--n", "3"], "No such option: --n"),
+    ):
         result = subprocess.run([sys.executable, "-m", "vqprior", *args], capture_output=True, text=True, cwd=tmp_path)
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
         assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr

@@ -13,7 +13,9 @@ def test_defaults_validate():
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config(overrides=["prior.epochs=2", "sample.labels=[3, 5]", "run.name=foo", "vqvae.encoder.params={hidden=8}"])
+    cfg = load_config(
+        overrides=["prior.epochs=2", "sample.labels=[3, 5]", "run.name=foo", "vqvae.encoder.params={hidden=8}"]
+    )
     assert cfg.prior.epochs == 2 and cfg.sample.labels == [3, 5] and cfg.run.name == "foo"
     assert cfg.vqvae.encoder.params == {"hidden": 8, "res_blocks": 1}  # merged into the default params
 
@@ -33,18 +35,21 @@ def test_preset_file_and_overrides_apply_in_order(tmp_path):
     assert "quick" in presets()
 
 
-@pytest.mark.parametrize("override,message", [
-    ("vqvae.codebok_size=3", "unknown key 'vqvae.codebok_size'"),
-    ("prior.epochs=zero", "prior.epochs"),
-    ("sample.temperature=inf", "sample.temperature"),
-    ("sample.temperature=nan", "sample.temperature"),
-    ("run.seed=-1", "run.seed"),
-    ("vqvae.codebook_size=1", "vqvae.codebook_size"),
-    ("sample.temperature=0", "sample.temperature"),
-    ('sample.mix={"3"=0.5, "8"=0.4}', "sum to 1"),
-    ("data.source=folder", "needs data.root"),
-    ("novalue", "expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("vqvae.codebok_size=3", "unknown key 'vqvae.codebok_size'"),
+        ("prior.epochs=zero", "prior.epochs"),
+        ("sample.temperature=inf", "sample.temperature"),
+        ("sample.temperature=nan", "sample.temperature"),
+        ("run.seed=-1", "run.seed"),
+        ("vqvae.codebook_size=1", "vqvae.codebook_size"),
+        ("sample.temperature=0", "sample.temperature"),
+        ('sample.mix={"3"=0.5, "8"=0.4}', "sum to 1"),
+        ("data.source=folder", "needs data.root"),
+        ("novalue", "expected section.key=value"),
+    ],
+)
 def test_bad_config_is_one_clear_line(override, message):
     with pytest.raises(UserError, match=message) as err:
         load_config(overrides=[override])

@@ -78,7 +78,9 @@ def test_cifar10_binary_release(tmp_path):
         records = rng.integers(0, 256, (n, 3073)).astype(np.uint8)
         records[:, 0] = rng.integers(0, 10, n)
         records.tofile(folder / name)
-    (folder / "batches.meta.txt").write_text("\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]))
+    (folder / "batches.meta.txt").write_text(
+        "\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])
+    )
     cfg = DataSection(source="cifar10", root=str(tmp_path))
     train = load_split(cfg, "train")
     assert tuple(train.images.shape) == (20, 3, 32, 32) and train.class_names[3] == "cat"

@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_args
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import tiny_args
 from vqprior import components, runtime
 from vqprior.cli import app
 from vqprior.config import RunSection, VQVAESection, prior_network
@@ -29,14 +29,20 @@ runner = CliRunner()
 
 def small_vqvae():
     torch.manual_seed(0)
-    cfg = VQVAESection(codebook_size=16, code_dim=8, encoder={"target": "conv_encoder", "params": {"hidden": 16}},
-                       decoder={"target": "conv_decoder", "params": {"hidden": 16}})
+    cfg = VQVAESection(
+        codebook_size=16,
+        code_dim=8,
+        encoder={"target": "conv_encoder", "params": {"hidden": 16}},
+        decoder={"target": "conv_decoder", "params": {"hidden": 16}},
+    )
     return build_vqvae(cfg, (1, 28, 28))[0].train()
 
 
 def fullgraph(fn):
     torch._dynamo.reset()
-    return torch.compile(fn, fullgraph=True, backend="eager")  # a graph break (a host read, a data-dependent branch) raises
+    return torch.compile(
+        fn, fullgraph=True, backend="eager"
+    )  # a graph break (a host read, a data-dependent branch) raises
 
 
 def test_the_vqvae_step_has_no_host_sync_or_data_dependent_branch():
@@ -46,10 +52,15 @@ def test_the_vqvae_step_has_no_host_sync_or_data_dependent_branch():
     twin = copy.deepcopy(model)
     eager = vqvae_step(model, model, images)
     compiled = fullgraph(vqvae_step)(twin, twin, images)
-    assert torch.allclose(compiled["loss"], eager["loss"]) and torch.equal(compiled["code_counts"], eager["code_counts"])
+    assert torch.allclose(compiled["loss"], eager["loss"]) and torch.equal(
+        compiled["code_counts"], eager["code_counts"]
+    )
     assert int(compiled["code_counts"].sum()) == 32 * 7 * 7
     fresh = small_vqvae()  # the very first step, which seeds the codebook, compiles whole too
-    assert int(fullgraph(vqvae_step)(fresh, fresh, images)["code_counts"].sum()) == 32 * 7 * 7 and not fresh.quantizer._needs_init
+    assert (
+        int(fullgraph(vqvae_step)(fresh, fresh, images)["code_counts"].sum()) == 32 * 7 * 7
+        and not fresh.quantizer._needs_init
+    )
 
 
 @pytest.mark.parametrize("kind", ["gated_pixelcnn", "row_lstm", "diagonal_bilstm", "transformer"])
@@ -73,8 +84,11 @@ def test_the_weight_ema_update_has_no_host_sync():
 
 def test_bf16_autocast_trains_both_stages_on_the_cpu(tmp_path):
     """The bf16 path (the CUDA default) is exercised here on the CPU: it runs, stays finite and learns."""
-    result = runner.invoke(app, ["run", *tiny_args(tmp_path), "--set", 'run.precision="bf16"', "--set", "prior.epochs=2",
-                                 "--per-class", "1"], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        ["run", *tiny_args(tmp_path), "--set", 'run.precision="bf16"', "--set", "prior.epochs=2", "--per-class", "1"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "bf16" in result.output
     import json
@@ -89,6 +103,7 @@ def test_a_failed_compile_falls_back_to_eager_with_one_notice(monkeypatch):
     def broken_compile(fn, **kwargs):
         def call(*args, **kw):
             raise RuntimeError("no C compiler\nmore detail")
+
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -116,15 +131,20 @@ def test_each_torchrun_process_takes_the_gpu_of_its_local_rank(two_gpus):
     assert runtime.resolve_device("cuda", local_rank=0, local_world=2) == torch.device("cuda", 0)
     assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)  # one process: the GPU it names
     assert runtime.resolve_device("auto") == torch.device("cuda", 0)
-    assert runtime.resolve_device("cpu", local_rank=3, local_world=4) == torch.device("cpu")  # gloo on the CPU: any count
+    assert runtime.resolve_device("cpu", local_rank=3, local_world=4) == torch.device(
+        "cpu"
+    )  # gloo on the CPU: any count
 
 
-@pytest.mark.parametrize("name,local_rank,local_world,message", [
-    ("auto", 0, 3, "torchrun started 3 processes on this machine but it has 2 GPU(s)"),
-    ("cuda", 2, 3, "use --nproc-per-node=2"),
-    ("cuda:1", 0, 2, "would put every torchrun process on one GPU"),
-    ("cuda:2", None, 1, "this machine has 2 CUDA device(s)"),
-])
+@pytest.mark.parametrize(
+    "name,local_rank,local_world,message",
+    [
+        ("auto", 0, 3, "torchrun started 3 processes on this machine but it has 2 GPU(s)"),
+        ("cuda", 2, 3, "use --nproc-per-node=2"),
+        ("cuda:1", 0, 2, "would put every torchrun process on one GPU"),
+        ("cuda:2", None, 1, "this machine has 2 CUDA device(s)"),
+    ],
+)
 def test_more_processes_than_gpus_is_refused_before_any_work(two_gpus, name, local_rank, local_world, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         runtime.resolve_device(name, local_rank, local_world)
@@ -134,7 +154,9 @@ def test_set_device_comes_before_joining_the_process_group(two_gpus, monkeypatch
     calls = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", str(d))))
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **kw: calls.append(("init_process_group", backend)))
+    monkeypatch.setattr(
+        torch.distributed, "init_process_group", lambda backend, **kw: calls.append(("init_process_group", backend))
+    )
     for key, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(key, value)
     threads = torch.get_num_threads()
@@ -169,7 +191,11 @@ def cuda_args(out, name="t"):
 def test_cuda_tiny_pipeline_and_eval(tmp_path):
     result = runner.invoke(app, ["run", *cuda_args(tmp_path), "--per-class", "2"], catch_exceptions=False)
     assert result.exit_code == 0 and "device cuda" in result.output, result.output
-    result = runner.invoke(app, ["eval", "--name", "t", "--out-dir", str(tmp_path), "--n", "200", "--device", "cuda"], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        ["eval", "--name", "t", "--out-dir", str(tmp_path), "--n", "200", "--device", "cuda"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -192,7 +218,10 @@ def test_cuda_resume_is_bitwise_under_deterministic_mode(tmp_path):
         s3_prior.run(cut, SignalAfter(9))
     s3_prior.run(cut)
     for stage, name in (("stage1", "vqvae.safetensors"), ("stage3", "prior.safetensors")):
-        a, b = load_file(str(tmp_path / "ref" / "r" / stage / name)), load_file(str(tmp_path / "cut" / "r" / stage / name))
+        a, b = (
+            load_file(str(tmp_path / "ref" / "r" / stage / name)),
+            load_file(str(tmp_path / "cut" / "r" / stage / name)),
+        )
         assert all(torch.equal(a[k], b[k]) for k in a), f"{stage} differs after resume"
 
 
@@ -209,7 +238,10 @@ def test_cuda_resume_without_deterministic_mode_stays_close(tmp_path):
     with pytest.raises(Interrupted):
         s1_vqvae.run(cut, SignalAfter(7))
     s1_vqvae.run(cut)
-    a, b = load_file(str(tmp_path / "ref" / "r" / "stage1" / "vqvae.safetensors")), load_file(str(tmp_path / "cut" / "r" / "stage1" / "vqvae.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "ref" / "r" / "stage1" / "vqvae.safetensors")),
+        load_file(str(tmp_path / "cut" / "r" / "stage1" / "vqvae.safetensors")),
+    )
     for k in a:  # non-deterministic kernels: the same up to float noise that a few code flips can amplify
         if a[k].is_floating_point():
             assert (a[k] - b[k]).norm() <= 0.05 * a[k].norm() + 1e-3, k
@@ -238,7 +270,9 @@ def test_cuda_training_steps_never_sync(tmp_path):
     images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=scaled_lr(2e-3, 64))
     vqvae_step(model, model, images)["loss"].backward()  # the one-time codebook seeding reads a flag once
-    prior = components.instantiate(components.resolve(prior_network("gated_pixelcnn"), codebook_size=16, num_classes=10)).to(device)
+    prior = components.instantiate(
+        components.resolve(prior_network("gated_pixelcnn"), codebook_size=16, num_classes=10)
+    ).to(device)
     ema, popt = WeightEMA(prior, 0.99), torch.optim.Adam(prior.parameters())
     codes, labels = torch.randint(0, 16, (64, 7, 7), device=device), torch.randint(0, 10, (64,), device=device)
     torch.cuda.synchronize()
@@ -265,8 +299,22 @@ def test_cuda_torchrun_nccl_with_one_process_per_gpu(tmp_path):
     nproc = min(2, torch.cuda.device_count())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for stage in (1, 2, 3, 4):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "vqprior",
-               "run-stage", str(stage), *cuda_args(tmp_path), "--set", "vqvae.batch_size=64", "--set", "prior.batch_size=64"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "vqprior",
+            "run-stage",
+            str(stage),
+            *cuda_args(tmp_path),
+            "--set",
+            "vqvae.batch_size=64",
+            "--set",
+            "prior.batch_size=64",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "t" / "stage4" / "samples.npz").is_file()

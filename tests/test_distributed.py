@@ -8,22 +8,41 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from conftest import tiny_args
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import tiny_args
 from vqprior.cli import app
 
 runner = CliRunner()
 # small enough for seconds, big enough that a batch splits in two and dead codes get re-seeded
-EXTRA = ["--set", "data.train_limit=256", "--set", "vqvae.batch_size=32", "--set", "prior.batch_size=32", "--set", "prior.ema_decay=0.9"]
+EXTRA = [
+    "--set",
+    "data.train_limit=256",
+    "--set",
+    "vqvae.batch_size=32",
+    "--set",
+    "prior.batch_size=32",
+    "--set",
+    "prior.ema_decay=0.9",
+]
 
 
 def torchrun(out, *args, nproc=2, name="t", last=()):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "vqprior",
-           *map(str, args), *tiny_args(out, name), *EXTRA, *last]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "vqprior",
+        *map(str, args),
+        *tiny_args(out, name),
+        *EXTRA,
+        *last,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -51,10 +70,15 @@ def test_two_processes_write_the_artifacts_of_one(both):
     assert not (two / ".lock").exists() and not list(two.glob(".stage*"))
 
 
-@pytest.mark.parametrize("stage,file,tolerance", [
-    # float32: a nearest-code choice that flips on the last bit moves the VQ-VAE by ~1e-3 of a tensor's scale
-    ("stage1", "vqvae.safetensors", 5e-3),
-    ("stage3", "prior.safetensors", 1e-5), ("stage3", "prior_last.safetensors", 1e-5)])
+@pytest.mark.parametrize(
+    "stage,file,tolerance",
+    [
+        # float32: a nearest-code choice that flips on the last bit moves the VQ-VAE by ~1e-3 of a tensor's scale
+        ("stage1", "vqvae.safetensors", 5e-3),
+        ("stage3", "prior.safetensors", 1e-5),
+        ("stage3", "prior_last.safetensors", 1e-5),
+    ],
+)
 def test_two_processes_train_the_weights_of_one(both, stage, file, tolerance):
     # the same global batches, the same dead-code re-seeding and label dropout: equal up to float summation order
     a, b = load_file(str(both[0] / stage / file)), load_file(str(both[1] / stage / file))
@@ -72,7 +96,10 @@ def test_stage_2_on_two_processes_writes_the_codes_of_one(both, tmp_path):
     result = torchrun(tmp_path, "run-stage", 2)
     assert result.returncode == 0, result.stderr[-3000:]
     for split in ("train", "test"):
-        assert np.array_equal(np.load(tmp_path / "t" / "stage2" / f"{split}_codes.npy"), np.load(both[1] / "stage2" / f"{split}_codes.npy"))
+        assert np.array_equal(
+            np.load(tmp_path / "t" / "stage2" / f"{split}_codes.npy"),
+            np.load(both[1] / "stage2" / f"{split}_codes.npy"),
+        )
 
 
 def test_stage_4_on_two_processes_draws_the_images_of_one(both, tmp_path):
@@ -80,7 +107,9 @@ def test_stage_4_on_two_processes_draws_the_images_of_one(both, tmp_path):
 
     for stage in ("stage1", "stage2", "stage3"):
         shutil.copytree(both[1] / stage, tmp_path / "t" / stage)
-    result = torchrun(tmp_path, "run-stage", 4, "--set", "sample.per_class=70")  # 700 maps: 14 noise blocks over 2 processes
+    result = torchrun(
+        tmp_path, "run-stage", 4, "--set", "sample.per_class=70"
+    )  # 700 maps: 14 noise blocks over 2 processes
     assert result.returncode == 0, result.stderr[-3000:]
     shutil.copytree(tmp_path / "t", tmp_path / "solo" / "t", ignore=shutil.ignore_patterns("stage4"))
     single(tmp_path / "solo", "run-stage", 4, "--per-class", 70)
@@ -102,9 +131,26 @@ def test_interrupted_two_process_stage_3_resumes_in_one(both, tmp_path):
     for stage in ("stage1", "stage2"):
         shutil.copytree(both[0] / stage, tmp_path / "t" / stage)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vqprior", "run-stage", "3",
-           *tiny_args(tmp_path, "t"), *EXTRA, "--set", "prior.epochs=40", "--set", "run.checkpoint_every=2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "vqprior",
+        "run-stage",
+        "3",
+        *tiny_args(tmp_path, "t"),
+        *EXTRA,
+        "--set",
+        "prior.epochs=40",
+        "--set",
+        "run.checkpoint_every=2",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     ckpt = tmp_path / "t" / ".checkpoints" / "stage3.pt"
     deadline = time.monotonic() + 120
     while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -114,13 +160,26 @@ def test_interrupted_two_process_stage_3_resumes_in_one(both, tmp_path):
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches every process of the group
     _, err = proc.communicate(timeout=120)
     assert "checkpoint saved" in err, err[-3000:]
-    result = runner.invoke(app, ["run-stage", "3", *tiny_args(tmp_path, "t"), *EXTRA, "--set", "prior.epochs=40",
-                                 "--set", "run.checkpoint_every=2"], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        [
+            "run-stage",
+            "3",
+            *tiny_args(tmp_path, "t"),
+            *EXTRA,
+            "--set",
+            "prior.epochs=40",
+            "--set",
+            "run.checkpoint_every=2",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0 and "resuming from epoch" in " ".join(result.output.split()), result.output
     assert (tmp_path / "t" / "stage3" / "prior.safetensors").is_file()
 
 
 # ------------------------------------------------------------------ two torchrun "nodes" on this machine, and faults
+
 
 def free_port() -> int:
     import socket
@@ -134,11 +193,34 @@ def two_nodes(out, *args, port: int, last=(), nnodes: int = 2, ranks=(0, 1)):
     """One torchrun launcher per "node" (--nnodes=2, one process each), c10d rendezvous on 127.0.0.1: what two
     machines would run. Returns the launchers (started, not waited for)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", "--nproc-per-node=1",
-                              f"--node-rank={r}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=vq",
-                              "--rdzv-conf=join_timeout=10", "-m", "vqprior", *map(str, args), *tiny_args(out), *EXTRA, *last],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-            for r in ranks]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nnodes={nnodes}",
+                "--nproc-per-node=1",
+                f"--node-rank={r}",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "--rdzv-id=vq",
+                "--rdzv-conf=join_timeout=10",
+                "-m",
+                "vqprior",
+                *map(str, args),
+                *tiny_args(out),
+                *EXTRA,
+                *last,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for r in ranks
+    ]
 
 
 def finish(procs, timeout: float):
@@ -195,15 +277,21 @@ def test_a_rank_killed_during_stage_3_stops_every_rank_with_one_line_and_the_run
     assert time.monotonic() - started < 90
     assert all(code != 0 for code, _ in results)
     errors = [line for line in results[0][1].splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "[rank 0] lost contact with another torchrun process" in errors[0], results[0][1][-3000:]
+    assert len(errors) == 1 and "[rank 0] lost contact with another torchrun process" in errors[0], results[0][1][
+        -3000:
+    ]
     assert not (tmp_path / "t" / "stage3").exists() and ckpt.is_file()
     # the same job started again resumes from the last checkpoint and ends bitwise where an undisturbed job ends
     again = finish(two_nodes(tmp_path, "run-stage", 3, port=free_port(), last=long), timeout=180)
-    assert all(code == 0 for code, _ in again) and "resuming from epoch" in " ".join(again[0][1].split()), again[0][1][-3000:]
+    assert all(code == 0 for code, _ in again) and "resuming from epoch" in " ".join(again[0][1].split()), again[0][1][
+        -3000:
+    ]
     reference = tmp_path / "ref"
     for stage in ("stage1", "stage2"):
         shutil.copytree(both[1] / stage, reference / "t" / stage)
-    assert all(code == 0 for code, _ in finish(two_nodes(reference, "run-stage", 3, port=free_port(), last=long), timeout=180))
+    assert all(
+        code == 0 for code, _ in finish(two_nodes(reference, "run-stage", 3, port=free_port(), last=long), timeout=180)
+    )
     for name in ("prior.safetensors", "prior_last.safetensors"):
         assert (tmp_path / "t" / "stage3" / name).read_bytes() == (reference / "t" / "stage3" / name).read_bytes(), name
 
@@ -213,8 +301,22 @@ def test_a_rank_that_cannot_join_is_one_line(tmp_path):
     results = finish(two_nodes(tmp_path, "run-stage", 1, port=free_port(), nnodes=3), timeout=120)
     assert all(code != 0 for code, _ in results)
     # WORLD_SIZE claims a peer that never starts: this process waits run.timeout_s at most, then says so in one line
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}
-    result = subprocess.run([sys.executable, "-m", "vqprior", "run-stage", "1", *tiny_args(tmp_path), "--set", "run.timeout_s=10"],
-                            capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 2 and result.stderr.count("error:") == 1 and "could not join" in result.stderr, result.stderr[-2000:]
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "vqprior", "run-stage", "1", *tiny_args(tmp_path), "--set", "run.timeout_s=10"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 2 and result.stderr.count("error:") == 1 and "could not join" in result.stderr, (
+        result.stderr[-2000:]
+    )

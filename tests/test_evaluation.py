@@ -10,10 +10,10 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_args
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_args
 from vqprior.cli import app
 from vqprior.evaluation import classifier as classifier_module
 from vqprior.evaluation.frechet import frechet_distance, frechet_distance_from_stats, precision_recall
@@ -62,7 +62,9 @@ def evaluated_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     result = runner.invoke(app, ["run", *tiny_args(out), "--per-class", 2], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["eval", "--name", "t", "--out-dir", str(out), "--n", 200, "--device", "cpu"], catch_exceptions=False)
+    result = runner.invoke(
+        app, ["eval", "--name", "t", "--out-dir", str(out), "--n", 200, "--device", "cpu"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return out / "t", result.output
 
@@ -80,7 +82,9 @@ def test_eval_json_has_every_number_and_the_table_is_printed(evaluated_run):
     assert v["test_psnr"] == pytest.approx(10 * np.log10(1 / v["test_recon_mse"]))
     assert p["test_bits_per_map"] == pytest.approx(49 * p["test_bits_per_code"])
     # the image bound counts the prior's bits and the decoder's, per pixel
-    assert p["image_nll_bound_bits_per_dim"] == pytest.approx((p["test_bits_per_map"] + p["decoder_bits_per_image"]) / 784)
+    assert p["image_nll_bound_bits_per_dim"] == pytest.approx(
+        (p["test_bits_per_map"] + p["decoder_bits_per_image"]) / 784
+    )
     assert 0 < p["image_nll_bound_bits_per_dim"] < 8
     assert 0 <= ev["classifier"]["test_accuracy"] <= 1
     with Image.open(run_dir / "eval" / "samples.png") as grid:
@@ -121,8 +125,16 @@ def _browser():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--hide-scrollbars", "--virtual-time-budget=10000"]
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--virtual-time-budget=10000",
+]
 
 
 def test_report_renders_in_a_real_browser(evaluated_run, tmp_path):
@@ -133,13 +145,18 @@ def test_report_renders_in_a_real_browser(evaluated_run, tmp_path):
     page = run_dir / "report.html"
     html = page.read_text()
     assert "<script>alert" not in html and "data:image/gif;base64," in html
-    dom = subprocess.run([browser, *BROWSER_FLAGS, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [browser, *BROWSER_FLAGS, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     images = int(re.search(r'data-images="(\d+)"', dom).group(1))
     decoded = int(re.search(r'data-images-decoded="(\d+)"', dom).group(1))
     assert images >= 7 and decoded == images, f"{decoded} of {images} images decoded"
     shot = tmp_path / "report.png"
-    subprocess.run([browser, *BROWSER_FLAGS, "--window-size=1200,2200", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [browser, *BROWSER_FLAGS, "--window-size=1200,2200", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (2200, 1200) and pixels.std() > 20 and len(np.unique(pixels)) > 50, "blank screenshot"
 
@@ -149,8 +166,11 @@ def test_user_text_in_the_report_is_escaped(tmp_path):
 
     run_dir = tmp_path / "evil"
     (run_dir / "stage1").mkdir(parents=True)
-    (run_dir / "stage1" / "manifest.json").write_text(json.dumps({
-        "timings_s": {"total": 1}, "created": "now", "config": {"run": {"name": "<script>alert(1)</script>"}}}))
+    (run_dir / "stage1" / "manifest.json").write_text(
+        json.dumps(
+            {"timings_s": {"total": 1}, "created": "now", "config": {"run": {"name": "<script>alert(1)</script>"}}}
+        )
+    )
     html = write_report(run_dir).read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 

@@ -10,10 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from conftest import tiny_args
 from faults import fill, remount_readonly, small_disk
+from typer.testing import CliRunner
+
 from vqprior import artifacts
 from vqprior.cli import app
 from vqprior.errors import DiskFull
@@ -48,7 +48,9 @@ def enospc(*args, **kwargs):
 
 
 @pytest.mark.parametrize("stage,weights", [(1, "vqvae.safetensors"), (3, "prior.safetensors")])
-def test_disk_full_while_a_training_stage_writes_keeps_the_training_and_resumes(reference, tmp_path, monkeypatch, stage, weights):
+def test_disk_full_while_a_training_stage_writes_keeps_the_training_and_resumes(
+    reference, tmp_path, monkeypatch, stage, weights
+):
     run_dir = tmp_path / "t"
     if stage == 3:
         for s in (1, 2):
@@ -72,7 +74,11 @@ def test_disk_full_while_a_training_stage_writes_keeps_the_training_and_resumes(
 def test_disk_full_before_stage_2_maps_its_files_is_one_line(reference, tmp_path, monkeypatch):
     run_dir = tmp_path / "t"
     shutil.copytree(reference / "stage1", run_dir / "stage1")
-    monkeypatch.setattr(os, "posix_fallocate", lambda fd, off, n: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr(
+        os,
+        "posix_fallocate",
+        lambda fd, off, n: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")),
+    )
     one_error_line(invoke("run-stage", 2, *tiny_args(tmp_path)), "no space left on device while writing")
     no_leftovers(run_dir)
     assert not (run_dir / "stage2").exists()
@@ -85,9 +91,16 @@ def test_a_real_full_filesystem_refuses_stage_2_up_front_and_leaves_nothing(refe
         run_dir = disk / "t"
         shutil.copytree(reference / "stage1", run_dir / "stage1")
         fill(disk, 300)  # stage 2's maps would fit, with no room to spare: refused before any memory map is written
-        result = subprocess.run([sys.executable, "-m", "vqprior", "run-stage", "2", *tiny_args(disk)], capture_output=True, text=True)
-        assert result.returncode == 2 and "no space left on device" in result.stderr and "Traceback" not in result.stderr, result.stderr
-        assert [line.startswith("error:") for line in result.stderr.strip().splitlines()] == [False, True]  # progress, error
+        result = subprocess.run(
+            [sys.executable, "-m", "vqprior", "run-stage", "2", *tiny_args(disk)], capture_output=True, text=True
+        )
+        assert (
+            result.returncode == 2 and "no space left on device" in result.stderr and "Traceback" not in result.stderr
+        ), result.stderr
+        assert [line.startswith("error:") for line in result.stderr.strip().splitlines()] == [
+            False,
+            True,
+        ]  # progress, error
         assert f"writing {run_dir / 'stage2'} " in result.stderr
         no_leftovers(run_dir)
 
@@ -117,8 +130,14 @@ def test_report_on_a_read_only_folder_is_one_line(reference, tmp_path):
 def test_killed_writers_leave_temporary_folders_that_the_next_run_removes(reference, tmp_path):
     run_dir = tmp_path / "t"
     shutil.copytree(reference, run_dir)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    leftovers = [run_dir / f".stage2.tmp-{dead}", run_dir / f".stage4.old-{dead}", run_dir / ".checkpoints" / f".stage3.pt.{dead}.tmp"]
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    leftovers = [
+        run_dir / f".stage2.tmp-{dead}",
+        run_dir / f".stage4.old-{dead}",
+        run_dir / ".checkpoints" / f".stage3.pt.{dead}.tmp",
+    ]
     for p in leftovers[:2]:
         (p / "sub").mkdir(parents=True)
     leftovers[2].parent.mkdir()
@@ -134,13 +153,28 @@ def test_disk_full_while_training_fills_progress_files_is_one_line_and_resumable
         if disk is None:
             pytest.skip("mounting a tmpfs needs root")
         filler = fill(disk, 8)  # 8 KiB left: the first picture or checkpoint does not fit
-        result = subprocess.run([sys.executable, "-m", "vqprior", "run", *tiny_args(disk), "--per-class", "1"], capture_output=True, text=True)
-        assert result.returncode == 2 and "no space left on device" in result.stderr and "Traceback" not in result.stderr, result.stderr
+        result = subprocess.run(
+            [sys.executable, "-m", "vqprior", "run", *tiny_args(disk), "--per-class", "1"],
+            capture_output=True,
+            text=True,
+        )
+        assert (
+            result.returncode == 2 and "no space left on device" in result.stderr and "Traceback" not in result.stderr
+        ), result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("error:")
         no_leftovers(disk / "t")
         filler.unlink()
-        again = subprocess.run([sys.executable, "-m", "vqprior", "run", *tiny_args(disk), "--per-class", "1"], capture_output=True, text=True)
+        again = subprocess.run(
+            [sys.executable, "-m", "vqprior", "run", *tiny_args(disk), "--per-class", "1"],
+            capture_output=True,
+            text=True,
+        )
         assert again.returncode == 0, again.stderr
         for stage, name in ((1, "vqvae.safetensors"), (3, "prior.safetensors")):
-            assert (disk / "t" / f"stage{stage}" / name).read_bytes() == (reference / f"stage{stage}" / name).read_bytes(), name
-        assert np.array_equal(np.load(disk / "t" / "stage4" / "samples.npz")["images"], np.load(reference / "stage4" / "samples.npz")["images"])
+            assert (disk / "t" / f"stage{stage}" / name).read_bytes() == (
+                reference / f"stage{stage}" / name
+            ).read_bytes(), name
+        assert np.array_equal(
+            np.load(disk / "t" / "stage4" / "samples.npz")["images"],
+            np.load(reference / "stage4" / "samples.npz")["images"],
+        )

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_args
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_args
 from vqprior.artifacts import run_lock
 from vqprior.cli import app
 from vqprior.errors import UserError
@@ -38,7 +38,11 @@ def invoke(*args):
 
 
 def manifests(run_dir):
-    return {s: (run_dir / f"stage{s}" / "manifest.json").read_text() for s in (1, 2, 3, 4) if (run_dir / f"stage{s}").is_dir()}
+    return {
+        s: (run_dir / f"stage{s}" / "manifest.json").read_text()
+        for s in (1, 2, 3, 4)
+        if (run_dir / f"stage{s}").is_dir()
+    }
 
 
 def test_run_is_incremental_like_make(tmp_path):
@@ -56,12 +60,21 @@ def test_run_is_incremental_like_make(tmp_path):
     # a new prior setting would retrain the finished prior: refused in one line, nothing touched ...
     refused = invoke("run", *tiny_args(tmp_path), "--per-class", 3, "--set", "prior.lr=0.002")
     errors = [line for line in refused.output.splitlines() if line.startswith("error:")]
-    assert refused.exit_code == 2 and len(errors) == 1 and "prior.lr 0.003 -> 0.002" in errors[0] and "--replace" in errors[0], refused.output
+    assert (
+        refused.exit_code == 2
+        and len(errors) == 1
+        and "prior.lr 0.003 -> 0.002" in errors[0]
+        and "--replace" in errors[0]
+    ), refused.output
     assert "stage 3 done" not in refused.output
     after_refusal = manifests(run_dir)
     # ... and a preset with other settings is refused the same way (it would replace the VQ-VAE and the prior)
-    preset = invoke("run", *tiny_args(tmp_path)[:10], "--preset", "quick")  # the folder, device and data of the tiny run
-    assert preset.exit_code == 2 and "would replace the VQ-VAE (stage 1) and the prior (stage 3)" in preset.output, preset.output
+    preset = invoke(
+        "run", *tiny_args(tmp_path)[:10], "--preset", "quick"
+    )  # the folder, device and data of the tiny run
+    assert preset.exit_code == 2 and "would replace the VQ-VAE (stage 1) and the prior (stage 3)" in preset.output, (
+        preset.output
+    )
     assert manifests(run_dir) == after_refusal
     # --replace retrains it there: stages 3 and 4 redone
     prior = invoke("run", *tiny_args(tmp_path), "--per-class", 3, "--set", "prior.lr=0.002", "--replace")
@@ -73,6 +86,7 @@ def test_run_is_incremental_like_make(tmp_path):
 
 def test_run_after_an_interrupted_stage_3_resumes_it_without_retraining_1_and_2(tmp_path):
     from test_resume import SignalAfter
+
     from vqprior.config import load_config
     from vqprior.stages import s3_prior
 
@@ -149,7 +163,9 @@ def test_only_one_of_many_processes_takes_the_run_lock(tmp_path):
 
 
 def test_a_killed_holder_does_not_block_the_next_run(tmp_path):
-    code = f"from vqprior.artifacts import run_lock\nimport os\nwith run_lock({str(tmp_path / 'r')!r}):\n    os._exit(9)"
+    code = (
+        f"from vqprior.artifacts import run_lock\nimport os\nwith run_lock({str(tmp_path / 'r')!r}):\n    os._exit(9)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9
     assert (tmp_path / "r" / ".lock").exists()  # the file stays, but the kernel released the lock
     with run_lock(tmp_path / "r"):
@@ -160,7 +176,11 @@ def test_a_killed_holder_does_not_block_the_next_run(tmp_path):
 def test_sigterm_during_stage_2_or_4_leaves_no_lock_or_temporary_folder(tmp_path, stage):
     for s in (1, 2, 3):
         assert invoke("run-stage", s, *tiny_args(tmp_path, "sig")).exit_code == 0
-    extra = ["--per-class", "200000", "--set", "sample.limit=2000000", "--set", "sample.batch_size=50"] if stage == 4 else []
+    extra = (
+        ["--per-class", "200000", "--set", "sample.limit=2000000", "--set", "sample.batch_size=50"]
+        if stage == 4
+        else []
+    )
     args = [sys.executable, "-m", "vqprior", "run-stage", str(stage), *tiny_args(tmp_path, "sig"), *extra]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "sig"
@@ -178,6 +198,7 @@ def test_sigterm_during_stage_2_or_4_leaves_no_lock_or_temporary_folder(tmp_path
 
 def test_ctrl_c_during_the_epoch_end_evaluation_is_honoured(tmp_path, monkeypatch):
     from test_resume import assert_same, config, weights
+
     from vqprior.stages import s1_vqvae
     from vqprior.training import Interrupted
 
@@ -198,7 +219,10 @@ def test_ctrl_c_during_the_epoch_end_evaluation_is_honoured(tmp_path, monkeypatc
         s1_vqvae.run(cfg)
     monkeypatch.setattr(s1_vqvae, "reconstruction_metrics", real)
     s1_vqvae.run(cfg)
-    assert_same(weights(tmp_path / "a" / "x" / "stage1" / "vqvae.safetensors"), weights(tmp_path / "b" / "x" / "stage1" / "vqvae.safetensors"))
+    assert_same(
+        weights(tmp_path / "a" / "x" / "stage1" / "vqvae.safetensors"),
+        weights(tmp_path / "b" / "x" / "stage1" / "vqvae.safetensors"),
+    )
     history = json.loads((tmp_path / "b" / "x" / "stage1" / "metrics.json").read_text())["epochs"]
     assert [row["epoch"] for row in history] == [1, 2]
 
@@ -235,3 +259,13 @@ def test_the_prior_contract_catches_a_non_causal_prior():
         check_prior(Peeking(8), "x:Peeking")
     with pytest.raises(UserError, match="must subclass"):
         check_prior(torch.nn.Linear(2, 2), "x:Linear")
+
+
+def test_out_dir_on_run_and_run_stage_means_what_it_means_on_every_other_command(tmp_path):
+    args = tiny_args(tmp_path / "unused")[2:]  # the tiny run without its run.out_dir
+    first = invoke("run-stage", 1, *args, "--out-dir", tmp_path / "o")
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "o" / "t" / "stage1" / "manifest.json").is_file() and not (tmp_path / "unused").exists()
+    rest = invoke("run", *args, "--out-dir", tmp_path / "o", "--per-class", 1)
+    assert rest.exit_code == 0 and "stage 1 up to date" in rest.output, rest.output
+    assert invoke("report", "--out-dir", tmp_path / "o", "--name", "t").exit_code == 0

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_args
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from conftest import tiny_args
 from vqprior.cli import app
 from vqprior.errors import UserError
 
@@ -49,8 +49,11 @@ def run(finished_run, tmp_path):
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def refresh_manifests(run_dir: Path) -> None:
@@ -61,8 +64,10 @@ def refresh_manifests(run_dir: Path) -> None:
         if not path.is_file():
             continue
         m = json.loads(path.read_text())
-        m["outputs"] = {name: digest(run_dir / f"stage{stage}" / name) if (run_dir / f"stage{stage}" / name).is_file() else d
-                        for name, d in m["outputs"].items()}
+        m["outputs"] = {
+            name: digest(run_dir / f"stage{stage}" / name) if (run_dir / f"stage{stage}" / name).is_file() else d
+            for name, d in m["outputs"].items()
+        }
         for record in m.get("inputs", {}).values():
             source = run_dir / record["path"]
             if source.is_file():
@@ -92,6 +97,7 @@ def victims_untouched(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ planted links and special files
 
+
 def plant_link(rel: str, target: str):
     def setup(run_dir: Path, tmp: Path) -> None:
         link = run_dir / rel
@@ -100,6 +106,7 @@ def plant_link(rel: str, target: str):
         else:
             link.unlink(missing_ok=True)
         link.symlink_to(tmp / target)
+
     return setup
 
 
@@ -116,7 +123,12 @@ LINK_CASES = [
     # (id, setup, command, tiny args?)
     ("report-tmp-link/report", plant_link(".report.html.tmp", "victim.txt"), ["report"], False),
     ("report-tmp-link/run", plant_link(".report.html.tmp", "victim.txt"), ["run", "--per-class", "1"], True),
-    ("report-tmp-link/eval", plant_link(".report.html.tmp", "victim.txt"), ["eval", "--n", "100", "--device", "cpu"], False),
+    (
+        "report-tmp-link/eval",
+        plant_link(".report.html.tmp", "victim.txt"),
+        ["eval", "--n", "100", "--device", "cpu"],
+        False,
+    ),
     ("report-html-link/report", plant_link("report.html", "victim.txt"), ["report"], False),
     ("lock-link/run-stage-4", plant_link(".lock", "victim.txt"), ["run-stage", "4"], True),
     ("lock-link/eval", plant_link(".lock", "victim.txt"), ["eval", "--n", "100", "--device", "cpu"], False),
@@ -125,7 +137,12 @@ LINK_CASES = [
     ("progress-link/run-stage-3", plant_link("progress", "victim_dir"), ["run-stage", "3"], True),
     ("eval-link/eval", plant_link("eval", "victim_dir"), ["eval", "--n", "100", "--device", "cpu"], False),
     ("picture-link/report", plant_private_picture, ["report"], False),
-    ("weights-link/score", plant_link("stage3/prior_last.safetensors", "victim.txt"), ["score", "--from", "test", "--n", "2", "--device", "cpu"], False),
+    (
+        "weights-link/score",
+        plant_link("stage3/prior_last.safetensors", "victim.txt"),
+        ["score", "--from", "test", "--n", "2", "--device", "cpu"],
+        False,
+    ),
 ]
 
 
@@ -138,7 +155,11 @@ def test_a_planted_link_is_refused_and_nothing_outside_is_touched(case_id, setup
     victims_untouched(tmp_path)
     assert snapshot(run) == before, "the run folder changed"
     assert not (tmp_path / "out" / "t" / "report.html").is_symlink() or case_id.startswith("report-html")
-    assert b"private" not in (run / "report.html").read_bytes() if (run / "report.html").is_file() and not (run / "report.html").is_symlink() else True
+    assert (
+        b"private" not in (run / "report.html").read_bytes()
+        if (run / "report.html").is_file() and not (run / "report.html").is_symlink()
+        else True
+    )
 
 
 def test_a_fifo_in_the_run_folder_is_refused_not_waited_on(run, tmp_path):
@@ -165,32 +186,84 @@ def test_runs_lists_a_run_with_a_link_as_refused_and_the_others_as_usual(run, tm
 
 # ------------------------------------------------------------------ forged manifests: paths outside the run folder
 
+
 def forge_manifest(stage: int, change):
     def setup(run_dir: Path, tmp: Path) -> None:
         path = run_dir / f"stage{stage}" / "manifest.json"
         m = json.loads(path.read_text())
         change(m)
         path.write_text(json.dumps(m))
+
     return setup
 
 
 MANIFEST_CASES = [
-    ("output-proc-file", forge_manifest(1, lambda m: m["outputs"].__setitem__("/proc/self/pagemap", "0" * 64)), ["run-stage", "2"],
-     "not a file of that stage folder"),
-    ("output-dotdot", forge_manifest(1, lambda m: m["outputs"].__setitem__("../../victim.txt", "0" * 64)), ["run-stage", "2"],
-     "not a file of that stage folder"),
-    ("input-proc-file", forge_manifest(3, lambda m: m["inputs"]["train_codes"].__setitem__("path", "/proc/self/pagemap")),
-     ["run-stage", "4"], "outside the run folder"),
-    ("input-dotdot", forge_manifest(3, lambda m: m["inputs"]["train_codes"].__setitem__("path", "../victim.txt")), ["run-stage", "4"],
-     "outside the run folder"),
-    ("stage2-grid-infinite", forge_manifest(2, lambda m: m.__setitem__("grid", [float("inf"), 7])), ["run-stage", "3"], "finite"),
-    ("stage2-codebook-1e12", forge_manifest(2, lambda m: m.__setitem__("codebook_size", 10**12)), ["run-stage", "3"], "codebook_size"),
-    ("manifest-a-list", lambda r, t: (r / "stage3" / "manifest.json").write_text("[1, 2]"), ["run-stage", "4"], "not an object"),
-    ("manifest-not-utf8", lambda r, t: (r / "stage3" / "manifest.json").write_bytes(b'{"a": "\xff"}'), ["run-stage", "4"], "not UTF-8"),
-    ("manifest-deeply-nested", lambda r, t: (r / "stage3" / "manifest.json").write_text("[" * 100_000 + "]" * 100_000), ["run-stage", "4"],
-     "nested too deeply"),
-    ("manifest-outputs-a-list", forge_manifest(3, lambda m: m.__setitem__("outputs", [1])), ["run-stage", "4"], "wrong shape"),
-    ("manifest-inputs-strings", forge_manifest(3, lambda m: m.__setitem__("inputs", {"a": "b"})), ["run-stage", "4"], "wrong shape"),
+    (
+        "output-proc-file",
+        forge_manifest(1, lambda m: m["outputs"].__setitem__("/proc/self/pagemap", "0" * 64)),
+        ["run-stage", "2"],
+        "not a file of that stage folder",
+    ),
+    (
+        "output-dotdot",
+        forge_manifest(1, lambda m: m["outputs"].__setitem__("../../victim.txt", "0" * 64)),
+        ["run-stage", "2"],
+        "not a file of that stage folder",
+    ),
+    (
+        "input-proc-file",
+        forge_manifest(3, lambda m: m["inputs"]["train_codes"].__setitem__("path", "/proc/self/pagemap")),
+        ["run-stage", "4"],
+        "outside the run folder",
+    ),
+    (
+        "input-dotdot",
+        forge_manifest(3, lambda m: m["inputs"]["train_codes"].__setitem__("path", "../victim.txt")),
+        ["run-stage", "4"],
+        "outside the run folder",
+    ),
+    (
+        "stage2-grid-infinite",
+        forge_manifest(2, lambda m: m.__setitem__("grid", [float("inf"), 7])),
+        ["run-stage", "3"],
+        "finite",
+    ),
+    (
+        "stage2-codebook-1e12",
+        forge_manifest(2, lambda m: m.__setitem__("codebook_size", 10**12)),
+        ["run-stage", "3"],
+        "codebook_size",
+    ),
+    (
+        "manifest-a-list",
+        lambda r, t: (r / "stage3" / "manifest.json").write_text("[1, 2]"),
+        ["run-stage", "4"],
+        "not an object",
+    ),
+    (
+        "manifest-not-utf8",
+        lambda r, t: (r / "stage3" / "manifest.json").write_bytes(b'{"a": "\xff"}'),
+        ["run-stage", "4"],
+        "not UTF-8",
+    ),
+    (
+        "manifest-deeply-nested",
+        lambda r, t: (r / "stage3" / "manifest.json").write_text("[" * 100_000 + "]" * 100_000),
+        ["run-stage", "4"],
+        "nested too deeply",
+    ),
+    (
+        "manifest-outputs-a-list",
+        forge_manifest(3, lambda m: m.__setitem__("outputs", [1])),
+        ["run-stage", "4"],
+        "wrong shape",
+    ),
+    (
+        "manifest-inputs-strings",
+        forge_manifest(3, lambda m: m.__setitem__("inputs", {"a": "b"})),
+        ["run-stage", "4"],
+        "wrong shape",
+    ),
 ]
 
 
@@ -206,6 +279,7 @@ def test_a_forged_manifest_is_one_line_and_quick(case_id, setup, args, message, 
 
 
 # ------------------------------------------------------------------ forged values inside a run folder
+
 
 def forge_config(run_dir: Path, change) -> None:
     path = run_dir / "stage3" / "config.json"
@@ -237,10 +311,21 @@ def negative_labels(run_dir: Path) -> None:
 
 
 VALUE_CASES = [
-    ("saved-guidance-1e6", lambda r: forge_config(r, lambda c: c["config"]["sample"].__setitem__("guidance", 1e6)), "guidance"),
-    ("saved-temperature-a-string", lambda r: forge_config(r, lambda c: c["config"]["sample"].__setitem__("temperature", "hot")),
-     "temperature must be a number"),
-    ("saved-sample-not-a-table", lambda r: forge_config(r, lambda c: c["config"].__setitem__("sample", 3)), "not a table"),
+    (
+        "saved-guidance-1e6",
+        lambda r: forge_config(r, lambda c: c["config"]["sample"].__setitem__("guidance", 1e6)),
+        "guidance",
+    ),
+    (
+        "saved-temperature-a-string",
+        lambda r: forge_config(r, lambda c: c["config"]["sample"].__setitem__("temperature", "hot")),
+        "temperature must be a number",
+    ),
+    (
+        "saved-sample-not-a-table",
+        lambda r: forge_config(r, lambda c: c["config"].__setitem__("sample", 3)),
+        "not a table",
+    ),
     ("nan-weights", nan_prior, "NaN"),
     ("float-labels", float_labels, "labels"),
     ("negative-labels", negative_labels, "labels"),
@@ -270,12 +355,15 @@ def test_a_checkpoint_of_the_wrong_shape_is_one_line(run):
 
 # ------------------------------------------------------------------ values from the user, the environment and files
 
+
 def test_threads_are_capped_at_a_sane_multiple_of_the_cores(run):
     for value in ("10000", "100000", "1e20"):
         one_line(cli(run, "run-stage", "4", "--set", f"run.threads={value}"), "run.threads")
 
 
-@pytest.mark.parametrize("env", [{"RANK": "x"}, {"WORLD_SIZE": "-3"}, {"RANK": "5", "WORLD_SIZE": "2"}, {"LOCAL_WORLD_SIZE": "0"}])
+@pytest.mark.parametrize(
+    "env", [{"RANK": "x"}, {"WORLD_SIZE": "-3"}, {"RANK": "5", "WORLD_SIZE": "2"}, {"LOCAL_WORLD_SIZE": "0"}]
+)
 def test_malformed_torchrun_variables_are_one_line(env, run):
     one_line(cli(run, "run-stage", "4", env=env), "torchrun")
 
@@ -327,11 +415,31 @@ def test_an_exif_rotated_photo_is_read_upright(tmp_path):
 API_CASES = [
     ("load-none", lambda vqprior, r: vqprior.load(None), "run folder"),
     ("device-none", lambda vqprior, r: vqprior.load(r, device=None), "device must be"),
-    ("temperature-string", lambda vqprior, r: vqprior.load(r, device="cpu").generate(labels=[3], temperature="1"), "temperature must be a number"),
-    ("label-string", lambda vqprior, r: vqprior.load(r, device="cpu").complete(np.zeros((1, 28, 28), np.uint8), label="3"), "--label"),
-    ("label-fraction", lambda vqprior, r: vqprior.load(r, device="cpu").complete(np.zeros((1, 28, 28), np.uint8), label=3.5), "--label"),
-    ("decode-no-maps", lambda vqprior, r: vqprior.load(r, device="cpu").decode(np.zeros((0, 7, 7), np.int64)), "N >= 1"),
-    ("integer-images-out-of-range", lambda vqprior, r: vqprior.load(r, device="cpu").encode(np.full((1, 28, 28), 300, np.int64)), "0..255"),
+    (
+        "temperature-string",
+        lambda vqprior, r: vqprior.load(r, device="cpu").generate(labels=[3], temperature="1"),
+        "temperature must be a number",
+    ),
+    (
+        "label-string",
+        lambda vqprior, r: vqprior.load(r, device="cpu").complete(np.zeros((1, 28, 28), np.uint8), label="3"),
+        "--label",
+    ),
+    (
+        "label-fraction",
+        lambda vqprior, r: vqprior.load(r, device="cpu").complete(np.zeros((1, 28, 28), np.uint8), label=3.5),
+        "--label",
+    ),
+    (
+        "decode-no-maps",
+        lambda vqprior, r: vqprior.load(r, device="cpu").decode(np.zeros((0, 7, 7), np.int64)),
+        "N >= 1",
+    ),
+    (
+        "integer-images-out-of-range",
+        lambda vqprior, r: vqprior.load(r, device="cpu").encode(np.full((1, 28, 28), 300, np.int64)),
+        "0..255",
+    ),
 ]
 
 
@@ -353,6 +461,7 @@ def test_integer_images_are_read_as_0_to_255(finished_run):
 
 # ------------------------------------------------------------------ the page
 
+
 @pytest.fixture
 def client(finished_run):
     pytest.importorskip("starlette")
@@ -365,15 +474,25 @@ def client(finished_run):
         yield c
 
 
-@pytest.mark.parametrize("body", [{"n": 10**400}, {"seed": -(10**400)}, {"temperature": 10**400}, {"label": 10**400},
-                                  {"mix": {"a": 1, "b": 2, "weight": 10**400}}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"n": 10**400},
+        {"seed": -(10**400)},
+        {"temperature": 10**400},
+        {"label": 10**400},
+        {"mix": {"a": 1, "b": 2, "weight": 10**400}},
+    ],
+)
 def test_huge_integers_are_a_400(client, body):
     r = client.post("/api/generate", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code == 400 and "must be" in r.json()["error"]
 
 
 def test_deeply_nested_json_is_a_400(client):
-    r = client.post("/api/generate", content="[" * 200_000 + "]" * 200_000, headers={"content-type": "application/json"})
+    r = client.post(
+        "/api/generate", content="[" * 200_000 + "]" * 200_000, headers={"content-type": "application/json"}
+    )
     assert r.status_code in (400, 413) and "error" in r.json()
 
 
@@ -395,8 +514,10 @@ def test_a_chunked_upload_over_the_limit_is_cut_without_being_spooled(client):
     from vqprior.serve.app import MAX_UPLOAD
 
     boundary = "XyZ"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n"
+    ).encode()
 
     def body():
         yield head

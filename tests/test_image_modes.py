@@ -18,13 +18,24 @@ def expected(values=RAMP):
     return np.rint(values * 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("name,make,notice", [
-    ("16-bit PNG", lambda p: Image.fromarray(np.rint(RAMP * 65535).astype(np.uint16)).save(p), None),
-    ("float TIFF in [0, 1]", lambda p: Image.fromarray(RAMP.astype(np.float32), mode="F").save(p), "[0, 1]"),
-    ("float TIFF in [0, 255]", lambda p: Image.fromarray((RAMP * 255).astype(np.float32), mode="F").save(p), "[0, 255]"),
-    ("32-bit integer TIFF in 0..65535", lambda p: Image.fromarray(np.rint(RAMP * 65535).astype(np.int32), mode="I").save(p), "16-bit"),
-    ("8-bit grey", lambda p: Image.fromarray(expected()).save(p), None),
-])
+@pytest.mark.parametrize(
+    "name,make,notice",
+    [
+        ("16-bit PNG", lambda p: Image.fromarray(np.rint(RAMP * 65535).astype(np.uint16)).save(p), None),
+        ("float TIFF in [0, 1]", lambda p: Image.fromarray(RAMP.astype(np.float32), mode="F").save(p), "[0, 1]"),
+        (
+            "float TIFF in [0, 255]",
+            lambda p: Image.fromarray((RAMP * 255).astype(np.float32), mode="F").save(p),
+            "[0, 255]",
+        ),
+        (
+            "32-bit integer TIFF in 0..65535",
+            lambda p: Image.fromarray(np.rint(RAMP * 65535).astype(np.int32), mode="I").save(p),
+            "16-bit",
+        ),
+        ("8-bit grey", lambda p: Image.fromarray(expected()).save(p), None),
+    ],
+)
 def test_pixel_values_keep_their_meaning(tmp_path, name, make, notice):
     path = tmp_path / ("img.tif" if "TIFF" in name else "img.png")
     make(path)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_args
 from PIL import Image
 from typer.testing import CliRunner
 
 import vqprior
-from conftest import tiny_args
 from vqprior.api import class_posterior
 from vqprior.cli import app
 from vqprior.errors import UserError
@@ -34,9 +34,25 @@ def invoke(*args):
 def trained(tmp_path_factory):
     """A tiny run whose prior has seen enough data to tell digits from noise."""
     out = tmp_path_factory.mktemp("api")
-    args = [*tiny_args(out), "--set", "data.train_limit=6000", "--set", "vqvae.epochs=2", "--set", "vqvae.codebook_size=32",
-            "--set", "vqvae.encoder.params={hidden=32, res_blocks=1}", "--set", "vqvae.decoder.params={hidden=32, res_blocks=1}",
-            "--set", "prior.network.params={channels=32, layers=4, kernel=3}", "--set", "prior.epochs=3", "--per-class", 2]
+    args = [
+        *tiny_args(out),
+        "--set",
+        "data.train_limit=6000",
+        "--set",
+        "vqvae.epochs=2",
+        "--set",
+        "vqvae.codebook_size=32",
+        "--set",
+        "vqvae.encoder.params={hidden=32, res_blocks=1}",
+        "--set",
+        "vqvae.decoder.params={hidden=32, res_blocks=1}",
+        "--set",
+        "prior.network.params={channels=32, layers=4, kernel=3}",
+        "--set",
+        "prior.epochs=3",
+        "--per-class",
+        2,
+    ]
     result = invoke("run", *args)
     assert result.exit_code == 0, result.output
     return out / "t"
@@ -63,7 +79,9 @@ def test_the_readme_python_example_runs(trained):
     scope: dict = {}
     exec(example.replace('"artifacts/mnist"', repr(str(trained))), scope)
     assert scope["out"].images.shape == (3, 1, 28, 28)
-    assert scope["classes"].shape == (3,) and torch.allclose(scope["posterior"].sum(1), torch.ones(3, dtype=scope["posterior"].dtype))
+    assert scope["classes"].shape == (3,) and torch.allclose(
+        scope["posterior"].sum(1), torch.ones(3, dtype=scope["posterior"].dtype)
+    )
     assert set(scope["scores"]) >= {"code_bits", "best_class", "recon_mse", "image_bits_bound"}
     assert scope["done"].images.shape == (3, 4, 1, 28, 28)
 
@@ -163,18 +181,23 @@ def test_complete_score_classify_commands(trained, tmp_path):
     assert result.exit_code == 0, result.output
     rows = (trained / "score" / "scores.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("input,code_bits")
-    assert (trained / "score" / "histogram.png").is_file() and len(json.loads((trained / "score" / "scores.json").read_text())["code_bits"]) == 3
+    assert (trained / "score" / "histogram.png").is_file() and len(
+        json.loads((trained / "score" / "scores.json").read_text())["code_bits"]
+    ) == 3
     result = invoke("classify", *where, "--from", "test", "--n", 50)
     assert result.exit_code == 0 and "generative classifier" in result.flat
 
 
-@pytest.mark.parametrize("args,message", [
-    (["complete", "--from", "test", "--keep-rows", "8"], "out of range"),
-    (["score", "{tmp}/wrong.png"], "this run's images are 28x28"),
-    (["score", "{tmp}/broken.png"], "cannot read"),
-    (["score"], "no input"),
-    (["complete", "--from", "test", "--label", "12"], "out of range"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["complete", "--from", "test", "--keep-rows", "8"], "out of range"),
+        (["score", "{tmp}/wrong.png"], "this run's images are 28x28"),
+        (["score", "{tmp}/broken.png"], "cannot read"),
+        (["score"], "no input"),
+        (["complete", "--from", "test", "--label", "12"], "out of range"),
+    ],
+)
 def test_bad_inputs_to_the_likelihood_commands(trained, tmp_path, args, message):
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "wrong.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_args
 from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import tiny_args
 from vqprior.cli import app
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "half_res_encoder.py"
@@ -29,8 +29,12 @@ def run_all(out, *extra, name="t"):
 
 
 def component_args(target, params="{width=8, blocks=1}"):
-    return ["--set", f'vqvae.encoder={{target="{target}:HalfResEncoder", params={params}}}',
-            "--set", f'vqvae.decoder={{target="{target}:HalfResDecoder", params={params}}}']
+    return [
+        "--set",
+        f'vqvae.encoder={{target="{target}:HalfResEncoder", params={params}}}',
+        "--set",
+        f'vqvae.decoder={{target="{target}:HalfResDecoder", params={params}}}',
+    ]
 
 
 def test_custom_encoder_by_file_path(tmp_path):
@@ -58,8 +62,14 @@ def test_frozen_pretrained_encoder_keeps_its_weights(tmp_path):
     enc = half_res_encoder().HalfResEncoder(1, 8, width=8, blocks=1)
     weights = tmp_path / "enc.safetensors"
     save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(weights))
-    run_dir = run_all(tmp_path, *component_args(EXAMPLE), "--set", f'vqvae.encoder.weights="{weights}"',
-                      "--set", "vqvae.encoder.trainable=false")
+    run_dir = run_all(
+        tmp_path,
+        *component_args(EXAMPLE),
+        "--set",
+        f'vqvae.encoder.weights="{weights}"',
+        "--set",
+        "vqvae.encoder.trainable=false",
+    )
     from safetensors.torch import load_file
 
     trained = load_file(str(run_dir / "stage1" / "vqvae.safetensors"))
@@ -74,7 +84,7 @@ BAD_COMPONENTS = [
     ('vqvae.encoder={target="torch.nn:Flatten"}', "must return [B, D, h, w] latents, got rank 2"),
     ("vqvae.code_dim=9", "returns D=8 channels but vqvae.code_dim=9"),
     ('vqvae.decoder={target="torch.nn:Identity"}', "must return images of shape [2, 1, 28, 28], got [2, 8, 7, 7]"),
-    ('vqvae.encoder.params={bogus=1}', "constructing it with params"),
+    ("vqvae.encoder.params={bogus=1}", "constructing it with params"),
     ('vqvae.encoder={target="no-colon"}', "or look like 'package.module:Class'"),
 ]
 
@@ -83,7 +93,7 @@ BAD_COMPONENTS = [
 def test_bad_component_is_one_line_naming_it(tmp_path, override, message):
     args = tiny_args(tmp_path)
     if override.startswith("vqvae.code_dim"):
-        args += ["--set", 'vqvae.encoder.params={hidden=16, res_blocks=1, code_dim=8}']
+        args += ["--set", "vqvae.encoder.params={hidden=16, res_blocks=1, code_dim=8}"]
     result = run("run-stage", 1, *args, "--set", override, "--trust-code")
     assert result.exit_code == 2, result.output
     assert message in result.output, result.output
@@ -92,6 +102,7 @@ def test_bad_component_is_one_line_naming_it(tmp_path, override, message):
 
 
 # ------------------------------------------------------------------ image folders
+
 
 def make_images(folder, n, size=(32, 32), mode="RGB", seed=0):
     rng = np.random.default_rng(seed)
@@ -107,7 +118,15 @@ def make_images(folder, n, size=(32, 32), mode="RGB", seed=0):
 
 
 def folder_args(root, *extra):
-    return ["--set", 'data.source="folder"', "--set", f'data.root="{root}"', "--set", "data.train_limit=1000000", *extra]
+    return [
+        "--set",
+        'data.source="folder"',
+        "--set",
+        f'data.root="{root}"',
+        "--set",
+        "data.train_limit=1000000",
+        *extra,
+    ]
 
 
 def test_labeled_rgb_folder_32px_runs_all_stages(tmp_path):
@@ -172,10 +191,17 @@ def bad_folder(kind, tmp_path):
     return root
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("empty", "no images"), ("mixed-sizes", "set data.image_size"), ("class-mismatch", "class folders differ"),
-    ("loose-and-classes", "mixes loose images"), ("only-text", "is a readable image"), ("missing", "is not a folder"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("empty", "no images"),
+        ("mixed-sizes", "set data.image_size"),
+        ("class-mismatch", "class folders differ"),
+        ("loose-and-classes", "mixes loose images"),
+        ("only-text", "is a readable image"),
+        ("missing", "is not a folder"),
+    ],
+)
 def test_bad_image_folder_is_one_clear_line(tmp_path, kind, message):
     root = bad_folder(kind, tmp_path) if kind != "missing" else tmp_path / "nope"
     result = run("run-stage", 1, *tiny_args(tmp_path), *folder_args(root))
@@ -200,6 +226,8 @@ def test_own_prior_trains_and_samples_through_the_stages(tmp_path):
 def test_a_prior_that_peeks_at_the_future_is_refused_before_training(tmp_path):
     bad = tmp_path / "peek.py"
     bad.write_text(PRIOR_EXAMPLE.read_text().replace("diagonal=-1", "diagonal=0"))
-    result = run("run", *tiny_args(tmp_path), "--set", f'prior.network={{target="{bad}:MaskedLinearPrior"}}', "--trust-code")
+    result = run(
+        "run", *tiny_args(tmp_path), "--set", f'prior.network={{target="{bad}:MaskedLinearPrior"}}', "--trust-code"
+    )
     assert result.exit_code == 2 and "is not causal" in result.output
     assert not (tmp_path / "t" / "stage3").exists()

@@ -23,9 +23,29 @@ def source_modules() -> set[str]:
 
 def test_the_wheel_holds_every_module_and_each_imports_from_it(tmp_path):
     source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
-    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(".venv", ".git", "artifacts", "build", "*.egg-info", "__pycache__"))
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)],
-                           capture_output=True, text=True, cwd=tmp_path)
+    shutil.copytree(
+        ROOT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".venv", ".git", "artifacts", "build", "*.egg-info", "__pycache__"),
+    )
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert build.returncode == 0, build.stderr
     wheel = next((tmp_path / "dist").glob("vqprior-*.whl"))
     with zipfile.ZipFile(wheel) as z:
@@ -34,11 +54,13 @@ def test_the_wheel_holds_every_module_and_each_imports_from_it(tmp_path):
     missing = source_modules() - names
     assert not missing, f"not in the wheel: {sorted(missing)}"
     assert {"vqprior/presets/quick.toml", "vqprior/report/report.html.j2"} <= names
-    code = ("import importlib, pkgutil, vqprior\n"
-            "assert vqprior.__file__.startswith(%r), vqprior.__file__\n"
-            "for m in pkgutil.walk_packages(vqprior.__path__, 'vqprior.'):\n"
-            "    importlib.import_module(m.name)\n"
-            "import vqprior.stages.s4_sample\n" % str(tmp_path / "site"))
+    code = (
+        "import importlib, pkgutil, vqprior\n"
+        "assert vqprior.__file__.startswith(%r), vqprior.__file__\n"
+        "for m in pkgutil.walk_packages(vqprior.__path__, 'vqprior.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "import vqprior.stages.s4_sample\n" % str(tmp_path / "site")
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr

@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import tiny_args
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_args
 from vqprior.cli import app
 
 runner = CliRunner()
@@ -32,11 +32,26 @@ def tiny_run(tmp_path_factory):
 
 def test_every_stage_writes_its_artifacts(tiny_run):
     expected = {
-        "stage1": {"vqvae.safetensors", "config.json", "metrics.json", "metrics.jsonl", "reconstructions.png", "reconstructions.gif",
-                   "epochs", "manifest.json"},
+        "stage1": {
+            "vqvae.safetensors",
+            "config.json",
+            "metrics.json",
+            "metrics.jsonl",
+            "reconstructions.png",
+            "reconstructions.gif",
+            "epochs",
+            "manifest.json",
+        },
         "stage2": {"train_codes.npy", "train_labels.npy", "test_codes.npy", "test_labels.npy", "manifest.json"},
-        "stage3": {"prior.safetensors", "config.json", "metrics.json", "metrics.jsonl", "samples.gif", "epochs",
-                   "manifest.json"},
+        "stage3": {
+            "prior.safetensors",
+            "config.json",
+            "metrics.json",
+            "metrics.jsonl",
+            "samples.gif",
+            "epochs",
+            "manifest.json",
+        },
         "stage4": {"samples.png", "samples.npz", "rows.json", "manifest.json"},
     }
     for stage, files in expected.items():
@@ -46,17 +61,33 @@ def test_every_stage_writes_its_artifacts(tiny_run):
 
 
 def test_one_picture_and_one_metrics_line_per_epoch(tmp_path):
-    result = invoke("run", *tiny_args(tmp_path), "--set", "vqvae.epochs=2", "--set", "prior.epochs=3", "--set", "prior.ema_decay=0", "--per-class", 1)
+    result = invoke(
+        "run",
+        *tiny_args(tmp_path),
+        "--set",
+        "vqvae.epochs=2",
+        "--set",
+        "prior.epochs=3",
+        "--set",
+        "prior.ema_decay=0",
+        "--per-class",
+        1,
+    )
     assert result.exit_code == 0, result.output
     for stage, gif, epochs in (("stage1", "reconstructions.gif", 2), ("stage3", "samples.gif", 3)):
         folder = tmp_path / "t" / stage
         lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert [row["epoch"] for row in lines] == list(range(1, epochs + 1))
-        assert lines == json.loads((folder / "metrics.json").read_text())["epochs"][: epochs] or all(
-            set(a) <= set(b) for a, b in zip(lines, json.loads((folder / "metrics.json").read_text())["epochs"]))
-        assert sorted(p.name for p in (folder / "epochs").iterdir()) == [f"epoch_{e:03d}.png" for e in range(1, epochs + 1)]
+        assert lines == json.loads((folder / "metrics.json").read_text())["epochs"][:epochs] or all(
+            set(a) <= set(b) for a, b in zip(lines, json.loads((folder / "metrics.json").read_text())["epochs"])
+        )
+        assert sorted(p.name for p in (folder / "epochs").iterdir()) == [
+            f"epoch_{e:03d}.png" for e in range(1, epochs + 1)
+        ]
         with Image.open(folder / gif) as animation:
-            assert animation.n_frames == epochs and animation.size == Image.open(folder / "epochs" / "epoch_001.png").size
+            assert (
+                animation.n_frames == epochs and animation.size == Image.open(folder / "epochs" / "epoch_001.png").size
+            )
 
 
 def test_code_maps_are_small_ints_matching_the_manifest(tiny_run):
@@ -65,7 +96,10 @@ def test_code_maps_are_small_ints_matching_the_manifest(tiny_run):
     assert codes.dtype == np.uint8 and codes.shape == (600, 7, 7)
     assert manifest["codebook_size"] == 16 and manifest["grid"] == [7, 7] and manifest["dtype"] == "uint8"
     assert int(codes.max()) < 16
-    assert manifest["inputs"]["vqvae"]["sha256"] == json.loads((tiny_run / "stage1" / "manifest.json").read_text())["outputs"]["vqvae.safetensors"]
+    assert (
+        manifest["inputs"]["vqvae"]["sha256"]
+        == json.loads((tiny_run / "stage1" / "manifest.json").read_text())["outputs"]["vqvae.safetensors"]
+    )
 
 
 def test_metrics_are_reported(tiny_run):
@@ -74,6 +108,7 @@ def test_metrics_are_reported(tiny_run):
     assert 0 < s1["test_usage"] <= 1 and 1 <= s1["test_perplexity"] <= 16
     # the reported reconstruction error is the saved VQ-VAE's, recomputed here on the same 200 test images
     import torch
+
     from vqprior.config import DataSection
     from vqprior.datasets import load_split
     from vqprior.restore import load_vqvae
@@ -87,6 +122,7 @@ def test_metrics_are_reported(tiny_run):
     # the reported figure is the saved prior's cross-entropy on the test codes, recomputed here
     import torch
     import torch.nn.functional as F
+
     from vqprior.restore import load_prior
 
     prior = load_prior(tiny_run, None, torch.device("cpu")).model
@@ -108,7 +144,9 @@ def test_samples_have_the_requested_classes_and_shapes(tiny_run):
 
 def test_same_seed_same_images(tiny_run, tmp_path):
     first = np.load(tiny_run / "stage4" / "samples.npz")["images"]
-    result = invoke("run-stage", 4, *tiny_args(tiny_run.parent), "--per-class", 3, "--label", 2, "--label", 7, "--seed", 5)
+    result = invoke(
+        "run-stage", 4, *tiny_args(tiny_run.parent), "--per-class", 3, "--label", 2, "--label", 7, "--seed", 5
+    )
     assert result.exit_code == 0
     assert np.array_equal(first, np.load(tiny_run / "stage4" / "samples.npz")["images"])
 

@@ -66,8 +66,14 @@ def test_soft_labels_are_a_mixture_of_class_embeddings():
     assert torch.allclose(hard, soft)
 
 
-@pytest.mark.parametrize("labels,message", [(None, "class-conditional"), (torch.tensor([0, 3]), "labels must be in"),
-                                            (torch.tensor([0]), "expected 2 labels")])
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (None, "class-conditional"),
+        (torch.tensor([0, 3]), "labels must be in"),
+        (torch.tensor([0]), "expected 2 labels"),
+    ],
+)
 def test_bad_labels_are_rejected(labels, message):
     model = GatedPixelCNN(10, channels=8, layers=1, num_classes=3)
     with pytest.raises(ValueError, match=message):

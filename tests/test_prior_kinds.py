@@ -113,7 +113,9 @@ def test_recurrent_priors_in_float32_match_and_low_temperature_is_greedy(kind):
     labels = torch.tensor([0, 1, 2])
     codes = sample(model, 3, (5, 6), labels, temperature=1e-6, seed=0)
     assert torch.equal(model(codes, labels).argmax(1), codes)
-    assert torch.equal(sample(model, 3, (5, 6), labels, seed=4, method="naive"), sample(model, 3, (5, 6), labels, seed=4))
+    assert torch.equal(
+        sample(model, 3, (5, 6), labels, seed=4, method="naive"), sample(model, 3, (5, 6), labels, seed=4)
+    )
 
 
 def test_skew_moves_row_i_right_by_i_and_back():
@@ -132,10 +134,14 @@ def test_prior_kind_picks_the_network_and_keeps_its_params(tmp_path):
     own = load_config(overrides=["prior.network.target=examples/masked_linear_prior.py:MaskedLinearPrior"])
     assert own.prior.kind == "custom"
     # a later network target wins and sets its kind; both in one place must agree
-    later = load_config(overrides=["prior.kind=row_lstm", "prior.network.target=vqprior.models.priors.gated_pixelcnn:GatedPixelCNN"])
+    later = load_config(
+        overrides=["prior.kind=row_lstm", "prior.network.target=vqprior.models.priors.gated_pixelcnn:GatedPixelCNN"]
+    )
     assert later.prior.kind == "gated_pixelcnn"
     both = tmp_path / "both.toml"
-    both.write_text('[prior]\nkind = "row_lstm"\n[prior.network]\ntarget = "vqprior.models.priors.gated_pixelcnn:GatedPixelCNN"\n')
+    both.write_text(
+        '[prior]\nkind = "row_lstm"\n[prior.network]\ntarget = "vqprior.models.priors.gated_pixelcnn:GatedPixelCNN"\n'
+    )
     with pytest.raises(UserError, match="prior.kind is 'row_lstm' but prior.network.target"):
         load_config(file=both)
     with pytest.raises(UserError, match="prior.kind: Input should be"):
@@ -176,11 +182,30 @@ def kind_config(out, kind):
     from conftest import tiny_args
 
     args = tiny_args(out, kind)
-    sets = [args[i + 1] for i in range(0, len(args), 2) if args[i] == "--set" and not args[i + 1].startswith("prior.network")]
-    size = ["prior.network.params.width=16", "prior.network.params.depth=2", "prior.network.params.heads=2",
-            "prior.network.params.dropout=0.1"] if kind == "transformer" else ["prior.network.params.channels=8", "prior.network.params.layers=2"]
-    sets += [f"run.name={kind}", f"prior.kind={kind}", *size, "prior.epochs=2", "prior.batch_size=32", "run.checkpoint_every=5",
-             "prior.ema_decay=0.9"]
+    sets = [
+        args[i + 1]
+        for i in range(0, len(args), 2)
+        if args[i] == "--set" and not args[i + 1].startswith("prior.network")
+    ]
+    size = (
+        [
+            "prior.network.params.width=16",
+            "prior.network.params.depth=2",
+            "prior.network.params.heads=2",
+            "prior.network.params.dropout=0.1",
+        ]
+        if kind == "transformer"
+        else ["prior.network.params.channels=8", "prior.network.params.layers=2"]
+    )
+    sets += [
+        f"run.name={kind}",
+        f"prior.kind={kind}",
+        *size,
+        "prior.epochs=2",
+        "prior.batch_size=32",
+        "run.checkpoint_every=5",
+        "prior.ema_decay=0.9",
+    ]
     return load_config(overrides=sets)
 
 
@@ -190,9 +215,9 @@ def test_recurrent_kinds_run_through_the_pipeline_and_resume_bitwise(kind, tmp_p
     import shutil
 
     from safetensors.torch import load_file
+    from test_resume import SignalAfter
 
     import vqprior
-    from test_resume import SignalAfter
     from vqprior.stages import s1_vqvae, s2_codes, s3_prior, s4_sample
     from vqprior.training import Interrupted
 
@@ -201,7 +226,10 @@ def test_recurrent_kinds_run_through_the_pipeline_and_resume_bitwise(kind, tmp_p
     for stage in (s1_vqvae, s2_codes, s3_prior, s4_sample):
         stage.run(cfg)
     run = vqprior.load(ref / kind, device="cpu")
-    assert type(run.prior).__name__ == {"row_lstm": "RowLSTM", "diagonal_bilstm": "DiagonalBiLSTM", "transformer": "TransformerPrior"}[kind]
+    assert (
+        type(run.prior).__name__
+        == {"row_lstm": "RowLSTM", "diagonal_bilstm": "DiagonalBiLSTM", "transformer": "TransformerPrior"}[kind]
+    )
     assert run.generate(labels=[1, 2], seed=0).images.shape == (2, 1, 28, 28)
     assert (ref / kind / "stage4" / "samples.png").is_file()
 

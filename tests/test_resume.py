@@ -5,9 +5,9 @@ import signal
 
 import pytest
 import torch
+from conftest import tiny_args
 from safetensors.torch import load_file
 
-from conftest import tiny_args
 from vqprior.config import load_config
 from vqprior.runtime import Reporter
 from vqprior.stages import s1_vqvae, s2_codes, s3_prior
@@ -45,7 +45,14 @@ class CrashAfter(Reporter):
 def config(out, name, **extra):
     args = tiny_args(out, name)
     sets = [args[i + 1] for i in range(0, len(args), 2) if args[i] == "--set"] + [f"run.name={name}"]
-    sets += ["vqvae.epochs=2", "vqvae.batch_size=32", "prior.epochs=2", "prior.batch_size=32", "run.checkpoint_every=5", "prior.ema_decay=0.9"]
+    sets += [
+        "vqvae.epochs=2",
+        "vqvae.batch_size=32",
+        "prior.epochs=2",
+        "prior.batch_size=32",
+        "run.checkpoint_every=5",
+        "prior.ema_decay=0.9",
+    ]
     sets += [f"{k}={v}" for k, v in extra.items()]
     return load_config(overrides=sets)
 
@@ -78,7 +85,10 @@ def test_stage1_signal_then_resume_is_bitwise_identical(reference, tmp_path, aft
     assert (tmp_path / "ref" / ".checkpoints" / "stage1.pt").is_file()
     assert not (tmp_path / "ref" / "stage1").exists()
     s1_vqvae.run(cfg)
-    assert_same(weights(reference / "ref" / "stage1" / "vqvae.safetensors"), weights(tmp_path / "ref" / "stage1" / "vqvae.safetensors"))
+    assert_same(
+        weights(reference / "ref" / "stage1" / "vqvae.safetensors"),
+        weights(tmp_path / "ref" / "stage1" / "vqvae.safetensors"),
+    )
     assert not (tmp_path / "ref" / ".checkpoints").exists(), "checkpoint left after a finished stage"
 
 
@@ -89,7 +99,10 @@ def test_stage1_crash_resumes_from_last_periodic_checkpoint(reference, tmp_path)
     ckpt = torch.load(tmp_path / "ref" / ".checkpoints" / "stage1.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) == (1, 10)
     s1_vqvae.run(cfg)
-    assert_same(weights(reference / "ref" / "stage1" / "vqvae.safetensors"), weights(tmp_path / "ref" / "stage1" / "vqvae.safetensors"))
+    assert_same(
+        weights(reference / "ref" / "stage1" / "vqvae.safetensors"),
+        weights(tmp_path / "ref" / "stage1" / "vqvae.safetensors"),
+    )
 
 
 def test_stage3_signal_then_resume_is_bitwise_identical(reference, tmp_path):
@@ -108,10 +121,16 @@ def test_stage3_signal_then_resume_is_bitwise_identical(reference, tmp_path):
 def test_same_config_and_seed_give_the_same_weights(reference, tmp_path):
     cfg = config(tmp_path, "ref")
     s1_vqvae.run(cfg)
-    assert_same(weights(reference / "ref" / "stage1" / "vqvae.safetensors"), weights(tmp_path / "ref" / "stage1" / "vqvae.safetensors"))
+    assert_same(
+        weights(reference / "ref" / "stage1" / "vqvae.safetensors"),
+        weights(tmp_path / "ref" / "stage1" / "vqvae.safetensors"),
+    )
     other = config(tmp_path, "other", **{"run.seed": 1})
     s1_vqvae.run(other)
-    a, b = weights(reference / "ref" / "stage1" / "vqvae.safetensors"), weights(tmp_path / "other" / "stage1" / "vqvae.safetensors")
+    a, b = (
+        weights(reference / "ref" / "stage1" / "vqvae.safetensors"),
+        weights(tmp_path / "other" / "stage1" / "vqvae.safetensors"),
+    )
     assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -139,8 +158,20 @@ def test_ctrl_c_on_a_real_process_saves_and_says_how_to_resume(tmp_path):
     import sys
     import time
 
-    args = [sys.executable, "-m", "vqprior", "run-stage", "1", *tiny_args(tmp_path, "sig"),
-            "--set", "vqvae.epochs=50", "--set", "vqvae.batch_size=8", "--set", "run.checkpoint_every=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "vqprior",
+        "run-stage",
+        "1",
+        *tiny_args(tmp_path, "sig"),
+        "--set",
+        "vqvae.epochs=50",
+        "--set",
+        "vqvae.batch_size=8",
+        "--set",
+        "run.checkpoint_every=1",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpt = tmp_path / "sig" / ".checkpoints" / "stage1.pt"
     deadline = time.monotonic() + 120

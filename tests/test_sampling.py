@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
 from vqprior.models.priors.base import sample
+from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
 
 
 def random_prior(num_classes=0, codebook=16, channels=8, layers=4, kernel=3, seed=0):
@@ -71,8 +71,14 @@ def test_sampling_follows_the_model_distribution():
     assert (freq - probs).abs().max() < 0.03
 
 
-@pytest.mark.parametrize("labels,message", [(torch.tensor([1, 2]), "expected 3 labels"), (torch.tensor([0, 1, 10]), "labels must be in"),
-                                            (None, "class-conditional")])
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (torch.tensor([1, 2]), "expected 3 labels"),
+        (torch.tensor([0, 1, 10]), "labels must be in"),
+        (None, "class-conditional"),
+    ],
+)
 def test_bad_labels_are_clear_errors(labels, message):
     model = random_prior(10)
     with pytest.raises(ValueError, match=message):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import shutil
 import socket
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_args
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_args
 from vqprior.cli import app as cli
 
 pytest.importorskip("starlette")
@@ -34,7 +33,9 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("serve")
-    result = runner.invoke(cli, ["run", *tiny_args(out), "--per-class", "1", "--set", "prior.epochs=2"], catch_exceptions=False)
+    result = runner.invoke(
+        cli, ["run", *tiny_args(out), "--per-class", "1", "--set", "prior.epochs=2"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return out / "t"
 
@@ -68,7 +69,9 @@ def stroke() -> np.ndarray:
 
 def test_info_describes_the_run(client):
     info = client.get("/api/info").json()
-    assert info["classes"] == [str(d) for d in range(10)] and info["grid"] == [7, 7] and info["image_shape"] == [1, 28, 28]
+    assert (
+        info["classes"] == [str(d) for d in range(10)] and info["grid"] == [7, 7] and info["image_shape"] == [1, 28, 28]
+    )
     assert info["ood_threshold"] > 0 and info["limits"]["n"] == 64
     assert client.get("/").text.startswith("<!doctype html>")
 
@@ -80,7 +83,10 @@ def test_generate_a_grid_of_one_class_of_every_class_and_a_mix(client):
     again = client.post("/api/generate", json={"label": 3, "n": 16, "seed": 1}).json()
     assert again["image"] == one["image"]  # same seed, same digits
     assert client.post("/api/generate", json={"n": 10}).status_code == 200
-    mixes = [client.post("/api/generate", json={"n": 8, "mix": {"a": 4, "b": 9, "weight": w}}).json()["image"] for w in (0, 0.5, 1)]
+    mixes = [
+        client.post("/api/generate", json={"n": 8, "mix": {"a": 4, "b": 9, "weight": w}}).json()["image"]
+        for w in (0, 0.5, 1)
+    ]
     assert len(set(mixes)) == 3
     morph = client.post("/api/morph", json={"a": 4, "b": 9, "steps": 5}).json()
     assert decoded(morph["image"]).size[0] == (5 * 30 + 2) * 3
@@ -96,46 +102,73 @@ def test_complete_a_drawing_and_a_test_digit(client):
 def test_score_an_upload_of_any_size_and_mode(client):
     sixteen = (np.linspace(0, 65535, 56 * 56).reshape(56, 56)).astype(np.uint16)
     out = client.post("/api/score", files={"file": ("big.png", png_bytes(sixteen), "image/png")}).json()
-    assert out["code_bits"] > 0 and out["best_class"] in [str(d) for d in range(10)] and "resized to 28x28" in out["notice"]
+    assert (
+        out["code_bits"] > 0
+        and out["best_class"] in [str(d) for d in range(10)]
+        and "resized to 28x28" in out["notice"]
+    )
     assert isinstance(out["out_of_distribution"], bool) and out["ood_threshold"] > 0
     assert out["out_of_distribution"] == (out["code_bits"] > out["ood_threshold"])
 
 
 BAD = [
-    ("/api/generate", {"n": 0}, "n must be in"), ("/api/generate", {"n": 1000}, "n must be in"),
-    ("/api/generate", {"n": 2.5}, "n must be an integer"), ("/api/generate", {"temperature": -1}, "temperature"),
-    ("/api/generate", {"temperature": "hot"}, "temperature must be a number"), ("/api/generate", {"guidance": 1e9}, "guidance"),
-    ("/api/generate", {"seed": -1}, "seed"), ("/api/generate", {"label": 12}, "label must be in 0..9"),
-    ("/api/generate", {"label": True}, "label must be an integer"), ("/api/generate", {"mix": [4, 9]}, "mix must be"),
-    ("/api/generate", {"mix": {"a": 4}}, "two classes"), ("/api/generate", {"mix": {"a": 4, "b": 9, "weight": 2}}, "weight"),
-    ("/api/morph", {"a": 4, "b": 9, "steps": 500}, "steps"), ("/api/morph", {"a": 4}, "two classes"),
-    ("/api/complete", {"image": "not a url"}, "data URL"), ("/api/complete", {"image": "data:image/png;base64,@@@"}, "base64"),
+    ("/api/generate", {"n": 0}, "n must be in"),
+    ("/api/generate", {"n": 1000}, "n must be in"),
+    ("/api/generate", {"n": 2.5}, "n must be an integer"),
+    ("/api/generate", {"temperature": -1}, "temperature"),
+    ("/api/generate", {"temperature": "hot"}, "temperature must be a number"),
+    ("/api/generate", {"guidance": 1e9}, "guidance"),
+    ("/api/generate", {"seed": -1}, "seed"),
+    ("/api/generate", {"label": 12}, "label must be in 0..9"),
+    ("/api/generate", {"label": True}, "label must be an integer"),
+    ("/api/generate", {"mix": [4, 9]}, "mix must be"),
+    ("/api/generate", {"mix": {"a": 4}}, "two classes"),
+    ("/api/generate", {"mix": {"a": 4, "b": 9, "weight": 2}}, "weight"),
+    ("/api/morph", {"a": 4, "b": 9, "steps": 500}, "steps"),
+    ("/api/morph", {"a": 4}, "two classes"),
+    ("/api/complete", {"image": "not a url"}, "data URL"),
+    ("/api/complete", {"image": "data:image/png;base64,@@@"}, "base64"),
     ("/api/complete", {"image": "data:image/png;base64," + base64.b64encode(b"text").decode()}, "not a readable image"),
-    ("/api/complete", {"test_index": 10**9}, "test_index"), ("/api/complete", {"image": None}, "data URL"),
-    ("/api/complete", {"test_index": 1, "keep_rows": 99}, "keep_rows"), ("/api/complete", {"test_index": 1, "samples": 0}, "samples"),
+    ("/api/complete", {"test_index": 10**9}, "test_index"),
+    ("/api/complete", {"image": None}, "data URL"),
+    ("/api/complete", {"test_index": 1, "keep_rows": 99}, "keep_rows"),
+    ("/api/complete", {"test_index": 1, "samples": 0}, "samples"),
 ]
 
 
-@pytest.mark.parametrize("path,body,message", BAD, ids=[f"{p.split('/')[-1]}-{m.split()[0]}-{i}" for i, (p, _, m) in enumerate(BAD)])
+@pytest.mark.parametrize(
+    "path,body,message", BAD, ids=[f"{p.split('/')[-1]}-{m.split()[0]}-{i}" for i, (p, _, m) in enumerate(BAD)]
+)
 def test_bad_json_is_a_clear_4xx(client, path, body, message):
     response = client.post(path, json=body)
     assert response.status_code == 400 and message in response.json()["error"], response.text
 
 
 def test_bad_requests_of_other_shapes(client):
-    assert client.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+    assert (
+        client.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"}).status_code
+        == 400
+    )
     assert client.post("/api/generate", json=[1, 2]).json()["error"] == "the request body must be a JSON object"
     assert client.get("/api/generate").status_code == 405
     assert client.post("/api/score", content=b"").json()["error"] == "no image in the request"
     big = client.post("/api/score", files={"file": ("big.png", b"\0" * (MAX_UPLOAD + 10), "image/png")})
     assert big.status_code == 413
-    chunked = client.post("/api/score", content=iter([b"\0" * (1 << 20)] * 5))  # no Content-Length: read in chunks, cut at the limit
+    chunked = client.post(
+        "/api/score", content=iter([b"\0" * (1 << 20)] * 5)
+    )  # no Content-Length: read in chunks, cut at the limit
     assert chunked.status_code == 413 and "over the limit" in chunked.json()["error"]
-    huge_json = client.post("/api/generate", content=iter([b" " * (1 << 20)] * 7), headers={"content-type": "application/json"})
+    huge_json = client.post(
+        "/api/generate", content=iter([b" " * (1 << 20)] * 7), headers={"content-type": "application/json"}
+    )
     assert huge_json.status_code == 413
     text = client.post("/api/score", files={"file": ("a.png", b"hello", "image/png")})
     assert text.status_code == 400 and "not a readable image" in text.json()["error"]
-    assert client.post("/api/score", files={"other": ("a.png", b"x", "image/png")}).json()["error"].startswith("the form needs a file")
+    assert (
+        client.post("/api/score", files={"other": ("a.png", b"x", "image/png")})
+        .json()["error"]
+        .startswith("the form needs a file")
+    )
 
 
 def test_the_server_survives_200_malformed_requests_in_a_row(client):
@@ -148,7 +181,9 @@ def test_the_server_survives_200_malformed_requests_in_a_row(client):
         if kind == 0:
             response = client.post(path, content=junk, headers={"content-type": "application/json"})
         elif kind == 1:
-            response = client.post(path, json={"n": float(rng.normal() * 1e6), "label": int(rng.integers(-5, 50)), "image": junk.hex()})
+            response = client.post(
+                path, json={"n": float(rng.normal() * 1e6), "label": int(rng.integers(-5, 50)), "image": junk.hex()}
+            )
         else:
             response = client.post(path, files={"file": ("x", junk, "image/png")})
         assert 400 <= response.status_code < 500, (i, path, response.text)
@@ -176,7 +211,9 @@ def test_serve_command_errors_are_one_line(run_dir, monkeypatch):
     taken.bind(("127.0.0.1", 0))
     port = taken.getsockname()[1]
     try:
-        result = runner.invoke(cli, ["serve", "--name", "t", "--out-dir", str(run_dir.parent), "--port", str(port), "--device", "cpu"])
+        result = runner.invoke(
+            cli, ["serve", "--name", "t", "--out-dir", str(run_dir.parent), "--port", str(port), "--device", "cpu"]
+        )
         assert result.exit_code == 2 and "choose another --port" in result.output
     finally:
         taken.close()
@@ -189,9 +226,12 @@ def test_serve_command_errors_are_one_line(run_dir, monkeypatch):
 
 # ------------------------------------------------------------------ the real page in headless Chromium
 
+
 def chromium_and_driver():
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
+    driver = shutil.which("chromedriver") or (
+        "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None
+    )
     return browser, driver
 
 
@@ -213,12 +253,37 @@ def test_the_page_in_a_real_browser(run_dir, tmp_path):
 
     served = Path(os.environ.get("VQPRIOR_SERVE_RUN", run_dir))
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "vqprior", "serve", "--name", served.name, "--out-dir", str(served.parent),
-                               "--port", str(port), "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vqprior",
+            "serve",
+            "--name",
+            served.name,
+            "--out-dir",
+            str(served.parent),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--window-size=1400,1100"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--window-size=1400,1100",
+    ):
         options.add_argument(flag)
     page = None
     try:
@@ -235,11 +300,14 @@ def test_the_page_in_a_real_browser(run_dir, tmp_path):
         wait.until(lambda d: "codes" in d.find_element(By.ID, "run-info").text)
         t0 = time.perf_counter()
         page.find_element(By.ID, "generate-btn").click()
-        wait.until(lambda d: (d.find_element(By.ID, "generate-img").get_attribute("src") or "").startswith("data:image/png"))
+        wait.until(
+            lambda d: (d.find_element(By.ID, "generate-img").get_attribute("src") or "").startswith("data:image/png")
+        )
         generate_seconds = time.perf_counter() - t0
         canvas = page.find_element(By.ID, "canvas")
-        ActionChains(page).move_to_element_with_offset(canvas, 0, -90).click_and_hold().move_by_offset(0, 60).move_by_offset(0, 60) \
-            .move_by_offset(0, 60).release().perform()
+        ActionChains(page).move_to_element_with_offset(canvas, 0, -90).click_and_hold().move_by_offset(
+            0, 60
+        ).move_by_offset(0, 60).move_by_offset(0, 60).release().perform()
         t0 = time.perf_counter()
         page.find_element(By.ID, "complete-btn").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#posterior .bar")) == 10)
@@ -250,8 +318,12 @@ def test_the_page_in_a_real_browser(run_dir, tmp_path):
         wait.until(lambda d: "bits for its code map" in d.find_element(By.ID, "score-result").text)
         page.find_element(By.ID, "mix-weight").send_keys(Keys.ARROW_RIGHT)  # moving the slider re-draws the mix
         wait.until(lambda d: (d.find_element(By.ID, "mix-img").get_attribute("src") or "").startswith("data:image/png"))
-        assert not page.find_element(By.ID, "generate-error").text and not page.find_element(By.ID, "complete-error").text
-        print(f"page: 16 digits in {generate_seconds:.2f} s, completion of a drawing in {complete_seconds:.2f} s (after load)")
+        assert (
+            not page.find_element(By.ID, "generate-error").text and not page.find_element(By.ID, "complete-error").text
+        )
+        print(
+            f"page: 16 digits in {generate_seconds:.2f} s, completion of a drawing in {complete_seconds:.2f} s (after load)"
+        )
         shot = tmp_path / "page.png"
         page.save_screenshot(str(shot))
         with Image.open(shot) as img:

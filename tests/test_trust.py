@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import tiny_args
 from typer.testing import CliRunner
 
 import vqprior
-from conftest import tiny_args
 from vqprior import components
 from vqprior.cli import app
 from vqprior.config import Component
@@ -41,13 +41,25 @@ def forge(run_dir, stage: int, key: str, target: str) -> None:
 
 
 @pytest.mark.parametrize("stage,key", [(3, "prior"), (1, "vqvae")])
-@pytest.mark.parametrize("command", [["classify", "--from", "test", "--n", "5"], ["score", "--from", "test", "--n", "5"],
-                                     ["complete", "--from", "test", "--n", "1"], ["eval", "--n", "100"], ["run-stage", "4"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["classify", "--from", "test", "--n", "5"],
+        ["score", "--from", "test", "--n", "5"],
+        ["complete", "--from", "test", "--n", "1"],
+        ["eval", "--n", "100"],
+        ["run-stage", "4"],
+    ],
+)
 def test_a_forged_run_folder_runs_no_code(finished, tmp_path, stage, key, command):
     run_dir = tmp_path / "t"
     shutil.copytree(finished, run_dir)
     forge(run_dir, stage, key, "os:system")
-    where = tiny_args(tmp_path) if command[0] == "run-stage" else ["--name", "t", "--out-dir", str(tmp_path), "--device", "cpu"]
+    where = (
+        tiny_args(tmp_path)
+        if command[0] == "run-stage"
+        else ["--name", "t", "--out-dir", str(tmp_path), "--device", "cpu"]
+    )
     result = runner.invoke(app, [*command, *where], catch_exceptions=False)
     assert result.exit_code == 2, result.output
     assert "is not a vqprior built-in" in result.output and "--trust-code" in result.output
@@ -58,8 +70,24 @@ def test_with_trust_code_a_non_module_target_is_still_refused_before_it_is_calle
     run_dir = tmp_path / "t"
     shutil.copytree(finished, run_dir)
     forge(run_dir, 3, "prior", "os:system")
-    result = runner.invoke(app, ["classify", "--from", "test", "--n", "5", "--name", "t", "--out-dir", str(tmp_path),
-                                 "--device", "cpu", "--trust-code"], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        [
+            "classify",
+            "--from",
+            "test",
+            "--n",
+            "5",
+            "--name",
+            "t",
+            "--out-dir",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--trust-code",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 2 and "not a torch.nn.Module class" in result.output, result.output
     assert not (run_dir / "PWNED").exists()
 

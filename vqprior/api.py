@@ -64,7 +64,9 @@ class Run:
         self.folder = Path(run_dir)
         check_run_folder(self.folder)
         if not (self.folder / "stage3").is_dir():
-            raise UserError(f"{self.folder} has no trained prior (stage 3); run `vqprior run` first or point at a run folder")
+            raise UserError(
+                f"{self.folder} has no trained prior (stage 3); run `vqprior run` first or point at a run folder"
+            )
         self.device = resolve_device(device)
         with trusting_code(trust_code):
             self._vq = load_vqvae(self.folder, None, self.device)
@@ -86,8 +88,16 @@ class Run:
             labels = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise UserError(f"{path} is not a readable label array ({type(e).__name__}); re-run stage 2") from None
-        if labels.ndim != 1 or labels.dtype.kind not in "iu" or not len(labels) or labels.min() < 0 or labels.max() >= self.num_classes:
-            raise UserError(f"{path} must hold integer classes 0..{self.num_classes - 1} (got {labels.dtype} {list(labels.shape)}); re-run stage 2")
+        if (
+            labels.ndim != 1
+            or labels.dtype.kind not in "iu"
+            or not len(labels)
+            or labels.min() < 0
+            or labels.max() >= self.num_classes
+        ):
+            raise UserError(
+                f"{path} must hold integer classes 0..{self.num_classes - 1} (got {labels.dtype} {list(labels.shape)}); re-run stage 2"
+            )
         counts = np.bincount(labels.astype(np.int64), minlength=self.num_classes).astype(np.float64)
         return torch.from_numpy(np.log(np.maximum(counts, 1) / counts.sum())).to(self.device)
 
@@ -97,14 +107,20 @@ class Run:
         try:
             x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise UserError(f"images must be a tensor or array [N, {', '.join(map(str, self.image_shape))}], got {type(images).__name__} ({e})") from None
+            raise UserError(
+                f"images must be a tensor or array [N, {', '.join(map(str, self.image_shape))}], got {type(images).__name__} ({e})"
+            ) from None
         if x.dim() == 3 and self.image_shape[0] == 1:
             x = x.unsqueeze(1)
         if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.image_shape) or len(x) == 0:
-            raise UserError(f"images must be [N >= 1, {', '.join(map(str, self.image_shape))}] for this run, got {list(x.shape)}")
+            raise UserError(
+                f"images must be [N >= 1, {', '.join(map(str, self.image_shape))}] for this run, got {list(x.shape)}"
+            )
         if x.dtype != torch.uint8 and not x.is_floating_point() and x.dtype != torch.bool and not x.is_complex():
             if x.numel() and (int(x.min()) < 0 or int(x.max()) > 255):
-                raise UserError(f"integer images must be in 0..255, got {int(x.min())}..{int(x.max())} (or pass floats in [0, 1])")
+                raise UserError(
+                    f"integer images must be in 0..255, got {int(x.min())}..{int(x.max())} (or pass floats in [0, 1])"
+                )
             x = x.to(torch.uint8)
         if x.dtype != torch.uint8:
             if x.dtype == torch.bool or x.is_complex():
@@ -113,7 +129,9 @@ class Run:
             if not torch.isfinite(x).all():
                 raise UserError("images contain NaN or infinite values")
             if x.min() < 0 or x.max() > 1:
-                raise UserError(f"float images must be in [0, 1], got {x.min().item():g}..{x.max().item():g} (uint8 images are read as 0..255)")
+                raise UserError(
+                    f"float images must be in [0, 1], got {x.min().item():g}..{x.max().item():g} (uint8 images are read as 0..255)"
+                )
             x = x.mul(255).round().to(torch.uint8)
         return x
 
@@ -130,11 +148,21 @@ class Run:
         try:
             t = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise UserError(f"codes must be integers [N, {self.grid[0]}, {self.grid[1]}], got {type(codes).__name__} ({e})") from None
+            raise UserError(
+                f"codes must be integers [N, {self.grid[0]}, {self.grid[1]}], got {type(codes).__name__} ({e})"
+            ) from None
         k = self.vqvae.quantizer.codebook_size
-        if (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() != 3 or tuple(t.shape[1:]) != tuple(self.grid)
-                or len(t) == 0):
-            raise UserError(f"codes must be integers [N >= 1, {self.grid[0]}, {self.grid[1]}], got {t.dtype} {list(t.shape)}")
+        if (
+            t.is_floating_point()
+            or t.is_complex()
+            or t.dtype == torch.bool
+            or t.dim() != 3
+            or tuple(t.shape[1:]) != tuple(self.grid)
+            or len(t) == 0
+        ):
+            raise UserError(
+                f"codes must be integers [N >= 1, {self.grid[0]}, {self.grid[1]}], got {t.dtype} {list(t.shape)}"
+            )
         t = t.long()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
             raise UserError(f"codes must be in 0..{k - 1} (K={k}), got {int(t.min())}..{int(t.max())}")
@@ -155,13 +183,17 @@ class Run:
                 raise UserError(f"pass n=... (how many images, 1..1,000,000) for an unconditional prior, got {n!r}")
             return None, int(n)
         if labels is None:
-            raise UserError(f"this run's prior is class-conditional: pass labels (classes 0..{self.num_classes - 1}, or soft weights)")
+            raise UserError(
+                f"this run's prior is class-conditional: pass labels (classes 0..{self.num_classes - 1}, or soft weights)"
+            )
         try:
             t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
         except (TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"labels must be a list of classes or soft weights [N, {self.num_classes}] ({e})") from None
         if t.numel() == 0:
-            raise UserError(f"labels must be a non-empty list of classes 0..{self.num_classes - 1} (or soft weights [N, {self.num_classes}])")
+            raise UserError(
+                f"labels must be a non-empty list of classes 0..{self.num_classes - 1} (or soft weights [N, {self.num_classes}])"
+            )
         if t.is_floating_point():
             t = t.double()
             if t.dim() != 2 or t.shape[1] != self.num_classes or not len(t):
@@ -170,19 +202,34 @@ class Run:
                 raise UserError("soft labels must be finite weights >= 0 that sum to 1 in every row")
             return t, len(t)
         if t.dim() != 1 or not len(t) or t.dtype == torch.bool or t.is_complex():
-            raise UserError(f"labels must be a non-empty list of classes 0..{self.num_classes - 1}, got shape {list(t.shape)}")
+            raise UserError(
+                f"labels must be a non-empty list of classes 0..{self.num_classes - 1}, got shape {list(t.shape)}"
+            )
         t = t.long()
         if int(t.min()) < 0 or int(t.max()) >= self.num_classes:
             raise UserError(f"labels must be classes 0..{self.num_classes - 1}, got {t.tolist()}")
         return t, len(t)
 
-    def generate(self, labels=None, n: int | None = None, temperature: float | None = None, guidance: float | None = None,
-                 seed: int = 0) -> Generated:
+    def generate(
+        self,
+        labels=None,
+        n: int | None = None,
+        temperature: float | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+    ) -> Generated:
         """One image per label (int classes, or soft class weights [N, classes]); or n images from an unconditional prior."""
         self._sampling(temperature, guidance, seed)
         labels, count = self._labels(labels, n)
-        codes = generate_codes(self.prior, count, self.grid, labels, self.temperature if temperature is None else temperature,
-                               seed, guidance=self.guidance if guidance is None else guidance)
+        codes = generate_codes(
+            self.prior,
+            count,
+            self.grid,
+            labels,
+            self.temperature if temperature is None else temperature,
+            seed,
+            guidance=self.guidance if guidance is None else guidance,
+        )
         return Generated(self.decode(codes), codes)
 
     # ------------------------------------------------------------------ likelihoods
@@ -192,7 +239,9 @@ class Run:
 
     def _positions(self, positions: int | None) -> int | None:
         total = self.grid[0] * self.grid[1]
-        if positions is not None and (isinstance(positions, bool) or not isinstance(positions, (int, np.integer)) or not 0 <= positions <= total):
+        if positions is not None and (
+            isinstance(positions, bool) or not isinstance(positions, (int, np.integer)) or not 0 <= positions <= total
+        ):
             raise UserError(f"positions must be an integer in 0..{total}, got {positions!r}")
         return positions
 
@@ -219,8 +268,13 @@ class Run:
         from .evaluation.run_eval import pixel_bits
 
         pixel = pixel_bits(x, recon, self.decoder_sigma())
-        return {"code_bits": code_nats / LN2, "best_class": best, "recon_mse": mse, "pixel_bits": pixel,
-                "image_bits_bound": code_nats / LN2 + pixel}
+        return {
+            "code_bits": code_nats / LN2,
+            "best_class": best,
+            "recon_mse": mse,
+            "pixel_bits": pixel,
+            "image_bits_bound": code_nats / LN2 + pixel,
+        }
 
     def decoder_sigma(self) -> float:
         """The pixel noise σ that `vqprior eval` chose on the validation slice (0.1 when the run was not evaluated)."""
@@ -230,7 +284,9 @@ class Run:
         sigma = load_json_object(ev).get("prior", {})
         sigma = sigma.get("decoder_sigma") if isinstance(sigma, dict) else None
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 1e-4 <= sigma <= 1:
-            raise UserError(f"{ev}: prior.decoder_sigma must be a number in 0.0001..1, got {sigma!r}; run `vqprior eval` again")
+            raise UserError(
+                f"{ev}: prior.decoder_sigma must be a number in 0.0001..1, got {sigma!r}; run `vqprior eval` again"
+            )
         return float(sigma)
 
     def classify(self, images) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,8 +295,16 @@ class Run:
         return post.argmax(1), post
 
     # ------------------------------------------------------------------ completion
-    def complete(self, images, keep_rows: int | None = None, samples: int = 4, label: int | None = None,
-                 temperature: float | None = None, guidance: float | None = None, seed: int = 0) -> Completion:
+    def complete(
+        self,
+        images,
+        keep_rows: int | None = None,
+        samples: int = 4,
+        label: int | None = None,
+        temperature: float | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+    ) -> Completion:
         """Keep the top `keep_rows` rows of each image's code map (default: the top half) and sample the rest
         `samples` times. A conditional prior without `label` infers the class from the kept rows (Bayes)
         and draws each completion's class from that posterior."""
@@ -262,8 +326,14 @@ class Run:
                 posterior = self.posterior(codes, keep)
                 labels = torch.multinomial(posterior, samples, replacement=True, generator=gen)
             else:
-                if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes:
-                    raise UserError(f"--label {label} is out of range: this prior knows classes 0..{self.num_classes - 1}")
+                if (
+                    isinstance(label, bool)
+                    or not isinstance(label, (int, np.integer))
+                    or not 0 <= label < self.num_classes
+                ):
+                    raise UserError(
+                        f"--label {label} is out of range: this prior knows classes 0..{self.num_classes - 1}"
+                    )
                 labels = torch.full((n, samples), label, dtype=torch.long)
         elif label is not None:
             raise UserError("this run's prior is unconditional; drop --label")
@@ -271,10 +341,23 @@ class Run:
         flat_labels = None if labels is None else labels.reshape(-1)
         t = self.temperature if temperature is None else temperature
         g = self.guidance if guidance is None else guidance
-        out = torch.cat([sample(self.prior, len(prefix[i : i + 1000]), self.grid,
-                                None if flat_labels is None else flat_labels[i : i + 1000], t, seed, first=i,
-                                prefix=prefix[i : i + 1000], keep=keep, guidance=g).cpu()
-                         for i in range(0, len(prefix), 1000)])
+        out = torch.cat(
+            [
+                sample(
+                    self.prior,
+                    len(prefix[i : i + 1000]),
+                    self.grid,
+                    None if flat_labels is None else flat_labels[i : i + 1000],
+                    t,
+                    seed,
+                    first=i,
+                    prefix=prefix[i : i + 1000],
+                    keep=keep,
+                    guidance=g,
+                ).cpu()
+                for i in range(0, len(prefix), 1000)
+            ]
+        )
         images_out = self.decode(out).view(n, samples, *self.image_shape)
         return Completion(x, out.view(n, samples, height, width), images_out, keep, posterior, labels)
 
@@ -300,7 +383,9 @@ def class_log_likelihoods(prior, codes: torch.Tensor, positions: int | None = No
     return out
 
 
-def class_posterior(prior, codes: torch.Tensor, log_class_prior: torch.Tensor, positions: int | None = None) -> torch.Tensor:
+def class_posterior(
+    prior, codes: torch.Tensor, log_class_prior: torch.Tensor, positions: int | None = None
+) -> torch.Tensor:
     """p(c | codes) ∝ p(codes | c) p(c): [N, classes], rows summing to 1."""
     return torch.softmax(class_log_likelihoods(prior, codes, positions) + log_class_prior, 1)
 

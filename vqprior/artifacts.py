@@ -68,10 +68,14 @@ def _check_entry(path: Path) -> os.stat_result:
     except FileNotFoundError:
         raise UserError(f"missing file {path}; re-run the stage that writes it") from None
     if stat.S_ISLNK(st.st_mode):
-        raise UserError(f"{path} is a symbolic link; a run folder holds only its own files, so nothing was read or written: "
-                        f"remove the link (copy the file in if it belongs there)")
+        raise UserError(
+            f"{path} is a symbolic link; a run folder holds only its own files, so nothing was read or written: "
+            f"remove the link (copy the file in if it belongs there)"
+        )
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        raise UserError(f"{path} is not a regular file or folder (a FIFO, socket or device); nothing was read or written: remove it")
+        raise UserError(
+            f"{path} is not a regular file or folder (a FIFO, socket or device); nothing was read or written: remove it"
+        )
     return st
 
 
@@ -79,7 +83,9 @@ def inside(run_dir: Path, relative: str) -> Path:
     """`run_dir / relative` for a path recorded in a manifest, refused unless it is relative and stays inside."""
     rel = Path(relative)
     if rel.is_absolute() or not relative or any(part in ("..", "") for part in rel.parts):
-        raise UserError(f"a manifest in {run_dir} names {relative!r}, a path outside the run folder; re-run the stage that wrote it")
+        raise UserError(
+            f"a manifest in {run_dir} names {relative!r}, a path outside the run folder; re-run the stage that wrote it"
+        )
     return Path(run_dir) / rel
 
 
@@ -100,7 +106,9 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise UserError(f"{path} is not a regular file (a FIFO, socket or device); remove it")
         if limit is not None and st.st_size > limit:
-            raise UserError(f"{path} is {st.st_size:,} bytes, more than such a file can be ({limit:,}); re-run the stage that wrote it")
+            raise UserError(
+                f"{path} is {st.st_size:,} bytes, more than such a file can be ({limit:,}); re-run the stage that wrote it"
+            )
         data = f.read(st.st_size + 1)
         if len(data) > st.st_size:  # /proc-like files say 0 bytes and never end: not a file of ours
             raise UserError(f"{path} grows while it is read (not an ordinary file); remove it")
@@ -174,7 +182,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the run folder {run_dir}: {e.strerror}; choose a writable run.out_dir") from None
+        raise UserError(
+            f"cannot create the run folder {run_dir}: {e.strerror}; choose a writable run.out_dir"
+        ) from None
     path = run_dir / ".lock"
     fd = _take_lock(path, run_dir)
     try:
@@ -235,7 +245,9 @@ def _take_lock(path: Path, run_dir: Path) -> int:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
             who = f"process {holder}" if holder.isdigit() else "another process"
-            raise UserError(f"run folder {run_dir} is in use by {who}; wait for it to finish or use another --name") from None
+            raise UserError(
+                f"run folder {run_dir} is in use by {who}; wait for it to finish or use another --name"
+            ) from None
         # the holder may have unlinked the file between our open and flock: then we locked a dead inode
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -326,7 +338,9 @@ def load_json(path: Path) -> Any:
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e.msg}); re-run the stage that writes it") from None
     except RecursionError:
-        raise UserError(f"{path} is nested too deeply to be one of vqprior's files; re-run the stage that writes it") from None
+        raise UserError(
+            f"{path} is nested too deeply to be one of vqprior's files; re-run the stage that writes it"
+        ) from None
 
 
 def load_json_object(path: Path) -> dict:
@@ -357,15 +371,29 @@ def load_weights(path: Path, module: torch.nn.Module) -> None:
         module.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise UserError(f"{path} does not fit the model in its config ({first[1].strip() if len(first) > 1 else first[0]}); re-run that stage") from None
+        raise UserError(
+            f"{path} does not fit the model in its config ({first[1].strip() if len(first) > 1 else first[0]}); re-run that stage"
+        ) from None
 
 
 def versions() -> dict[str, str]:
-    return {"vqprior": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    return {
+        "vqprior": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
-def write_manifest(folder: Path, stage: int, inputs: dict[str, Path], config: dict, timings: dict[str, float],
-                   fingerprint: dict, extra: dict | None = None) -> dict:
+def write_manifest(
+    folder: Path,
+    stage: int,
+    inputs: dict[str, Path],
+    config: dict,
+    timings: dict[str, float],
+    fingerprint: dict,
+    extra: dict | None = None,
+) -> dict:
     """Fingerprint every file in `folder` and every input; inputs are named files of earlier stages, recorded
     relative to the run folder (so a run folder can be moved) and re-checked by every later reader.
     `fingerprint` is what the stage's outputs depend on: `vqprior run` skips the stage while it is unchanged."""
@@ -375,7 +403,9 @@ def write_manifest(folder: Path, stage: int, inputs: dict[str, Path], config: di
         "what": STAGE_NAMES[stage],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "fingerprint": fingerprint,
-        "inputs": {name: {"path": _relative(Path(p), run_dir), "sha256": sha256_file(Path(p))} for name, p in inputs.items()},
+        "inputs": {
+            name: {"path": _relative(Path(p), run_dir), "sha256": sha256_file(Path(p))} for name, p in inputs.items()
+        },
         "outputs": {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST},
         "config": config,
         "versions": versions(),
@@ -405,25 +435,41 @@ def read_stage(run_dir: Path, stage: int, needed_by: int | None = None) -> tuple
         )
     manifest = load_json_object(folder / MANIFEST)
     outputs, inputs = manifest.get("outputs", {}), manifest.get("inputs", {})
-    if not isinstance(outputs, dict) or not isinstance(inputs, dict) or not all(
-            isinstance(v, dict) and isinstance(v.get("path"), str) and isinstance(v.get("sha256"), str) for v in inputs.values()):
-        raise UserError(f"{folder / MANIFEST} is not a stage manifest (outputs/inputs of the wrong shape); re-run stage {stage}")
+    if (
+        not isinstance(outputs, dict)
+        or not isinstance(inputs, dict)
+        or not all(
+            isinstance(v, dict) and isinstance(v.get("path"), str) and isinstance(v.get("sha256"), str)
+            for v in inputs.values()
+        )
+    ):
+        raise UserError(
+            f"{folder / MANIFEST} is not a stage manifest (outputs/inputs of the wrong shape); re-run stage {stage}"
+        )
     for name, digest in outputs.items():
         if not PLAIN_NAME.match(name) or name == MANIFEST or not isinstance(digest, str):
-            raise UserError(f"{folder / MANIFEST} lists {name!r} as an output, which is not a file of that stage folder; re-run stage {stage}")
+            raise UserError(
+                f"{folder / MANIFEST} lists {name!r} as an output, which is not a file of that stage folder; re-run stage {stage}"
+            )
         path = folder / name
         if not path.is_file():
             raise UserError(f"{path} is missing though stage {stage}'s manifest lists it; re-run stage {stage}")
         if sha256_file(path) != digest:
-            raise UserError(f"{path} changed after stage {stage} wrote it (sha256 differs from its manifest); re-run stage {stage}")
-    for name, record in inputs.items():
+            raise UserError(
+                f"{path} changed after stage {stage} wrote it (sha256 differs from its manifest); re-run stage {stage}"
+            )
+    for record in inputs.values():
         source = inside(run_dir, record["path"])
         if not source.is_file() or sha256_file(source) != record["sha256"]:
             made_by = re.match(r"stage(\d)/", record["path"])
             first = int(made_by.group(1)) + 1 if made_by else stage
-            redo = f"stage {stage}" if first >= stage else f"stages {', '.join(map(str, range(first, stage)))} and {stage}"
-            raise UserError(f"stage {stage} in {folder} was made from a {source} that has since been replaced or removed "
-                            f"(an earlier stage was re-run); re-run {redo}")
+            redo = (
+                f"stage {stage}" if first >= stage else f"stages {', '.join(map(str, range(first, stage)))} and {stage}"
+            )
+            raise UserError(
+                f"stage {stage} in {folder} was made from a {source} that has since been replaced or removed "
+                f"(an earlier stage was re-run); re-run {redo}"
+            )
     return folder, manifest
 
 

@@ -30,10 +30,19 @@ from .runtime import Reporter, Runtime, lost_peer, process_place
 
 T = TypeVar("T")
 RESUMABLE = {1, 3}
-STAGE_MODULES = {1: "vqprior.stages.s1_vqvae", 2: "vqprior.stages.s2_codes", 3: "vqprior.stages.s3_prior", 4: "vqprior.stages.s4_sample"}
+STAGE_MODULES = {
+    1: "vqprior.stages.s1_vqvae",
+    2: "vqprior.stages.s2_codes",
+    3: "vqprior.stages.s3_prior",
+    4: "vqprior.stages.s4_sample",
+}
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train a VQ-VAE and a gated PixelCNN prior over its codes, then generate images. Stages 1-4 run in order.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train a VQ-VAE and a gated PixelCNN prior over its codes, then generate images. Stages 1-4 run in order.",
+)
 console = Console(stderr=True, highlight=False)
 
 
@@ -42,7 +51,13 @@ class ConsoleReporter(Reporter):
         console.print(message)
 
     def track(self, items: Iterable[T], total: int, description: str) -> Iterator[T]:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task(description, total=total)
             for item in items:
@@ -74,8 +89,17 @@ def _one_line_errors(interrupted: str = "interrupted; nothing was written") -> I
         _fail(message)
 
 
-def _overrides(sets: list[str], name: Optional[str], labels: list[int], mix: Optional[str], n: Optional[int],
-               temperature: Optional[float], seed: Optional[int], sampler: Optional[str], guidance: Optional[float] = None) -> list[str]:
+def _overrides(
+    sets: list[str],
+    name: Optional[str],
+    labels: list[int],
+    mix: Optional[str],
+    n: Optional[int],
+    temperature: Optional[float],
+    seed: Optional[int],
+    sampler: Optional[str],
+    guidance: Optional[float] = None,
+) -> list[str]:
     out = list(sets)
     if name is not None:
         out.append(f"run.name={json.dumps(name)}")
@@ -105,19 +129,42 @@ def _toml_number(value: float | int) -> str:
 
 Preset = Annotated[Optional[str], typer.Option(help=f"Start from a preset: {', '.join(presets())}.")]
 ConfigFile = Annotated[Optional[str], typer.Option("--config", "-c", help="TOML file with config overrides.")]
-Sets = Annotated[list[str], typer.Option("--set", "-s", help="Override one value, e.g. --set prior.epochs=2 (repeatable).")]
-Name = Annotated[Optional[str], typer.Option(help="Run name: outputs go to <run.out_dir>/<name>/ (default: the data source, e.g. mnist).")]
-Labels = Annotated[list[int], typer.Option("--label", "-l", help="Stage 4: class to draw (repeatable; default all classes).")]
+Sets = Annotated[
+    list[str], typer.Option("--set", "-s", help="Override one value, e.g. --set prior.epochs=2 (repeatable).")
+]
+Name = Annotated[
+    Optional[str],
+    typer.Option(help="Run name: outputs go to <run.out_dir>/<name>/ (default: the data source, e.g. mnist)."),
+]
+Labels = Annotated[
+    list[int], typer.Option("--label", "-l", help="Stage 4: class to draw (repeatable; default all classes).")
+]
 Mix = Annotated[Optional[str], typer.Option(help="Stage 4: draw between classes, e.g. --mix 3:0.5,8:0.5.")]
-PerClass = Annotated[Optional[int], typer.Option("--per-class", help="Stage 4: images per requested class (strips for --morph).")]
+PerClass = Annotated[
+    Optional[int], typer.Option("--per-class", help="Stage 4: images per requested class (strips for --morph).")
+]
 Temp = Annotated[Optional[float], typer.Option(help="Stage 4: sampling temperature (> 0).")]
 Guidance = Annotated[Optional[float], typer.Option(help="Stage 4: classifier-free guidance scale (1 = none).")]
-Morph = Annotated[Optional[str], typer.Option(help="Stage 4: strips that move from one class to another, e.g. --morph 4:9.")]
+Morph = Annotated[
+    Optional[str], typer.Option(help="Stage 4: strips that move from one class to another, e.g. --morph 4:9.")
+]
 Steps = Annotated[Optional[int], typer.Option(help="Stage 4: steps of a --morph strip.")]
 Seed = Annotated[Optional[int], typer.Option(help="Stage 4: sampling seed.")]
-Trust = Annotated[bool, typer.Option("--trust-code", help="Allow components that are not vqprior built-ins (a dotted or file path in the "
-                                     "config or run folder): their code runs as you. Only for code you trust.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage (the default when a checkpoint exists); fails if there is none.")]
+Trust = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="Allow components that are not vqprior built-ins (a dotted or file path in the "
+        "config or run folder): their code runs as you. Only for code you trust.",
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted training stage (the default when a checkpoint exists); fails if there is none.",
+    ),
+]
 Restart = Annotated[bool, typer.Option("--restart", help="Discard checkpoints and redo the stage(s) from scratch.")]
 Sampler = Annotated[Optional[str], typer.Option(help="Stage 4: cached (fast, default) or naive (reference).")]
 
@@ -140,7 +187,9 @@ def finished_stage(run_dir: Path, stage: int) -> dict | None:
 def _changes(old, new, prefix: str = "") -> list[str]:
     """'key: old -> new' for every leaf that differs between two fingerprints."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [c for k in sorted(set(old) | set(new), key=str) for c in _changes(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [
+            c for k in sorted(set(old) | set(new), key=str) for c in _changes(old.get(k), new.get(k), f"{prefix}{k}.")
+        ]
     if old == new:
         return []
     shown = lambda v: json.dumps(v) if len(json.dumps(v)) <= 30 else json.dumps(v)[:27] + "..."  # noqa: E731
@@ -160,10 +209,16 @@ def check_nothing_finished_is_replaced(run_dir: Path, cfg: Config) -> None:
         new = json.loads(json.dumps(new))
         changes = [c for c in _changes(old["fingerprint"], new) if not c.startswith("codes.")]
         if changes:
-            what = "the VQ-VAE (stage 1) and the prior (stage 3)" if stage == 1 and finished_stage(run_dir, 3) else f"the {STAGE_NAMES[stage]} (stage {stage})"
-            raise UserError(f"{run_dir} holds a finished {STAGE_NAMES[stage]} made with other settings ({'; '.join(changes[:4])}"
-                            f"{'; ...' if len(changes) > 4 else ''}); this run would replace {what}: pass --name NEW to keep it "
-                            f"and train elsewhere, or --replace to retrain in this folder")
+            what = (
+                "the VQ-VAE (stage 1) and the prior (stage 3)"
+                if stage == 1 and finished_stage(run_dir, 3)
+                else f"the {STAGE_NAMES[stage]} (stage {stage})"
+            )
+            raise UserError(
+                f"{run_dir} holds a finished {STAGE_NAMES[stage]} made with other settings ({'; '.join(changes[:4])}"
+                f"{'; ...' if len(changes) > 4 else ''}); this run would replace {what}: pass --name NEW to keep it "
+                f"and train elsewhere, or --replace to retrain in this folder"
+            )
 
 
 def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool, replace: bool = False) -> None:
@@ -182,15 +237,22 @@ def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool, 
             module = _stage(stage)
             if incremental and resume != "restart" and is_current(run_dir, stage, module.fingerprint(cfg)):
                 if rt.is_main:
-                    console.print(f"[green]stage {stage} up to date[/] ({run_dir / f'stage{stage}'}); skipped (--restart redoes it)")
+                    console.print(
+                        f"[green]stage {stage} up to date[/] ({run_dir / f'stage{stage}'}); skipped (--restart redoes it)"
+                    )
                 continue
             old = finished_stage(run_dir, stage) if rt.is_main else None
             t0 = time.perf_counter()
             kwargs = {"resume": resume} if stage in RESUMABLE else {}
             out = module.run(cfg, reporter=reporter, rt=rt, **kwargs)
             if rt.is_main:
-                replaced = f" (replaced the {STAGE_NAMES[stage]} made {old.get('created', '?')})" if old is not None else ""
-                console.print(f"[green]stage {stage} done[/] in {time.perf_counter() - t0:.0f}s -> {out}{replaced}", soft_wrap=True)
+                replaced = (
+                    f" (replaced the {STAGE_NAMES[stage]} made {old.get('created', '?')})" if old is not None else ""
+                )
+                console.print(
+                    f"[green]stage {stage} done[/] in {time.perf_counter() - t0:.0f}s -> {out}{replaced}",
+                    soft_wrap=True,
+                )
         if incremental and rt.is_main:
             from .report.html import write_report
 
@@ -202,17 +264,44 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temperature, seed, sampler, resume, restart,
-             incremental: bool = False, guidance: Optional[float] = None, trust_code: bool = False, replace: bool = False) -> None:
-    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+def _guarded(
+    stages: list[int],
+    preset,
+    config,
+    sets,
+    name,
+    labels,
+    mix,
+    n,
+    temperature,
+    seed,
+    sampler,
+    resume,
+    restart,
+    incremental: bool = False,
+    guidance: Optional[float] = None,
+    trust_code: bool = False,
+    replace: bool = False,
+) -> None:
+    previous = (
+        signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
-        with _one_line_errors("interrupted; the stage that was running left its last checkpoint (if any) and wrote no outputs"), \
-                trusting_code(trust_code):
+        with (
+            _one_line_errors(
+                "interrupted; the stage that was running left its last checkpoint (if any) and wrote no outputs"
+            ),
+            trusting_code(trust_code),
+        ):
             if resume and restart:
                 raise UserError("--resume and --restart contradict each other; pass one")
-            cfg = load_config(preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler, guidance))
+            cfg = load_config(
+                preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler, guidance)
+            )
             try:
-                _run_stages(stages, cfg, "require" if resume else "restart" if restart else "auto", incremental, replace)
+                _run_stages(
+                    stages, cfg, "require" if resume else "restart" if restart else "auto", incremental, replace
+                )
             except RuntimeError as e:  # under torchrun: another process died or hung -> one line on every survivor
                 rank, world, _, _ = process_place()
                 if world > 1 and (lost := lost_peer(e, rank)) is not None:
@@ -223,16 +312,52 @@ def _guarded(stages: list[int], preset, config, sets, name, labels, mix, n, temp
             signal.signal(signal.SIGTERM, previous)
 
 
+RunOutDir = Annotated[
+    Optional[str], typer.Option("--out-dir", help="Folder that holds the runs (run.out_dir; default artifacts).")
+]
+
+
+def _with_out_dir(sets: list[str], out_dir: Optional[str]) -> list[str]:
+    """--out-dir as the run.out_dir override it stands for (last, so it wins over --set like any flag)."""
+    return sets if out_dir is None else [*sets, f"run.out_dir={json.dumps(out_dir)}"]
+
+
 @app.command("run-stage")
-def run_stage(stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE, 2 code maps, 3 prior, 4 samples.")],
-              preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
-              mix: Mix = None, per_class: PerClass = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
-              guidance: Guidance = None, morph: Morph = None, steps: Steps = None, resume: Resume = False, restart: Restart = False,
-              trust_code: Trust = False) -> None:
+def run_stage(
+    stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE, 2 code maps, 3 prior, 4 samples.")],
+    preset: Preset = None,
+    config: ConfigFile = None,
+    set_: Sets = [],
+    name: Name = None,
+    label: Labels = [],
+    mix: Mix = None,
+    per_class: PerClass = None,
+    temperature: Temp = None,
+    seed: Seed = None,
+    sampler: Sampler = None,
+    guidance: Guidance = None,
+    morph: Morph = None,
+    steps: Steps = None,
+    resume: Resume = False,
+    restart: Restart = False,
+    trust_code: Trust = False,
+    out_dir: RunOutDir = None,
+) -> None:
     """Run one stage; it reads the earlier stages' outputs from the run folder."""
-    if stage != 4 and (label or mix or per_class is not None or temperature is not None or seed is not None or sampler is not None
-                       or guidance is not None or morph is not None or steps is not None):
-        _fail("--label/--mix/--per-class/--temperature/--seed/--sampler/--guidance/--morph/--steps apply to stage 4 only; use --set for other stages")
+    if stage != 4 and (
+        label
+        or mix
+        or per_class is not None
+        or temperature is not None
+        or seed is not None
+        or sampler is not None
+        or guidance is not None
+        or morph is not None
+        or steps is not None
+    ):
+        _fail(
+            "--label/--mix/--per-class/--temperature/--seed/--sampler/--guidance/--morph/--steps apply to stage 4 only; use --set for other stages"
+        )
     if morph is not None:
         try:
             a, b = (int(c) for c in morph.split(":"))
@@ -243,23 +368,75 @@ def run_stage(stage: Annotated[int, typer.Argument(min=1, max=4, help="1 VQ-VAE,
         _fail("--steps goes with --morph")
     if stage not in RESUMABLE and (resume or restart):
         _fail(f"--resume/--restart apply to the training stages 1 and 3; stage {stage} always runs from the start")
-    _guarded([stage], preset, config, set_, name, label, mix, per_class, temperature, seed, sampler, resume, restart, guidance=guidance,
-             trust_code=trust_code)
+    _guarded(
+        [stage],
+        preset,
+        config,
+        _with_out_dir(set_, out_dir),
+        name,
+        label,
+        mix,
+        per_class,
+        temperature,
+        seed,
+        sampler,
+        resume,
+        restart,
+        guidance=guidance,
+        trust_code=trust_code,
+    )
 
 
 @app.command("run")
-def run_all(preset: Preset = None, config: ConfigFile = None, set_: Sets = [], name: Name = None, label: Labels = [],
-            mix: Mix = None, per_class: PerClass = None, temperature: Temp = None, seed: Seed = None, sampler: Sampler = None,
-            guidance: Guidance = None, resume: Resume = False, restart: Restart = False, trust_code: Trust = False,
-            replace: Annotated[bool, typer.Option("--replace", help="Retrain finished stages whose settings changed in this run "
-                                                  "folder (without it such a run is refused: it would replace them).")] = False) -> None:
+def run_all(
+    preset: Preset = None,
+    config: ConfigFile = None,
+    set_: Sets = [],
+    name: Name = None,
+    label: Labels = [],
+    mix: Mix = None,
+    per_class: PerClass = None,
+    temperature: Temp = None,
+    seed: Seed = None,
+    sampler: Sampler = None,
+    guidance: Guidance = None,
+    resume: Resume = False,
+    restart: Restart = False,
+    trust_code: Trust = False,
+    out_dir: RunOutDir = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Retrain finished stages whose settings changed in this run "
+            "folder (without it such a run is refused: it would replace them).",
+        ),
+    ] = False,
+) -> None:
     """Run all four stages in order (the whole pipeline on MNIST with the defaults).
 
     Like make: a stage whose outputs are intact and were made from the same settings and inputs is skipped,
     an interrupted one resumes from its checkpoint; --restart redoes everything. A finished VQ-VAE or prior made
     with other settings is never replaced silently: pass --name for a new folder or --replace."""
-    _guarded([1, 2, 3, 4], preset, config, set_, name, label, mix, per_class, temperature, seed, sampler, resume, restart, incremental=True,
-             guidance=guidance, trust_code=trust_code, replace=replace)
+    _guarded(
+        [1, 2, 3, 4],
+        preset,
+        config,
+        _with_out_dir(set_, out_dir),
+        name,
+        label,
+        mix,
+        per_class,
+        temperature,
+        seed,
+        sampler,
+        resume,
+        restart,
+        incremental=True,
+        guidance=guidance,
+        trust_code=trust_code,
+        replace=replace,
+    )
 
 
 def _run_dir_of(name: Optional[str], out_dir: str) -> Path:
@@ -276,13 +453,28 @@ Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available
 
 
 @app.command("eval")
-def eval_run(name: Name = None, out_dir: OutDir = "artifacts",
-             n: Annotated[int, typer.Option("--n", "-n", min=100, max=100_000, help="Samples to draw and score in all, spread evenly over classes.")] = 10_000,
-             temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (default: the run's sample.temperature).")] = None,
-             guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the run's sample.guidance).")] = None,
-             reference: Annotated[str, typer.Option(help="Score against the 'test' split, or the held-out 'valid' slice (for tuning).")] = "test",
-             seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Sampling seed.")] = 0, trust_code: Trust = False,
-             device: Device = "auto") -> None:
+def eval_run(
+    name: Name = None,
+    out_dir: OutDir = "artifacts",
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n", "-n", min=100, max=100_000, help="Samples to draw and score in all, spread evenly over classes."
+        ),
+    ] = 10_000,
+    temperature: Annotated[
+        Optional[float], typer.Option(help="Sampling temperature (default: the run's sample.temperature).")
+    ] = None,
+    guidance: Annotated[
+        Optional[float], typer.Option(help="Guidance scale (default: the run's sample.guidance).")
+    ] = None,
+    reference: Annotated[
+        str, typer.Option(help="Score against the 'test' split, or the held-out 'valid' slice (for tuning).")
+    ] = "test",
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Sampling seed.")] = 0,
+    trust_code: Trust = False,
+    device: Device = "auto",
+) -> None:
     """Score a finished run: sample FD / floor, conditional accuracy, precision/recall, reconstruction, NLL.
 
     Writes <run>/eval/eval.json and the sample grid it scored, and prints one table."""
@@ -295,7 +487,9 @@ def eval_run(name: Name = None, out_dir: OutDir = "artifacts",
         run_dir = _run_dir_of(name, out_dir)
         rt = Runtime.setup(RunSection(device=device))
         with run_lock(run_dir):
-            result, images = evaluate_run(run_dir, n, temperature, reference, rt.device, ConsoleReporter(), seed, guidance)
+            result, images = evaluate_run(
+                run_dir, n, temperature, reference, rt.device, ConsoleReporter(), seed, guidance
+            )
             replaced = previous_eval(run_dir)
             folder = write_eval(run_dir, result, images, report=True)
         console.print(eval_table(result))
@@ -314,8 +508,10 @@ def previous_eval(run_dir: Path) -> str | None:
 
     try:
         old = load_json_object(path)
-        return (f"{old['n_samples']} samples at temperature {old['temperature']:g}, guidance {old['guidance']:g} vs the "
-                f"{old['reference']} split: {old['samples']['fd_ratio']:.2f}x the floor")
+        return (
+            f"{old['n_samples']} samples at temperature {old['temperature']:g}, guidance {old['guidance']:g} vs the "
+            f"{old['reference']} split: {old['samples']['fd_ratio']:.2f}x the floor"
+        )
     except (UserError, KeyError, TypeError, ValueError):
         return "an unreadable eval.json"
 
@@ -324,24 +520,56 @@ def eval_table(result: dict):
     from rich.table import Table
 
     s, v, p, f = result["samples"], result["vqvae"], result["prior"], result["floor"]
-    table = Table(title=f"{result['run']}: {result['n_samples']} samples at temperature {result['temperature']:g}, guidance "
-                        f"{result['guidance']:g}, vs the {result['reference']} split")
+    table = Table(
+        title=f"{result['run']}: {result['n_samples']} samples at temperature {result['temperature']:g}, guidance "
+        f"{result['guidance']:g}, vs the {result['reference']} split"
+    )
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_column("meaning")
-    rows = [("samples FD / floor", f"{s['fd_ratio']:.2f}x", f"FD {s['fd']:.2f}; floor {f['fd']:.2f} (real vs real); 1.0 = as close as real data")]
+    rows = [
+        (
+            "samples FD / floor",
+            f"{s['fd_ratio']:.2f}x",
+            f"FD {s['fd']:.2f}; floor {f['fd']:.2f} (real vs real); 1.0 = as close as real data",
+        )
+    ]
     if "conditional_accuracy" in s:
         worst = min(s["per_class_accuracy"].items(), key=lambda kv: kv[1])
-        rows.append(("conditional accuracy", f"{s['conditional_accuracy']:.1%}", f"samples read as their class; worst: {worst[0]} {worst[1]:.1%}"))
+        rows.append(
+            (
+                "conditional accuracy",
+                f"{s['conditional_accuracy']:.1%}",
+                f"samples read as their class; worst: {worst[0]} {worst[1]:.1%}",
+            )
+        )
     else:
-        rows.append(("class coverage", f"{s['class_coverage']:.3f}", "entropy of predicted classes / log C; 1 = all classes equally"))
+        rows.append(
+            (
+                "class coverage",
+                f"{s['class_coverage']:.3f}",
+                "entropy of predicted classes / log C; 1 = all classes equally",
+            )
+        )
     rows += [
-        ("precision / recall", f"{s['precision']:.3f} / {s['recall']:.3f}", "samples inside the real manifold / real inside the samples'"),
+        (
+            "precision / recall",
+            f"{s['precision']:.3f} / {s['recall']:.3f}",
+            "samples inside the real manifold / real inside the samples'",
+        ),
         ("reconstruction FD / floor", f"{v['recon_fd_ratio']:.2f}x", "the VQ-VAE's ceiling on sample quality"),
         ("test recon MSE / PSNR", f"{v['test_recon_mse']:.4f} / {v['test_psnr']:.1f} dB", "pixels in [0, 1]"),
-        ("codebook", f"{v['usage']:.0%} of {v['codebook_size']}, ppl {v['perplexity']:.1f}", f"{v['dead_codes']} dead codes on the test split"),
+        (
+            "codebook",
+            f"{v['usage']:.0%} of {v['codebook_size']}, ppl {v['perplexity']:.1f}",
+            f"{v['dead_codes']} dead codes on the test split",
+        ),
         ("prior test NLL", f"{p['test_bits_per_code']:.3f} bits/code", f"{p['test_bits_per_map']:.1f} bits per map"),
-        ("image NLL bound", f"{p['image_nll_bound_bits_per_dim']:.3f} bits/dim", f"prior + decoder (discretised Gaussian, sigma {p['decoder_sigma']:.3f})"),
+        (
+            "image NLL bound",
+            f"{p['image_nll_bound_bits_per_dim']:.3f} bits/dim",
+            f"prior + decoder (discretised Gaussian, sigma {p['decoder_sigma']:.3f})",
+        ),
         ("feature classifier", f"{result['classifier']['test_accuracy']:.2%}", "its accuracy on the real test split"),
     ]
     for row in rows:
@@ -401,12 +629,25 @@ def _api_command(body, trust_code: bool = False) -> None:
 
 
 @app.command("complete")
-def complete(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts", from_split: FromSplit = None, n: FromN = 8,
-             keep_rows: Annotated[Optional[int], typer.Option(help="Code-map rows to keep from the top (default: half).")] = None,
-             samples: Annotated[int, typer.Option(min=1, max=64, help="Completions per image.")] = 4,
-             label: Annotated[Optional[int], typer.Option(help="Class to complete as (default: inferred from the kept rows).")] = None,
-             temperature: Temp = None, guidance: Guidance = None, seed: Annotated[int, typer.Option(min=0, max=MAX_SEED)] = 0,
-             trust_code: Trust = False, device: Device = "auto") -> None:
+def complete(
+    inputs: Inputs = None,
+    name: Name = None,
+    out_dir: OutDir = "artifacts",
+    from_split: FromSplit = None,
+    n: FromN = 8,
+    keep_rows: Annotated[
+        Optional[int], typer.Option(help="Code-map rows to keep from the top (default: half).")
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, max=64, help="Completions per image.")] = 4,
+    label: Annotated[
+        Optional[int], typer.Option(help="Class to complete as (default: inferred from the kept rows).")
+    ] = None,
+    temperature: Temp = None,
+    guidance: Guidance = None,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED)] = 0,
+    trust_code: Trust = False,
+    device: Device = "auto",
+) -> None:
     """Keep the top rows of each image's code map and sample the rest: original | kept part | completions."""
 
     def body():
@@ -426,22 +667,41 @@ def complete(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
         rows = torch.cat([done.originals[:, None], masked[:, None], done.images], 1).flatten(0, 1)
         with writing_folder(run.folder / "complete", "completions") as out:
             save_image(rows.float() / 255, out / "completions.png", nrow=samples + 2, padding=2, pad_value=0.5)
-            extra = {} if done.posterior is None else {"posterior": done.posterior.numpy(), "labels": done.labels.numpy()}
-            np.savez_compressed(out / "completions.npz", originals=done.originals.numpy(), images=done.images.numpy(),
-                                codes=done.codes.numpy(), keep=done.keep, **extra)
+            extra = (
+                {} if done.posterior is None else {"posterior": done.posterior.numpy(), "labels": done.labels.numpy()}
+            )
+            np.savez_compressed(
+                out / "completions.npz",
+                originals=done.originals.numpy(),
+                images=done.images.numpy(),
+                codes=done.codes.numpy(),
+                keep=done.keep,
+                **extra,
+            )
         for i, who in enumerate(names):
             if done.posterior is not None:
                 top = done.posterior[i].topk(min(3, run.num_classes))
-                guess = ", ".join(f"{run.class_names[c]} {p:.0%}" for p, c in zip(top.values.tolist(), top.indices.tolist()))
+                guess = ", ".join(
+                    f"{run.class_names[c]} {p:.0%}" for p, c in zip(top.values.tolist(), top.indices.tolist())
+                )
                 console.print(f"{who}: class posterior from the kept rows: {guess}")
-        console.print(f"[green]completions[/] ({done.keep} of {run.grid[0] * run.grid[1]} codes kept) -> {run.folder / 'complete' / 'completions.png'}")
+        console.print(
+            f"[green]completions[/] ({done.keep} of {run.grid[0] * run.grid[1]} codes kept) -> {run.folder / 'complete' / 'completions.png'}"
+        )
 
     _api_command(body, trust_code)
 
 
 @app.command("score")
-def score(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts", from_split: FromSplit = None, n: FromN = 1000,
-          trust_code: Trust = False, device: Device = "auto") -> None:
+def score(
+    inputs: Inputs = None,
+    name: Name = None,
+    out_dir: OutDir = "artifacts",
+    from_split: FromSplit = None,
+    n: FromN = 1000,
+    trust_code: Trust = False,
+    device: Device = "auto",
+) -> None:
     """Per image: bits of its codes under the prior, best class, reconstruction error, image-level bound (CSV, JSON, histogram)."""
 
     def body():
@@ -460,20 +720,38 @@ def score(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts
                 writer.writerow(["input", "code_bits", "best_class", "recon_mse", "image_bits_bound"])
                 for i, who in enumerate(names):
                     best = int(result["best_class"][i])
-                    writer.writerow([who, f"{result['code_bits'][i]:.3f}", run.class_names[best] if best >= 0 else "",
-                                     f"{result['recon_mse'][i]:.6f}", f"{result['image_bits_bound'][i]:.2f}"])
+                    writer.writerow(
+                        [
+                            who,
+                            f"{result['code_bits'][i]:.3f}",
+                            run.class_names[best] if best >= 0 else "",
+                            f"{result['recon_mse'][i]:.6f}",
+                            f"{result['image_bits_bound'][i]:.2f}",
+                        ]
+                    )
             save_json(out / "scores.json", {"inputs": names, **{k: v.tolist() for k, v in result.items()}})
-            (out / "histogram.png").write_bytes(histogram(result["code_bits"].tolist(), "bits of each input's code map", "bits"))
+            (out / "histogram.png").write_bytes(
+                histogram(result["code_bits"].tolist(), "bits of each input's code map", "bits")
+            )
         bits = result["code_bits"]
-        console.print(f"{len(names)} inputs: code bits median {bits.median():.1f} (min {bits.min():.1f}, max {bits.max():.1f}); "
-                      f"higher = less like the training data -> {run.folder / 'score' / 'scores.csv'}")
+        console.print(
+            f"{len(names)} inputs: code bits median {bits.median():.1f} (min {bits.min():.1f}, max {bits.max():.1f}); "
+            f"higher = less like the training data -> {run.folder / 'score' / 'scores.csv'}"
+        )
 
     _api_command(body, trust_code)
 
 
 @app.command("classify")
-def classify(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifacts", from_split: FromSplit = None, n: FromN = 1000,
-             trust_code: Trust = False, device: Device = "auto") -> None:
+def classify(
+    inputs: Inputs = None,
+    name: Name = None,
+    out_dir: OutDir = "artifacts",
+    from_split: FromSplit = None,
+    n: FromN = 1000,
+    trust_code: Trust = False,
+    device: Device = "auto",
+) -> None:
     """Use the class-conditional prior as a generative classifier: argmax_c p(codes | c) p(c)."""
 
     def body():
@@ -482,13 +760,14 @@ def classify(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
         run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
         images, labels, names = _inputs(run, inputs, from_split, n)
         if from_split:
-            from .config import DataSection
             from .datasets import load_split
 
             labels = load_split(run._vq.data, from_split).labels[: len(images)]
         pred, post = run.classify(images)
         if labels is not None:
-            console.print(f"generative classifier: {(pred == labels).double().mean():.2%} of {len(labels)} {from_split} images correct")
+            console.print(
+                f"generative classifier: {(pred == labels).double().mean():.2%} of {len(labels)} {from_split} images correct"
+            )
         else:
             for who, c, p in zip(names, pred.tolist(), post.max(1).values.tolist()):
                 console.print(f"{who}: {run.class_names[c]} ({p:.0%})")
@@ -497,10 +776,16 @@ def classify(inputs: Inputs = None, name: Name = None, out_dir: OutDir = "artifa
 
 
 @app.command("serve")
-def serve(name: Name = None, out_dir: OutDir = "artifacts",
-          host: Annotated[str, typer.Option(help="Address to listen on (loopback by default: only this machine).")] = "127.0.0.1",
-          port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
-          device: Device = "auto", trust_code: Trust = False) -> None:
+def serve(
+    name: Name = None,
+    out_dir: OutDir = "artifacts",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default: only this machine).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
+    device: Device = "auto",
+    trust_code: Trust = False,
+) -> None:
     """A local page over a finished run: generate, mix, morph, complete a drawing, score an image (needs vqprior[serve])."""
     with _one_line_errors("stopped"), trusting_code(trust_code):
         try:
@@ -508,7 +793,9 @@ def serve(name: Name = None, out_dir: OutDir = "artifacts",
 
             from .serve.app import allowed_hosts, create_app
         except ImportError as e:
-            raise UserError(f"vqprior serve needs the serve extra ({e.name} is missing): pip install 'vqprior[serve]'") from None
+            raise UserError(
+                f"vqprior serve needs the serve extra ({e.name} is missing): pip install 'vqprior[serve]'"
+            ) from None
         import socket
 
         run_dir = _run_dir_of(name, out_dir)
@@ -524,14 +811,18 @@ def serve(name: Name = None, out_dir: OutDir = "artifacts",
 
 def main() -> None:
     """The console entry point: a mistyped option or an out-of-range value is one line too, like every other error."""
-    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")  # click's, wherever typer keeps it
+    usage_error = next(
+        c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+    )  # click's, wherever typer keeps it
     try:
         code = app(prog_name="vqprior", standalone_mode=False)
     except usage_error as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # plain `vqprior`: the help, as before
             app(prog_name="vqprior", args=["--help"])
         where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "vqprior"
-        console.print(f"[bold red]error:[/] {escape(' '.join(e.format_message().split()))}; see `{where} --help`", soft_wrap=True)
+        console.print(
+            f"[bold red]error:[/] {escape(' '.join(e.format_message().split()))}; see `{where} --help`", soft_wrap=True
+        )
         sys.exit(2)
     except typer.Abort:
         console.print("[bold red]error:[/] interrupted", soft_wrap=True)

@@ -49,7 +49,9 @@ def codes_manifest(manifest: dict, where: Path) -> CodesManifest:
     except ValidationError as e:
         first = e.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise UserError(f"{Path(where) / 'manifest.json'}: {key}: {first['msg']}; run `vqprior run-stage 2` again") from None
+        raise UserError(
+            f"{Path(where) / 'manifest.json'}: {key}: {first['msg']}; run `vqprior run-stage 2` again"
+        ) from None
 
 
 def code_dtype(codebook_size: int) -> np.dtype:
@@ -62,6 +64,7 @@ def code_dtype(codebook_size: int) -> np.dtype:
 
 def code_files(split: str, labeled: bool) -> list[str]:
     return [f"{split}_codes.npy"] + ([f"{split}_labels.npy"] if labeled else [])
+
 
 @dataclass
 class CodeMaps:
@@ -90,8 +93,10 @@ def load_code_maps(folder: Path, manifest: dict, split: str) -> CodeMaps:
     k, grid, info = info_all.codebook_size, tuple(info_all.grid), info_all.splits[split]
     expected = (info.count, *grid)
     if codes.shape != expected or codes.dtype.name != info_all.dtype:
-        raise UserError(f"{path} holds {codes.dtype.name} {list(codes.shape)} but the stage-2 manifest says "
-                        f"{info_all.dtype} {list(expected)}; run `vqprior run-stage 2` again")
+        raise UserError(
+            f"{path} holds {codes.dtype.name} {list(codes.shape)} but the stage-2 manifest says "
+            f"{info_all.dtype} {list(expected)}; run `vqprior run-stage 2` again"
+        )
     if codes.size and int(codes.max()) >= k:
         raise UserError(f"{path} has code {int(codes.max())} but K={k}; run `vqprior run-stage 2` again")
     labels = None
@@ -102,12 +107,18 @@ def load_code_maps(folder: Path, manifest: dict, split: str) -> CodeMaps:
         except FileNotFoundError:
             raise UserError(f"missing {label_path}; run `vqprior run-stage 2` again") from None
         except (ValueError, OSError) as e:
-            raise UserError(f"{label_path} is not a readable .npy file ({e}); run `vqprior run-stage 2` again") from None
+            raise UserError(
+                f"{label_path} is not a readable .npy file ({e}); run `vqprior run-stage 2` again"
+            ) from None
         if labels.shape != (info.count,) or labels.dtype.kind not in "iu":
-            raise UserError(f"{label_path} holds {labels.dtype} {list(labels.shape)}, expected integer labels [{info.count}]; "
-                            f"run `vqprior run-stage 2` again")
+            raise UserError(
+                f"{label_path} holds {labels.dtype} {list(labels.shape)}, expected integer labels [{info.count}]; "
+                f"run `vqprior run-stage 2` again"
+            )
         classes = len(info_all.class_names)
         if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-            raise UserError(f"{label_path} has labels {int(labels.min())}..{int(labels.max())} but the stage-2 manifest names "
-                            f"{classes} classes; run `vqprior run-stage 2` again")
+            raise UserError(
+                f"{label_path} has labels {int(labels.min())}..{int(labels.max())} but the stage-2 manifest names "
+                f"{classes} classes; run `vqprior run-stage 2` again"
+            )
     return CodeMaps(codes, labels)

@@ -66,8 +66,10 @@ def _import_target(target: str) -> type:
     if name is not None:
         target = BUILTINS[name]
     elif not code_is_trusted():
-        raise UserError(f"component {target!r} is not a vqprior built-in ({', '.join(BUILTINS)}); code named by a config or "
-                        f"a run folder runs only if you trust it: pass --trust-code (Python: trust_code=True)")
+        raise UserError(
+            f"component {target!r} is not a vqprior built-in ({', '.join(BUILTINS)}); code named by a config or "
+            f"a run folder runs only if you trust it: pass --trust-code (Python: trust_code=True)"
+        )
     where, _, attr = target.rpartition(":")
     if where.endswith(".py"):
         module = _import_file(target, Path(where).expanduser())
@@ -75,12 +77,16 @@ def _import_target(target: str) -> type:
         try:
             module = importlib.import_module(where)
         except ImportError as e:
-            raise UserError(f"component {target!r}: cannot import module {where!r} ({e}); is it installed or on PYTHONPATH?") from None
+            raise UserError(
+                f"component {target!r}: cannot import module {where!r} ({e}); is it installed or on PYTHONPATH?"
+            ) from None
     cls = getattr(module, attr, None)
     if cls is None:
         raise UserError(f"component {target!r}: module {where!r} has no {attr!r}")
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
-        raise UserError(f"component {target!r} is a {type(cls).__name__}, not a torch.nn.Module class; point target at one")
+        raise UserError(
+            f"component {target!r} is a {type(cls).__name__}, not a torch.nn.Module class; point target at one"
+        )
     return cls
 
 
@@ -124,7 +130,9 @@ def instantiate(resolved: dict) -> nn.Module:
     try:
         module = cls(**params)
     except Exception as e:
-        raise UserError(f"component {target!r}: constructing it with params {params} failed: {type(e).__name__}: {e}") from None
+        raise UserError(
+            f"component {target!r}: constructing it with params {params} failed: {type(e).__name__}: {e}"
+        ) from None
     return module
 
 
@@ -135,7 +143,14 @@ def build(spec: Component, **context: Any) -> tuple[nn.Module, dict]:
     return instantiate(resolved), resolved
 
 
-def probe_autoencoder(encoder: nn.Module, decoder: nn.Module, enc_target: str, dec_target: str, image_shape: tuple[int, int, int], code_dim: int) -> tuple[int, int]:
+def probe_autoencoder(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    enc_target: str,
+    dec_target: str,
+    image_shape: tuple[int, int, int],
+    code_dim: int,
+) -> tuple[int, int]:
     """Run a dummy batch through encoder and decoder; return the latent grid (h, w) or raise a one-line UserError."""
     c, h, w = image_shape
     x = torch.rand(2, c, h, w)
@@ -146,16 +161,22 @@ def probe_autoencoder(encoder: nn.Module, decoder: nn.Module, enc_target: str, d
             try:
                 z = encoder(x)
             except Exception as e:
-                raise UserError(f"encoder {enc_target!r} failed on a [2, {c}, {h}, {w}] batch: {type(e).__name__}: {e}") from None
+                raise UserError(
+                    f"encoder {enc_target!r} failed on a [2, {c}, {h}, {w}] batch: {type(e).__name__}: {e}"
+                ) from None
             if not isinstance(z, torch.Tensor) or z.dim() != 4:
                 got = f"rank {z.dim()} shape {list(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
                 raise UserError(f"encoder {enc_target!r} must return [B, D, h, w] latents, got {got}")
             if z.shape[1] != code_dim:
-                raise UserError(f"encoder {enc_target!r} returns D={z.shape[1]} channels but vqvae.code_dim={code_dim}; make them equal")
+                raise UserError(
+                    f"encoder {enc_target!r} returns D={z.shape[1]} channels but vqvae.code_dim={code_dim}; make them equal"
+                )
             try:
                 y = decoder(z)
             except Exception as e:
-                raise UserError(f"decoder {dec_target!r} failed on latents {list(z.shape)}: {type(e).__name__}: {e}") from None
+                raise UserError(
+                    f"decoder {dec_target!r} failed on latents {list(z.shape)}: {type(e).__name__}: {e}"
+                ) from None
             if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
                 got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
                 raise UserError(f"decoder {dec_target!r} must return images of shape {list(x.shape)}, got {got}")

@@ -8,7 +8,6 @@ from what was actually used instead of re-typing hyperparameters.
 from __future__ import annotations
 
 import os
-
 import re
 import sys
 from pathlib import Path
@@ -52,7 +51,9 @@ class Component(Section):
             return v
         where, _, name = v.rpartition(":")
         if not where or not name:
-            raise ValueError(f"target {v!r} must be a built-in ({', '.join(BUILTINS)}) or look like 'package.module:Class' or 'file.py:Class'")
+            raise ValueError(
+                f"target {v!r} must be a built-in ({', '.join(BUILTINS)}) or look like 'package.module:Class' or 'file.py:Class'"
+            )
         if where.endswith(".py"):  # saved absolute, so later stages find the file from any working directory
             return f"{Path(where).expanduser().resolve()}:{name}"
         return v
@@ -187,7 +188,12 @@ class PriorSection(Section):
     @classmethod
     def _kind_of_saved_network(cls, data: Any) -> Any:
         # configs saved before prior.kind existed name only the network
-        if isinstance(data, dict) and "kind" not in data and isinstance(data.get("network"), dict) and "target" in data["network"]:
+        if (
+            isinstance(data, dict)
+            and "kind" not in data
+            and isinstance(data.get("network"), dict)
+            and "target" in data["network"]
+        ):
             data = {**data, "kind": prior_kind(str(data["network"]["target"]))}
         return data
 
@@ -195,8 +201,10 @@ class PriorSection(Section):
     def _kind_matches_network(self) -> "PriorSection":
         actual = prior_kind(self.network.target)
         if actual != self.kind:
-            raise ValueError(f"prior.kind is {self.kind!r} but prior.network.target {self.network.target!r} is "
-                             f"{'a class of your own' if actual == 'custom' else actual!r}; set only one of them")
+            raise ValueError(
+                f"prior.kind is {self.kind!r} but prior.network.target {self.network.target!r} is "
+                f"{'a class of your own' if actual == 'custom' else actual!r}; set only one of them"
+            )
         return self
 
 
@@ -227,7 +235,6 @@ class SampleSection(Section):
     # so the images do not depend on it
     batch_size: int = Field(1000, ge=1)
 
-
     @model_validator(mode="before")
     @classmethod
     def _old_name_of_per_class(cls, data: Any) -> Any:
@@ -244,7 +251,9 @@ class SampleSection(Section):
             if self.labels:
                 raise ValueError("give either labels or mix, not both")
             if any(w < 0 for w in self.mix.values()) or abs(sum(self.mix.values()) - 1) > 1e-6:
-                raise ValueError(f"mix weights must be >= 0 and sum to 1, got {dict(self.mix)} (sum {sum(self.mix.values()):g})")
+                raise ValueError(
+                    f"mix weights must be >= 0 and sum to 1, got {dict(self.mix)} (sum {sum(self.mix.values()):g})"
+                )
         return self
 
 
@@ -291,7 +300,9 @@ def validate_run_name(name: str) -> str:
     try:
         RunSection(name=name)
     except ValidationError:
-        raise UserError(f"--name {name!r}: a run name is a plain folder name (letters, digits, _ . -, not starting with . or -)") from None
+        raise UserError(
+            f"--name {name!r}: a run name is a plain folder name (letters, digits, _ . -, not starting with . or -)"
+        ) from None
     return name
 
 
@@ -350,7 +361,9 @@ def format_validation_error(err: ValidationError) -> str:
     return f"config: {where}: {first['msg']}{got_txt}; fix it in your config file or --set"
 
 
-def load_config(preset: str | None = None, file: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    preset: str | None = None, file: str | Path | None = None, overrides: list[str] | None = None
+) -> Config:
     """Defaults <- preset <- file <- overrides, validated."""
     data: dict = Config().model_dump(mode="json")
     data["run"]["name"] = None  # named after the data source unless a preset, file or --set names it
@@ -363,13 +376,17 @@ def load_config(preset: str | None = None, file: str | Path | None = None, overr
         layers.append(_read_toml(Path(file)))
     layers += [_parse_override(item) for item in overrides or []]
     # prior.kind picks the network before any layer's network params apply, wherever it is set
-    kinds = [layer["prior"]["kind"] for layer in layers if isinstance(layer.get("prior"), dict) and "kind" in layer["prior"]]
+    kinds = [
+        layer["prior"]["kind"] for layer in layers if isinstance(layer.get("prior"), dict) and "kind" in layer["prior"]
+    ]
     if kinds and kinds[-1] in PRIOR_KINDS:
         data["prior"]["network"] = prior_network(kinds[-1]).model_dump(mode="json")
     for layer in layers:
         prior = layer.get("prior")
         network = prior.get("network") if isinstance(prior, dict) else None
-        if isinstance(network, dict) and "target" in network and "kind" not in prior:  # a new network class sets its kind
+        if (
+            isinstance(network, dict) and "target" in network and "kind" not in prior
+        ):  # a new network class sets its kind
             layer = {**layer, "prior": {**prior, "kind": prior_kind(str(network["target"]))}}
         data = _merge(data, layer)
     return validate_config(data)

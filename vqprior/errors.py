@@ -19,10 +19,16 @@ def disk_full(path, needed_bytes: int | None = None) -> DiskFull:
     """The one-line error for a full disk: what was being written, how much room to make, where else to write."""
     path = Path(path)
     free = _free_bytes(path)
-    room = f"free {_mb(needed_bytes - free)} MB" if needed_bytes is not None and free is not None and needed_bytes > free else "free some space"
-    return DiskFull(f"no space left on device while writing {path}"
-                    + (f" ({_mb(free)} MB free)" if free is not None else "")
-                    + f"; {room} or choose another run.out_dir, then run the same command again")
+    room = (
+        f"free {_mb(needed_bytes - free)} MB"
+        if needed_bytes is not None and free is not None and needed_bytes > free
+        else "free some space"
+    )
+    return DiskFull(
+        f"no space left on device while writing {path}"
+        + (f" ({_mb(free)} MB free)" if free is not None else "")
+        + f"; {room} or choose another run.out_dir, then run the same command again"
+    )
 
 
 def ensure_free(path, needed_bytes: int) -> None:
@@ -39,7 +45,11 @@ def os_error_message(e: OSError) -> str | None:
     None for anything else, which is a bug and keeps its traceback."""
     where = f" {e.filename}" if e.filename else ""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return str(disk_full(e.filename or ".")) if e.filename else "no space left on device; free some space or choose another run.out_dir"
+        return (
+            str(disk_full(e.filename or "."))
+            if e.filename
+            else "no space left on device; free some space or choose another run.out_dir"
+        )
     if e.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied:{where}; make it writable or choose another run.out_dir (or --out-dir)"
     if e.errno == errno.EROFS:

@@ -14,8 +14,14 @@ from .datasets.pixels import read_image
 from .errors import UserError
 
 
-def read_inputs(paths: list[str], from_split: str | None, n: int, image_shape: tuple[int, int, int],
-                data, notices: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+def read_inputs(
+    paths: list[str],
+    from_split: str | None,
+    n: int,
+    image_shape: tuple[int, int, int],
+    data,
+    notices: list[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
     """(uint8 images [N, C, H, W], labels or None, one name per image). Images of any mode are scaled by their
     range (16-bit, float); where the range had to be guessed a line is added to `notices`."""
     notices = [] if notices is None else notices
@@ -24,9 +30,15 @@ def read_inputs(paths: list[str], from_split: str | None, n: int, image_shape: t
             raise UserError("give input files or --from, not both")
         if from_split not in ("train", "test"):
             raise UserError(f"--from {from_split!r}: choose train or test")
-        split = load_split(data() if callable(data) else DataSection.model_validate(data), from_split)  # data: the run's section, or a function giving it
+        split = load_split(
+            data() if callable(data) else DataSection.model_validate(data), from_split
+        )  # data: the run's section, or a function giving it
         n = min(n, len(split))
-        return split.images[:n], None if split.labels is None else split.labels[:n], [f"{from_split}[{i}]" for i in range(n)]
+        return (
+            split.images[:n],
+            None if split.labels is None else split.labels[:n],
+            [f"{from_split}[{i}]" for i in range(n)],
+        )
     if not paths:
         raise UserError("no input: give image files, a folder, an .npz, or --from test")
     images, names = [], []
@@ -75,12 +87,16 @@ def _npz_images(path: Path, image_shape: tuple[int, int, int]) -> torch.Tensor:
         elif a.dtype.kind in "ui" and lo >= 0 and hi <= 255:
             a = wide.astype(np.uint8)
         else:
-            raise UserError(f"{path}: {a.dtype} images must be floats in [0, 1] or integers in 0..255, got {lo:g}..{hi:g}")
+            raise UserError(
+                f"{path}: {a.dtype} images must be floats in [0, 1] or integers in 0..255, got {lo:g}..{hi:g}"
+            )
     arr = torch.from_numpy(np.ascontiguousarray(a))
     if arr.dim() == 3:
         arr = arr.unsqueeze(1)
     if arr.dim() != 4 or tuple(arr.shape[1:]) != tuple(image_shape) or len(arr) == 0:
-        raise UserError(f"{path}: images are {list(arr.shape)}, this run needs [N >= 1, {', '.join(map(str, image_shape))}]")
+        raise UserError(
+            f"{path}: images are {list(arr.shape)}, this run needs [N >= 1, {', '.join(map(str, image_shape))}]"
+        )
     return arr
 
 

@@ -52,8 +52,10 @@ class TrainedVQVAE:
         try:
             return DataSection.model_validate(self.saved.get("data"))
         except ValidationError as e:
-            raise UserError(f"{self.folder / 'config.json'} has a data section that is not valid "
-                            f"({format_validation_error(e)}); re-run stage 1") from None
+            raise UserError(
+                f"{self.folder / 'config.json'} has a data section that is not valid "
+                f"({format_validation_error(e)}); re-run stage 1"
+            ) from None
 
 
 @dataclass
@@ -85,12 +87,16 @@ def load_vqvae(run_dir: Path, needed_by: int | None, device: torch.device) -> Tr
     try:
         model = rebuild_vqvae(constructor)
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{folder / 'config.json'} does not describe a VQ-VAE ({type(e).__name__}: {e}); re-run stage 1") from None
+        raise UserError(
+            f"{folder / 'config.json'} does not describe a VQ-VAE ({type(e).__name__}: {e}); re-run stage 1"
+        ) from None
     load_weights(folder / "vqvae.safetensors", model)
     return TrainedVQVAE(model.to(device).eval(), folder, manifest, saved)
 
 
-def load_prior(run_dir: Path, needed_by: int | None, device: torch.device, vqvae: TrainedVQVAE | None = None) -> TrainedPrior:
+def load_prior(
+    run_dir: Path, needed_by: int | None, device: torch.device, vqvae: TrainedVQVAE | None = None
+) -> TrainedPrior:
     """The trained prior; with `vqvae`, also checked to model that VQ-VAE's codes (same K and grid)."""
     folder, manifest = read_stage(run_dir, 3, needed_by)
     saved = load_json_object(folder / "config.json")
@@ -106,7 +112,9 @@ def load_prior(run_dir: Path, needed_by: int | None, device: torch.device, vqvae
     if not isinstance(model, Prior):
         raise UserError(f"{folder / 'config.json'}: {resolved['target']!r} is not a vqprior prior; re-run stage 3")
     if model.num_classes != len(class_names or []):
-        raise UserError(f"{folder / 'config.json'}: the prior knows {model.num_classes} classes but names {len(class_names or [])}; re-run stage 3")
+        raise UserError(
+            f"{folder / 'config.json'}: the prior knows {model.num_classes} classes but names {len(class_names or [])}; re-run stage 3"
+        )
     load_weights(folder / "prior.safetensors", model)
     prior = TrainedPrior(model.to(device).eval(), folder, manifest, grid, class_names)
     if vqvae is not None:
@@ -136,12 +144,18 @@ def check_prior_fits(prior: TrainedPrior, vqvae: TrainedVQVAE) -> None:
     """A prior models one VQ-VAE's codes: the same K and grid (hashes prove the lineage, this the shapes)."""
     k, grid = prior.model.codebook_size, prior.grid
     if (k, grid) != (vqvae.model.quantizer.codebook_size, tuple(vqvae.grid)):
-        raise UserError(f"the prior models K={k} codes on a {grid[0]}x{grid[1]} grid but the VQ-VAE has "
-                        f"K={vqvae.model.quantizer.codebook_size} on {vqvae.grid[0]}x{vqvae.grid[1]}; re-run stages 2 and 3")
+        raise UserError(
+            f"the prior models K={k} codes on a {grid[0]}x{grid[1]} grid but the VQ-VAE has "
+            f"K={vqvae.model.quantizer.codebook_size} on {vqvae.grid[0]}x{vqvae.grid[1]}; re-run stages 2 and 3"
+        )
 
 
 def _component_section(saved, key: str, folder: Path) -> dict:
     section = saved.get(key) if isinstance(saved, dict) else None
-    if not (isinstance(section, dict) and isinstance(section.get("target"), str) and isinstance(section.get("params", {}), dict)):
+    if not (
+        isinstance(section, dict)
+        and isinstance(section.get("target"), str)
+        and isinstance(section.get("params", {}), dict)
+    ):
         raise UserError(f"{folder / 'config.json'} has no valid {key!r} {{target, params}}; re-run that stage")
     return section

@@ -64,11 +64,15 @@ class Runtime:
 
             if not dist.is_initialized():
                 try:
-                    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=run.timeout_s))
+                    dist.init_process_group(
+                        "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=run.timeout_s)
+                    )
                 except (dist.DistError, RuntimeError, ValueError) as e:
-                    raise UserError(f"[rank {rank}] could not join the other {world - 1} torchrun process(es) "
-                                    f"({first_line(e)}); check --nnodes/--nproc-per-node and the rendezvous address, or "
-                                    f"choose a free --master-port") from None
+                    raise UserError(
+                        f"[rank {rank}] could not join the other {world - 1} torchrun process(es) "
+                        f"({first_line(e)}); check --nnodes/--nproc-per-node and the rendezvous address, or "
+                        f"choose a free --master-port"
+                    ) from None
         precision = run.precision if run.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         compiled = run.compile if run.compile != "auto" else device.type == "cuda"
         return cls(device, rank, world, local, run.seed, precision, bool(compiled))
@@ -123,10 +127,23 @@ def lost_peer(e: BaseException, rank: int) -> UserError | None:
     import torch.distributed as dist
 
     text = str(e)
-    if isinstance(e, dist.DistError) or any(s in text for s in ("Gloo", "gloo", "NCCL", "Connection closed", "Connection reset",
-                                                               "Broken pipe", "Timed out", "timed out")):
-        return UserError(f"[rank {rank}] lost contact with another torchrun process ({first_line(e)}); every process stops. "
-                         f"Run the same command again to resume from the last checkpoint")
+    if isinstance(e, dist.DistError) or any(
+        s in text
+        for s in (
+            "Gloo",
+            "gloo",
+            "NCCL",
+            "Connection closed",
+            "Connection reset",
+            "Broken pipe",
+            "Timed out",
+            "timed out",
+        )
+    ):
+        return UserError(
+            f"[rank {rank}] lost contact with another torchrun process ({first_line(e)}); every process stops. "
+            f"Run the same command again to resume from the last checkpoint"
+        )
     return None
 
 
@@ -140,13 +157,17 @@ def process_place() -> tuple[int, int, int, int]:
         except ValueError:
             value = -1
         if value < (1 if key.endswith("WORLD_SIZE") else 0) or value > 1 << 20:
-            raise UserError(f"the environment variable {key}={raw!r} is not a valid torchrun setting; unset it, or start "
-                            f"the command with torchrun")
+            raise UserError(
+                f"the environment variable {key}={raw!r} is not a valid torchrun setting; unset it, or start "
+                f"the command with torchrun"
+            )
         values.append(value)
     rank, world, local, local_world = values
     if rank >= world or local >= local_world:
-        raise UserError(f"RANK={rank}/LOCAL_RANK={local} do not fit WORLD_SIZE={world}/LOCAL_WORLD_SIZE={local_world}; "
-                        f"unset them, or start the command with torchrun")
+        raise UserError(
+            f"RANK={rank}/LOCAL_RANK={local} do not fit WORLD_SIZE={world}/LOCAL_WORLD_SIZE={local_world}; "
+            f"unset them, or start the command with torchrun"
+        )
     return rank, world, local, local_world
 
 
@@ -171,21 +192,31 @@ def resolve_device(name: str, local_rank: int | None = None, local_world: int = 
     count = torch.cuda.device_count()
     if local_rank is None:
         if dev.index is not None and dev.index >= count:
-            raise UserError(f"run.device={name!r} but this machine has {count} CUDA device(s); use cuda:0..cuda:{count - 1}")
+            raise UserError(
+                f"run.device={name!r} but this machine has {count} CUDA device(s); use cuda:0..cuda:{count - 1}"
+            )
         return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
     if dev.index is not None:
-        raise UserError(f"run.device={name!r} would put every torchrun process on one GPU; use run.device=cuda (or auto): "
-                        f"each process then takes the GPU of its local rank")
+        raise UserError(
+            f"run.device={name!r} would put every torchrun process on one GPU; use run.device=cuda (or auto): "
+            f"each process then takes the GPU of its local rank"
+        )
     if max(local_world, local_rank + 1) > count:
-        raise UserError(f"torchrun started {max(local_world, local_rank + 1)} processes on this machine but it has {count} GPU(s); "
-                        f"use --nproc-per-node={count} (one process per GPU), or run.device=cpu to train on the CPU with gloo")
+        raise UserError(
+            f"torchrun started {max(local_world, local_rank + 1)} processes on this machine but it has {count} GPU(s); "
+            f"use --nproc-per-node={count} (one process per GPU), or run.device=cpu to train on the CPU with gloo"
+        )
     return torch.device("cuda", local_rank)
 
 
 def describe(rt: Runtime, batch: int) -> str:
     """How a stage trains, for its first line: device, precision, compilation, batch, processes."""
-    parts = [f"device {rt.device}" + (f" ({torch.cuda.get_device_name(rt.device)})" if rt.device.type == "cuda" else ""),
-             rt.precision, "compiled" if rt.compile else "eager", f"batch {batch}"]
+    parts = [
+        f"device {rt.device}" + (f" ({torch.cuda.get_device_name(rt.device)})" if rt.device.type == "cuda" else ""),
+        rt.precision,
+        "compiled" if rt.compile else "eager",
+        f"batch {batch}",
+    ]
     if rt.distributed:
         parts.append(f"{rt.world_size} processes")
     return ", ".join(parts)
@@ -213,8 +244,10 @@ def maybe_compile(fn: Callable, enabled: bool, reporter: "Reporter", what: str) 
             try:
                 return compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - any compiler failure falls back to the same code, uncompiled
-                reporter.log(f"[yellow]notice:[/] torch.compile of the {what} failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                             f"running it uncompiled (run.compile=false skips the attempt)")
+                reporter.log(
+                    f"[yellow]notice:[/] torch.compile of the {what} failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                    f"running it uncompiled (run.compile=false skips the attempt)"
+                )
                 state["fn"] = fn
         return state["fn"](*args, **kwargs)
 
@@ -244,7 +277,9 @@ class Reporter:
         yield from items
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> list[torch.Tensor]:
+def batches(
+    n: int, batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None
+) -> list[torch.Tensor]:
     """Index batches over n items, shuffled when a generator is given; the last batch may be short. The order is
     drawn on the CPU (the same on every device) and moved to `device` in one copy, so that a training step indexes
     device data with device indices and never waits for a host-to-device copy."""

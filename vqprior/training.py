@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import signal
 import threading
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,8 +60,12 @@ def _rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": [list(random.getstate()[1]), random.getstate()[2]],
     }
     if torch.cuda.is_available():
@@ -72,7 +76,9 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     random.setstate((3, tuple(state["python"][0]), state["python"][1]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -106,25 +112,47 @@ class Trainer:
     callbacks, right after them: a checkpoint is saved and `Interrupted` raised.
     """
 
-    def __init__(self, *, stage: int, runtime: Runtime, run_dir: Path, fingerprint: dict, model: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, n_items: int, batch_size: int, epochs: int, checkpoint_every: int,
-                 resume: str, reporter: Reporter, lr_key: str, warmup_examples: int = 0, extra_state: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        *,
+        stage: int,
+        runtime: Runtime,
+        run_dir: Path,
+        fingerprint: dict,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        n_items: int,
+        batch_size: int,
+        epochs: int,
+        checkpoint_every: int,
+        resume: str,
+        reporter: Reporter,
+        lr_key: str,
+        warmup_examples: int = 0,
+        extra_state: dict[str, Any] | None = None,
+    ):
         self.stage, self.runtime, self.model, self.optimizer = stage, runtime, model, optimizer
         self.fingerprint = json.loads(json.dumps(fingerprint))
         self.n_items, self.batch_size, self.n_epochs = n_items, batch_size, epochs
         self.checkpoint_every, self.reporter, self.lr_key = checkpoint_every, reporter, lr_key
         self.steps_per_epoch = -(-n_items // batch_size)
         if batch_size % runtime.world_size:
-            raise UserError(f"the batch size {batch_size} does not divide among {runtime.world_size} processes; "
-                            f"choose a multiple of {runtime.world_size} ({lr_key.split('.')[0]}.batch_size)")
+            raise UserError(
+                f"the batch size {batch_size} does not divide among {runtime.world_size} processes; "
+                f"choose a multiple of {runtime.world_size} ({lr_key.split('.')[0]}.batch_size)"
+            )
         # under torchrun: gradients are averaged across processes; the model's own methods stay reachable as self.model
         self.module = model
         if runtime.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.module = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+            self.module = DistributedDataParallel(
+                model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+            )
         warmup_steps = -(-warmup_examples // batch_size)  # the same number of examples whatever the batch size
-        self.scheduler = cosine_schedule(optimizer, epochs * self.steps_per_epoch, min(warmup_steps, self.steps_per_epoch))
+        self.scheduler = cosine_schedule(
+            optimizer, epochs * self.steps_per_epoch, min(warmup_steps, self.steps_per_epoch)
+        )
         self.stateful = {"model": model, "optimizer": optimizer, "scheduler": self.scheduler, **(extra_state or {})}
         self.path = Path(run_dir) / ".checkpoints" / f"stage{stage}.pt"
         self.order = torch.Generator().manual_seed(runtime.seed)
@@ -147,41 +175,65 @@ class Trainer:
         except UserError:
             raise
         except Exception as e:
-            raise UserError(f"checkpoint {self.path} is unreadable ({type(e).__name__}); delete it or pass --restart") from None
+            raise UserError(
+                f"checkpoint {self.path} is unreadable ({type(e).__name__}); delete it or pass --restart"
+            ) from None
         if not isinstance(ckpt, dict):
-            raise UserError(f"checkpoint {self.path} is not a vqprior checkpoint (a {type(ckpt).__name__}); delete it or pass --restart")
+            raise UserError(
+                f"checkpoint {self.path} is not a vqprior checkpoint (a {type(ckpt).__name__}); delete it or pass --restart"
+            )
         if ckpt.get("fingerprint") != self.fingerprint:
-            raise UserError(f"checkpoint {self.path} was made with a different config; pass --restart to discard it "
-                            f"or run with the config it was made with")
+            raise UserError(
+                f"checkpoint {self.path} was made with a different config; pass --restart to discard it "
+                f"or run with the config it was made with"
+            )
         try:
             for name, obj in self.stateful.items():
                 obj.load_state_dict(ckpt["state"][name])
-            self.epoch, self.step, self.history, self.n_batches = ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["n_batches"]
+            self.epoch, self.step, self.history, self.n_batches = (
+                ckpt["epoch"],
+                ckpt["step"],
+                ckpt["history"],
+                ckpt["n_batches"],
+            )
             self.sums = {k: v.to(self.runtime.device) for k, v in ckpt["sums"].items()}
             self._epoch_order_state = ckpt["epoch_order_state"]
             self.order.set_state(self._epoch_order_state)
             _set_rng_state(ckpt["rng"])
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-            raise UserError(f"checkpoint {self.path} is not a vqprior checkpoint of this stage ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:100] if str(e) else e!r}); delete it or pass --restart") from None
-        self.reporter.log(f"stage {self.stage}: resuming from epoch {self.epoch} step {self.step} ({self.path}); --restart starts over")
+            raise UserError(
+                f"checkpoint {self.path} is not a vqprior checkpoint of this stage ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:100] if str(e) else e!r}); delete it or pass --restart"
+            ) from None
+        self.reporter.log(
+            f"stage {self.stage}: resuming from epoch {self.epoch} step {self.step} ({self.path}); --restart starts over"
+        )
 
     def _check_finite(self) -> None:
         """Losses are summed on the device (no per-step sync); a NaN/inf anywhere makes the sum non-finite,
         and it is caught here, before a checkpoint could store the broken state."""
         loss = self.sums.get("loss")
         if loss is not None and not math.isfinite(loss.item()):
-            raise UserError(f"stage {self.stage} epoch {self.epoch}: the loss became {loss.item()} by step {self.step}; stopped, "
-                            f"the last good checkpoint is kept; lower {self.lr_key} and run the stage again with --restart")
+            raise UserError(
+                f"stage {self.stage} epoch {self.epoch}: the loss became {loss.item()} by step {self.step}; stopped, "
+                f"the last good checkpoint is kept; lower {self.lr_key} and run the stage again with --restart"
+            )
 
     def save(self) -> None:
         self._check_finite()
         if not self.runtime.is_main:
             return
-        payload = {"fingerprint": self.fingerprint, "epoch": self.epoch, "step": self.step, "history": self.history,
-                   "sums": {k: v.cpu() for k, v in self.sums.items()}, "n_batches": self.n_batches,
-                   "epoch_order_state": self._epoch_order_state, "rng": _rng_state(),
-                   "state": {name: obj.state_dict() for name, obj in self.stateful.items()}}
+        payload = {
+            "fingerprint": self.fingerprint,
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "sums": {k: v.cpu() for k, v in self.sums.items()},
+            "n_batches": self.n_batches,
+            "epoch_order_state": self._epoch_order_state,
+            "rng": _rng_state(),
+            "state": {name: obj.state_dict() for name, obj in self.stateful.items()},
+        }
         buffer = io.BytesIO()  # serialised first, so a full disk fails in one plain write and the last checkpoint stays
         torch.save(payload, buffer)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,12 +249,18 @@ class Trainer:
             requested = bool(flag.item())
         if requested:
             self.save()
-            raise Interrupted(f"stage {self.stage} stopped at epoch {self.epoch} step {self.step}; checkpoint saved, "
-                              f"run the same command again to resume (or with --restart to start over)")
+            raise Interrupted(
+                f"stage {self.stage} stopped at epoch {self.epoch} step {self.step}; checkpoint saved, "
+                f"run the same command again to resume (or with --restart to start over)"
+            )
 
     # ---------------------------------------------------------------- the loop
-    def fit(self, step: Callable[[torch.Tensor], dict[str, torch.Tensor]], on_epoch_end: list[EpochCallback] = (),
-            after_step: list[Callable[[], None]] = ()) -> list[dict]:
+    def fit(
+        self,
+        step: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+        on_epoch_end: list[EpochCallback] = (),
+        after_step: list[Callable[[], None]] = (),
+    ) -> list[dict]:
         """Train to the last epoch; `after_step` callbacks run after every optimizer step (e.g. a weight EMA)."""
         self._trained_this_call = self.epoch <= self.n_epochs
         with StopRequest() as self._stop:
@@ -212,8 +270,11 @@ class Trainer:
                 self._reduce_sums()
                 self._check_finite()
                 per_batch = max(1, self.n_batches * self.runtime.world_size)
-                row = {"epoch": self.epoch, **{f"train_{k}": v.item() / per_batch for k, v in self.sums.items() if v.dim() == 0},
-                       "train_seconds": time.perf_counter() - t0}
+                row = {
+                    "epoch": self.epoch,
+                    **{f"train_{k}": v.item() / per_batch for k, v in self.sums.items() if v.dim() == 0},
+                    "train_seconds": time.perf_counter() - t0,
+                }
                 for callback in on_epoch_end:
                     callback(self.epoch, row)
                 row["seconds"] = time.perf_counter() - t0
@@ -245,7 +306,9 @@ class Trainer:
         """Under torchrun every process must end with the same weights; checked, not assumed."""
         if not self.runtime.distributed:
             return
-        flat = torch.cat([t.detach().flatten().double() for t in self.model.state_dict().values() if t.is_floating_point()])
+        flat = torch.cat(
+            [t.detach().flatten().double() for t in self.model.state_dict().values() if t.is_floating_point()]
+        )
         reference = flat.clone()
         torch.distributed.broadcast(reference, src=0)
         differs = torch.tensor([float(not torch.equal(flat, reference))], device=flat.device)
@@ -291,7 +354,9 @@ class Trainer:
             pass
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up then cosine decay to zero: the most out of a short, fixed training budget."""
 
     def factor(step: int) -> float:
@@ -326,14 +391,21 @@ class WeightEMA(torch.nn.Module):
         cur = [*model.parameters(), *model.buffers()]
         floats = [i for i, t in enumerate(avg) if t.is_floating_point()]
         others = [i for i, t in enumerate(avg) if not t.is_floating_point()]
-        return [avg[i] for i in floats], [cur[i].detach() for i in floats], [avg[i] for i in others], [cur[i] for i in others]
+        return (
+            [avg[i] for i in floats],
+            [cur[i].detach() for i in floats],
+            [avg[i] for i in others],
+            [cur[i] for i in others],
+        )
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         if getattr(self, "_groups_of", None) != id(model):  # the tensor lists are grouped once, not every step
             avg_f, cur_f, self._avg_other, self._cur_other = self._pairs(model)
-            self._groups = {d: ([a for a in avg_f if a.dtype == d], [c for a, c in zip(avg_f, cur_f) if a.dtype == d])
-                            for d in {t.dtype for t in avg_f}}
+            self._groups = {
+                d: ([a for a in avg_f if a.dtype == d], [c for a, c in zip(avg_f, cur_f) if a.dtype == d])
+                for d in {t.dtype for t in avg_f}
+            }
             self._groups_of = id(model)  # an id, not the module: a module attribute would join the state dict
         self.n_averaged.add_(1)
         weight = (1 - self.decay) / (1 - torch.pow(self.decay, self.n_averaged.to(torch.float64)))

@@ -37,5 +37,7 @@ def load_split(cfg: DataSection, split: str) -> ImageSet:
 
         data = load_image_folder(cfg, split)
     if len(data) == 0:
-        raise UserError(f"the {split} split of data.source={cfg.source!r} is empty; point data.root at a folder with images")
+        raise UserError(
+            f"the {split} split of data.source={cfg.source!r} is empty; point data.root at a folder with images"
+        )
     return data.limit(cfg.train_limit if split == "train" else cfg.test_limit)

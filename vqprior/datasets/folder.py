@@ -24,7 +24,9 @@ HOLDOUT_EVERY = 10
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 def _split_files(root: Path, split: str) -> tuple[Path, list[Path]]:
@@ -44,7 +46,9 @@ def class_names_of(folder: Path, files: list[Path]) -> list[str] | None:
         return None
     if 1 in depths:
         loose = next(f for f in files if len(f.relative_to(folder).parts) == 1)
-        raise UserError(f"{folder} mixes loose images ({loose.name}) with class subfolders; put every image in a class folder or none")
+        raise UserError(
+            f"{folder} mixes loose images ({loose.name}) with class subfolders; put every image in a class folder or none"
+        )
     return sorted({f.relative_to(folder).parts[0] for f in files})
 
 
@@ -90,7 +94,9 @@ def load_image_folder(cfg: DataSection, split: str) -> ImageSet:
     if split == "test" and folder != root:
         train_names = class_names_of(root / "train", _images_under(root / "train"))
         if train_names != names:
-            raise UserError(f"class folders differ between train ({train_names}) and test ({names}) under {root}; use the same classes in both")
+            raise UserError(
+                f"class folders differ between train ({train_names}) and test ({names}) under {root}; use the same classes in both"
+            )
 
     opened, skipped = [], []
     for f in files:
@@ -98,7 +104,9 @@ def load_image_folder(cfg: DataSection, split: str) -> ImageSet:
             opened.append((f, open_image(f)))
         except UNREADABLE as e:
             if cfg.strict:
-                raise UserError(f"cannot read image {f} ({why_unreadable(e)}); fix or remove it, or set data.strict=false to skip it") from None
+                raise UserError(
+                    f"cannot read image {f} ({why_unreadable(e)}); fix or remove it, or set data.strict=false to skip it"
+                ) from None
             skipped.append(f)
     if not opened:
         raise UserError(f"none of the {len(files)} files in the {split} split under {folder} is a readable image")
@@ -120,12 +128,19 @@ def load_image_folder(cfg: DataSection, split: str) -> ImageSet:
         elif first_size is None:
             first_size = (img.size, f)
         elif img.size != first_size[0]:
-            raise UserError(f"images differ in size ({first_size[1].name} is {first_size[0][0]}x{first_size[0][1]}, {f.name} is "
-                            f"{img.size[0]}x{img.size[1]}); set data.image_size to resize them all")
+            raise UserError(
+                f"images differ in size ({first_size[1].name} is {first_size[0][0]}x{first_size[0][1]}, {f.name} is "
+                f"{img.size[0]}x{img.size[1]}); set data.image_size to resize them all"
+            )
         a = np.asarray(img, dtype=np.uint8)
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
         if names:
             labels.append(names.index(f.relative_to(folder).parts[0]))
     images = torch.from_numpy(np.stack(arrays))
-    return ImageSet(images, torch.tensor(labels, dtype=torch.int64) if names else None, names, skipped=len(skipped),
-                    notices=[f"{text} ({count} of {len(opened)} in the {split} split)" for text, count in notices.items()])
+    return ImageSet(
+        images,
+        torch.tensor(labels, dtype=torch.int64) if names else None,
+        names,
+        skipped=len(skipped),
+        notices=[f"{text} ({count} of {len(opened)} in the {split} split)" for text, count in notices.items()],
+    )

@@ -12,9 +12,19 @@ import torch
 from ..errors import UserError
 from .imageset import ImageSet
 
-
 _IDX_FOLDERS = {"mnist-raw": "MNIST", "fashion-mnist": "FashionMNIST"}
-_FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -46,12 +56,12 @@ def load_idx_dataset(root: Path, source: str, split: str) -> ImageSet:
             images = read_idx(found["images"])
             labels = read_idx(found["labels"]).astype(np.int64)
             if len(images) != len(labels):
-                raise UserError(f"{found['images']} has {len(images)} images but {found['labels']} has {len(labels)} labels")
+                raise UserError(
+                    f"{found['images']} has {len(images)} images but {found['labels']} has {len(labels)} labels"
+                )
             names = _FASHION_CLASSES if source == "fashion-mnist" else [str(d) for d in range(10)]
             return ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels), names)
     raise UserError(
         f"no {prefix}-images-idx3-ubyte[.gz] / {prefix}-labels-idx1-ubyte[.gz] under {root} "
         f"(looked in {', '.join(str(c) for c in candidates)}); point data.root at the torchvision dataset folder"
     )
-
-

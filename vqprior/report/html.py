@@ -77,14 +77,20 @@ def render_report(run_dir: Path, eval_dir: Path) -> str:
         _picture(eval_dir / "samples.png", "Samples scored by vqprior eval: one row per class", skipped),
         _picture(run_dir / "stage4" / "samples.png", "Stage 4 samples (one row per requested class)", skipped),
         _picture(run_dir / "stage3" / "samples.gif", "The same seed and labels after each epoch of stage 3", skipped),
-        _picture(run_dir / "stage1" / "reconstructions.png", "Test digits (odd rows) and their reconstructions (even rows)", skipped),
+        _picture(
+            run_dir / "stage1" / "reconstructions.png",
+            "Test digits (odd rows) and their reconstructions (even rows)",
+            skipped,
+        ),
         _picture(run_dir / "stage1" / "reconstructions.gif", "Reconstructions after each epoch of stage 1", skipped),
     ]
     figures = []
     try:
         _figures(run_dir, s1, s3, figures, skipped)
     except (KeyError, TypeError, ValueError, IndexError) as e:
-        skipped.append(f"the training curves could not be drawn from the metrics files ({type(e).__name__}: {e}); re-run stage 1 or 3")
+        skipped.append(
+            f"the training curves could not be drawn from the metrics files ({type(e).__name__}: {e}); re-run stage 1 or 3"
+        )
     for fig in figures:
         fig["data"] = base64.b64encode(fig["data"]).decode()
 
@@ -94,37 +100,79 @@ def render_report(run_dir: Path, eval_dir: Path) -> str:
         if m:
             timings = m.get("timings_s") if isinstance(m.get("timings_s"), dict) else {}
             total = timings.get("total", 0)
-            stages.append({"stage": stage, "what": STAGE_NAMES[stage],
-                           "seconds": f"{total:.0f} s" if isinstance(total, (int, float)) else "?", "created": str(m.get("created", "?"))})
+            stages.append(
+                {
+                    "stage": stage,
+                    "what": STAGE_NAMES[stage],
+                    "seconds": f"{total:.0f} s" if isinstance(total, (int, float)) else "?",
+                    "created": str(m.get("created", "?")),
+                }
+            )
             config = m.get("config")
     if evaluation is not None and not isinstance(evaluation.get("samples"), dict):
         skipped.append(f"{eval_dir / 'eval.json'} is not an evaluation result; run `vqprior eval` again")
         evaluation = None
     try:
         return env.get_template("report.html.j2").render(
-            name=run_dir.name, folder=str(run_dir), written=time.strftime("%Y-%m-%d %H:%M"), versions=versions(),
-            eval=evaluation, pictures=[p for p in pictures if p], plots=figures, stages=stages, skipped=skipped,
-            config=json.dumps(config, indent=2) if config else "(no finished stage)")
+            name=run_dir.name,
+            folder=str(run_dir),
+            written=time.strftime("%Y-%m-%d %H:%M"),
+            versions=versions(),
+            eval=evaluation,
+            pictures=[p for p in pictures if p],
+            plots=figures,
+            stages=stages,
+            skipped=skipped,
+            config=json.dumps(config, indent=2) if config else "(no finished stage)",
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         if evaluation is None:
             raise
         skipped.append(f"{eval_dir / 'eval.json'} could not be shown ({type(e).__name__}); run `vqprior eval` again")
         return env.get_template("report.html.j2").render(
-            name=run_dir.name, folder=str(run_dir), written=time.strftime("%Y-%m-%d %H:%M"), versions=versions(),
-            eval=None, pictures=[p for p in pictures if p], plots=figures, stages=stages, skipped=skipped,
-            config=json.dumps(config, indent=2) if config else "(no finished stage)")
+            name=run_dir.name,
+            folder=str(run_dir),
+            written=time.strftime("%Y-%m-%d %H:%M"),
+            versions=versions(),
+            eval=None,
+            pictures=[p for p in pictures if p],
+            plots=figures,
+            stages=stages,
+            skipped=skipped,
+            config=json.dumps(config, indent=2) if config else "(no finished stage)",
+        )
 
 
 def _figures(run_dir: Path, s1, s3, figures: list, skipped: list[str]) -> None:
     if s1:
-        figures.append({"caption": "Stage 1: reconstruction error; codebook perplexity on the right",
-                        "data": plots.curves(s1["epochs"], {"train_recon_loss": "train loss", "test_recon_mse": "test MSE"},
-                                             "VQ-VAE", "reconstruction loss", right={"test_perplexity": "test perplexity"})})
+        figures.append(
+            {
+                "caption": "Stage 1: reconstruction error; codebook perplexity on the right",
+                "data": plots.curves(
+                    s1["epochs"],
+                    {"train_recon_loss": "train loss", "test_recon_mse": "test MSE"},
+                    "VQ-VAE",
+                    "reconstruction loss",
+                    right={"test_perplexity": "test perplexity"},
+                ),
+            }
+        )
     if s3:
-        figures.append({"caption": "Stage 3: negative log-likelihood of the codes (test with the EMA weights and with the last weights)",
-                        "data": plots.curves(s3["epochs"], {"train_bits_per_code": "train", "test_bits_per_code": "test",
-                                                            "test_bits_per_code_without_ema": "test, last weights"},
-                                             "prior", "bits per code")})
+        figures.append(
+            {
+                "caption": "Stage 3: negative log-likelihood of the codes (test with the EMA weights and with the last weights)",
+                "data": plots.curves(
+                    s3["epochs"],
+                    {
+                        "train_bits_per_code": "train",
+                        "test_bits_per_code": "test",
+                        "test_bits_per_code_without_ema": "test, last weights",
+                    },
+                    "prior",
+                    "bits per code",
+                ),
+            }
+        )
     codes = run_dir / "stage2" / "train_codes.npy"
     manifest2 = _load(run_dir / "stage2" / "manifest.json", skipped)
     if os.path.isfile(codes) and not os.path.islink(codes) and manifest2:
@@ -134,5 +182,9 @@ def _figures(run_dir: Path, s1, s3, figures: list, skipped: list[str]) -> None:
             skipped.append(str(e))
             return
         counts = np.bincount(np.load(codes, mmap_mode="r", allow_pickle=False).ravel(), minlength=k)
-        figures.append({"caption": "How often each code is used in the training code maps",
-                        "data": plots.code_usage_histogram(counts, f"codebook usage (K={k})")})
+        figures.append(
+            {
+                "caption": "How often each code is used in the training code maps",
+                "data": plots.code_usage_histogram(counts, f"codebook usage (K={k})"),
+            }
+        )

@@ -17,7 +17,9 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def curves(history: list[dict], series: dict[str, str], title: str, ylabel: str, right: dict[str, str] | None = None) -> bytes:
+def curves(
+    history: list[dict], series: dict[str, str], title: str, ylabel: str, right: dict[str, str] | None = None
+) -> bytes:
     """Per-epoch lines: series maps a metric key to its legend label; `right` goes on a second axis."""
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     epochs = [row["epoch"] for row in history]

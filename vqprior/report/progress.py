@@ -23,7 +23,11 @@ class ProgressWriter:
             return
         lines = self.folder / "metrics.jsonl"
         if lines.is_file():  # epochs from the resume point on are redone: drop what a crashed run wrote for them
-            kept = [line for line in lines.read_text().splitlines() if line.strip() and json.loads(line).get("epoch", 0) < first_epoch]
+            kept = [
+                line
+                for line in lines.read_text().splitlines()
+                if line.strip() and json.loads(line).get("epoch", 0) < first_epoch
+            ]
             lines.write_text("".join(line + "\n" for line in kept))
         for frame in self.folder.glob("epoch_*.png"):
             if int(frame.stem.split("_")[1]) >= first_epoch:
@@ -77,7 +81,9 @@ def write_gif(frames: list[Image.Image], path: Path, ms_per_frame: int = 600) ->
     """An animated GIF that loops, holding the last frame a little longer."""
     frames = [f.convert("RGB").convert("P", palette=Image.ADAPTIVE) for f in frames]
     durations = [ms_per_frame] * (len(frames) - 1) + [ms_per_frame * 3]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=False, disposal=1)
+    frames[0].save(
+        path, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=False, disposal=1
+    )
 
 
 def _tensorboard_writer(folder: Path):
@@ -86,5 +92,7 @@ def _tensorboard_writer(folder: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("run.tensorboard=true needs the tensorboard package: pip install 'vqprior[tensorboard]'") from None
+        raise UserError(
+            "run.tensorboard=true needs the tensorboard package: pip install 'vqprior[tensorboard]'"
+        ) from None
     return SummaryWriter(str(folder))

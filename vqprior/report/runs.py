@@ -32,24 +32,34 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 def collect_runs(out_dir: Path) -> list[list[str]]:
     rows = []
     out_dir = Path(out_dir)
-    found = sorted(p for p in out_dir.iterdir() if p.is_dir() and (p / "stage1" / "manifest.json").is_file()) if out_dir.is_dir() else []
+    found = (
+        sorted(p for p in out_dir.iterdir() if p.is_dir() and (p / "stage1" / "manifest.json").is_file())
+        if out_dir.is_dir()
+        else []
+    )
     for run in found:
         try:
             check_run_folder(run)
         except UserError as e:
             rows.append([run.name, "-", "-", "-", "-", "-", f"refused: {e}"])
             continue
-        m2, s3, ev = _load(run / "stage2" / "manifest.json"), _load(run / "stage3" / "metrics.json"), _load(run / "eval" / "eval.json")
+        m2, s3, ev = (
+            _load(run / "stage2" / "manifest.json"),
+            _load(run / "stage3" / "metrics.json"),
+            _load(run / "eval" / "eval.json"),
+        )
         wall = sum(_number(_load(run / f"stage{s}" / "manifest.json"), "timings_s", "total") or 0 for s in (1, 2, 3, 4))
         k = _number(m2, "codebook_size")
         k = k if k is not None and 1 <= k <= 2**32 else None
-        rows.append([
-            run.name,
-            _fmt(k, ".0f"),
-            _fmt(_number(s3, "final", "test_bits_per_map"), ".1f"),
-            _fmt(_number(ev, "samples", "fd_ratio"), ".2f", "x"),
-            _fmt(_number(ev, "samples", "conditional_accuracy"), ".1%"),
-            _fmt(_number(ev, "vqvae", "recon_fd_ratio"), ".2f", "x"),
-            f"{wall:.0f} s",
-        ])
+        rows.append(
+            [
+                run.name,
+                _fmt(k, ".0f"),
+                _fmt(_number(s3, "final", "test_bits_per_map"), ".1f"),
+                _fmt(_number(ev, "samples", "fd_ratio"), ".2f", "x"),
+                _fmt(_number(ev, "samples", "conditional_accuracy"), ".1%"),
+                _fmt(_number(ev, "vqvae", "recon_fd_ratio"), ".2f", "x"),
+                f"{wall:.0f} s",
+            ]
+        )
     return rows

@@ -2,29 +2,32 @@
 
 Every request is validated, and its image decoded, before it waits for the model (4xx with {"error": "..."}
 otherwise, never a traceback); sizes are bounded (images per grid, completions, upload bytes, decoded pixels, JSON
-depth), bodies are read in chunks and cut at the limit; only model work runs behind the one lock, in a worker
-thread, so a slow request never blocks the page, the static files or another request's validation. Requests whose
+depth), bodies are read in chunks and cut at the limit; only model work runs in the one model thread, first come
+first served (a FIFO queue, so no request starves however many wait), so a slow request never blocks the page,
+the static files or another request's validation, which run in the ordinary worker threads. Requests whose
 Host header is not a name the server was started for are refused (a page elsewhere cannot reach it by DNS rebinding).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from torchvision.utils import make_grid
@@ -66,7 +69,9 @@ class BadRequest(Exception):
 def png(images: torch.Tensor, nrow: int, scale: int = 3) -> str:
     """uint8 images [N, C, H, W] -> a data URL of their grid, scaled up without smoothing."""
     grid = make_grid(images.float() / 255, nrow=nrow, padding=2, pad_value=0.5).mul(255).round().byte()
-    img = Image.fromarray(grid.permute(1, 2, 0).numpy().squeeze(-1) if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy())
+    img = Image.fromarray(
+        grid.permute(1, 2, 0).numpy().squeeze(-1) if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy()
+    )
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     buffer = io.BytesIO()
     img.save(buffer, format="PNG")
@@ -94,34 +99,55 @@ def _short(value) -> str:
 
 
 class Service:
-    """The run, its limits and the one lock that serialises model work."""
+    """The run, its limits, and the one model thread (a FIFO queue) with its lock that serialise model work."""
 
-    def __init__(self, run: Run):
-        self.run, self.lock = run, threading.Lock()
+    def __init__(self, run: Run, model_thread: ThreadPoolExecutor):
+        self.run, self.lock, self.model_thread = run, threading.Lock(), model_thread
         self.ood_threshold, self.test_images = None, None
-        from ..config import DataSection
         from ..datasets import load_split
 
         try:
             test = load_split(run._vq.data, "test")
             self.test_images = test.images[:1000]
-            bits = run.score(self.test_images[:500])["code_bits"]
+            bits = model_thread.submit(run.score, self.test_images[:500]).result()["code_bits"]
             self.ood_threshold = float(torch.quantile(bits.double(), OOD_QUANTILE))
         except UserError:
             pass  # data no longer on this machine: no test digits to pick, no OOD threshold
 
+    @classmethod
+    def start(cls, run_dir, device: str, trust_code: bool) -> "Service":
+        """Load the run in the model thread, the one thread that ever runs the model: a second thread running torch
+        would start a second OpenMP team, whose idle threads spin on the same cores (3.5x slower on 2 cores)."""
+        model_thread = ThreadPoolExecutor(1, "vqprior-model")
+        return cls(model_thread.submit(load, run_dir, device, trust_code).result(), model_thread)
+
     def info(self) -> dict:
         r = self.run
-        return {"run": str(r.folder), "classes": r.class_names or [], "grid": list(r.grid), "image_shape": list(r.image_shape),
-                "temperature": r.temperature, "guidance": r.guidance, "ood_threshold": self.ood_threshold,
-                "test_images": 0 if self.test_images is None else len(self.test_images),
-                "limits": {"n": MAX_IMAGES, "samples": MAX_COMPLETIONS, "steps": MAX_MORPH, "upload_bytes": MAX_UPLOAD,
-                           "keep_rows": r.grid[0]}, "report": (r.folder / "report.html").is_file()}
+        return {
+            "run": str(r.folder),
+            "classes": r.class_names or [],
+            "grid": list(r.grid),
+            "image_shape": list(r.image_shape),
+            "temperature": r.temperature,
+            "guidance": r.guidance,
+            "ood_threshold": self.ood_threshold,
+            "test_images": 0 if self.test_images is None else len(self.test_images),
+            "limits": {
+                "n": MAX_IMAGES,
+                "samples": MAX_COMPLETIONS,
+                "steps": MAX_MORPH,
+                "upload_bytes": MAX_UPLOAD,
+                "keep_rows": r.grid[0],
+            },
+            "report": (r.folder / "report.html").is_file(),
+        }
 
     def sampling(self, body: dict) -> dict:
-        return {"temperature": number(body, "temperature", self.run.temperature, 0.01, 100),
-                "guidance": number(body, "guidance", self.run.guidance, 0, 100),
-                "seed": number(body, "seed", 0, 0, MAX_SEED, integer=True)}
+        return {
+            "temperature": number(body, "temperature", self.run.temperature, 0.01, 100),
+            "guidance": number(body, "guidance", self.run.guidance, 0, 100),
+            "seed": number(body, "seed", 0, 0, MAX_SEED, integer=True),
+        }
 
     def label(self, body: dict, key: str = "label") -> int | None:
         classes = self.run.num_classes
@@ -202,8 +228,11 @@ class Service:
             masked = done.originals.clone()
             masked[:, :, kept_pixels:, :] = 128
             strip = torch.cat([done.originals, masked, done.images[0]])
-            posterior = None if done.posterior is None else [{"class": str(r.class_names[c]), "p": float(p)}
-                                                              for c, p in enumerate(done.posterior[0].tolist())]
+            posterior = (
+                None
+                if done.posterior is None
+                else [{"class": str(r.class_names[c]), "p": float(p)} for c, p in enumerate(done.posterior[0].tolist())]
+            )
             return {"image": png(strip, nrow=len(strip)), "keep_rows": keep_rows, "posterior": posterior, **kw}
 
         return job
@@ -218,10 +247,16 @@ class Service:
         recon = r.decode(r.encode(image))
         bits = float(s["code_bits"][0])
         best = int(s["best_class"][0])
-        return {"code_bits": bits, "best_class": str(r.class_names[best]) if best >= 0 else None, "recon_mse": float(s["recon_mse"][0]),
-                "image_bits_bound": float(s["image_bits_bound"][0]), "ood_threshold": self.ood_threshold,
-                "out_of_distribution": None if self.ood_threshold is None else bits > self.ood_threshold,
-                "image": png(torch.cat([image, recon]), nrow=2), "notice": notice}
+        return {
+            "code_bits": bits,
+            "best_class": str(r.class_names[best]) if best >= 0 else None,
+            "recon_mse": float(s["recon_mse"][0]),
+            "image_bits_bound": float(s["image_bits_bound"][0]),
+            "ood_threshold": self.ood_threshold,
+            "out_of_distribution": None if self.ood_threshold is None else bits > self.ood_threshold,
+            "image": png(torch.cat([image, recon]), nrow=2),
+            "notice": notice,
+        }
 
 
 def decode_bytes(data: bytes, image_shape) -> tuple[torch.Tensor, str | None]:
@@ -257,11 +292,12 @@ def decode_image(data_url, image_shape) -> tuple[torch.Tensor, str | None]:
     return decode_bytes(data, image_shape)
 
 
-def create_app(run_dir: str | Path, device: str = "auto", trust_code: bool = False,
-               hosts: tuple[str, ...] = LOOPBACK_NAMES) -> Starlette:
+def create_app(
+    run_dir: str | Path, device: str = "auto", trust_code: bool = False, hosts: tuple[str, ...] = LOOPBACK_NAMES
+) -> Starlette:
     """The app over one run. `hosts`: the names a request's Host header may carry (vqprior serve passes the ones it
     listens on); "*" accepts any."""
-    service = Service(load(run_dir, device, trust_code))
+    service = Service.start(run_dir, device, trust_code)
 
     def endpoint(plan, reads: str = "json"):
         async def handle(request: Request) -> Response:
@@ -283,7 +319,9 @@ def create_app(run_dir: str | Path, device: str = "auto", trust_code: bool = Fal
                     with service.lock, torch.inference_mode():
                         return job()
 
-                return JSONResponse(await run_in_threadpool(locked))
+                return JSONResponse(await asyncio.wrap_future(service.model_thread.submit(locked)))
+            except ClientDisconnect:  # the client went away mid-body (a slow or cancelled upload): nobody to answer
+                return Response(status_code=400)
             except BadRequest as e:
                 return JSONResponse({"error": str(e)}, status_code=e.status)
             except UserError as e:
@@ -300,18 +338,24 @@ def create_app(run_dir: str | Path, device: str = "auto", trust_code: bool = Fal
     async def report(request: Request) -> Response:
         path = service.run.folder / "report.html"
         if not os.path.lexists(path):
-            return JSONResponse({"error": "this run has no report.html yet; run `vqprior eval` or `vqprior report`"}, status_code=404)
+            return JSONResponse(
+                {"error": "this run has no report.html yet; run `vqprior eval` or `vqprior report`"}, status_code=404
+            )
         try:  # the run's own file, never a link's target
             check_run_folder(service.run.folder)
             return HTMLResponse(read_regular(path, 256 << 20))
         except UserError as e:
             return JSONResponse({"error": str(e)}, status_code=403)
 
-    routes = [Route("/", page), Route("/api/info", info), Route("/report", report),
-              Route("/api/generate", endpoint(service.generate), methods=["POST"]),
-              Route("/api/morph", endpoint(service.morph), methods=["POST"]),
-              Route("/api/complete", endpoint(service.complete), methods=["POST"]),
-              Route("/api/score", endpoint(service.score, reads="upload"), methods=["POST"])]
+    routes = [
+        Route("/", page),
+        Route("/api/info", info),
+        Route("/report", report),
+        Route("/api/generate", endpoint(service.generate), methods=["POST"]),
+        Route("/api/morph", endpoint(service.morph), methods=["POST"]),
+        Route("/api/complete", endpoint(service.complete), methods=["POST"]),
+        Route("/api/score", endpoint(service.score, reads="upload"), methods=["POST"]),
+    ]
     app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))])
     app.state.service = service
     return app

@@ -57,7 +57,9 @@ class Prior(nn.Module):
             if labels.shape != (batch,):
                 raise ValueError(f"expected {batch} labels, got shape {list(labels.shape)}")
             if check and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(f"labels must be in [0, {self.num_classes}), got {labels.min().item()}..{labels.max().item()}")
+                raise ValueError(
+                    f"labels must be in [0, {self.num_classes}), got {labels.min().item()}..{labels.max().item()}"
+                )
             return F.one_hot(labels.long(), self.num_classes).to(dtype)
         if labels.shape != (batch, self.num_classes):
             raise ValueError(f"soft labels must have shape [{batch}, {self.num_classes}], got {list(labels.shape)}")
@@ -68,7 +70,9 @@ class Prior(nn.Module):
         logits = self(codes, labels)
         return -F.cross_entropy(logits, codes, reduction="none").flatten(1).sum(1)
 
-    def draw(self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: "GumbelNoise") -> torch.Tensor:
+    def draw(
+        self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: "GumbelNoise"
+    ) -> torch.Tensor:
         """Fill codes [B, H, W] in raster order from position `start` on (earlier positions are given).
         This is the naive reference: the network is re-run for every position, on the rows up to it."""
         height, width = codes.shape[1:]
@@ -95,8 +99,12 @@ class GumbelNoise:
     def draw(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
         """Codes [B] = argmax(logits / T + Gumbel) for logits [B, K]."""
         k = logits.shape[1]
-        u = torch.cat([torch.rand(n, k, generator=g, device=logits.device, dtype=logits.dtype)
-                       for g, n in zip(self.generators, self.sizes)])
+        u = torch.cat(
+            [
+                torch.rand(n, k, generator=g, device=logits.device, dtype=logits.dtype)
+                for g, n in zip(self.generators, self.sizes)
+            ]
+        )
         gumbel = u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
         scaled = logits if temperature == 1.0 else logits / temperature
         return gumbel.add_(scaled).argmax(1)
@@ -117,9 +125,19 @@ class GuidedNoise:
 
 
 @torch.no_grad()
-def sample(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor | None = None, temperature: float = 1.0,
-           seed: int = 0, method: str = "cached", first: int = 0, prefix: torch.Tensor | None = None, keep: int = 0,
-           guidance: float = 1.0) -> torch.Tensor:
+def sample(
+    prior: Prior,
+    count: int,
+    grid: tuple[int, int],
+    labels: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    method: str = "cached",
+    first: int = 0,
+    prefix: torch.Tensor | None = None,
+    keep: int = 0,
+    guidance: float = 1.0,
+) -> torch.Tensor:
     """Draw `count` code maps [count, H, W] (maps first..first+count-1 of the job with this seed).
 
     labels: int [count], soft class weights [count, num_classes], or None (unconditional prior).
@@ -146,7 +164,11 @@ def sample(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor
         codes.view(count, -1)[:, :keep] = prefix.to(device).view(count, -1)[:, :keep]
     noise = GumbelNoise(seed, first, count, device)
     if guidance != 1.0 and cond is not None:
-        cond, codes, noise = torch.cat([cond, torch.zeros_like(cond)]), torch.cat([codes, codes]), GuidedNoise(noise, guidance)
+        cond, codes, noise = (
+            torch.cat([cond, torch.zeros_like(cond)]),
+            torch.cat([codes, codes]),
+            GuidedNoise(noise, guidance),
+        )
     was_training = prior.training
     prior.eval()
     try:
@@ -156,19 +178,33 @@ def sample(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor
         prior.train(was_training)
 
 
-def generate(prior: Prior, count: int, grid: tuple[int, int], labels: torch.Tensor | None = None, temperature: float = 1.0,
-             seed: int = 0, batch_size: int = 1000, method: str = "cached", track=None, guidance: float = 1.0,
-             first: int = 0) -> torch.Tensor:
+def generate(
+    prior: Prior,
+    count: int,
+    grid: tuple[int, int],
+    labels: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 1000,
+    method: str = "cached",
+    track=None,
+    guidance: float = 1.0,
+    first: int = 0,
+) -> torch.Tensor:
     """Maps first..first+count-1 of the job with this seed [count, H, W], on the CPU, in batches; map n always
     gets the same noise (seed, n), whatever the batch size. `track(iterable, total, description)` may wrap the
     batches (a progress bar)."""
     batch = -(-batch_size // SEED_BLOCK) * SEED_BLOCK
     starts = range(first, first + count, batch)
     chunks = []
-    for start in (track(starts, len(starts), "sampling") if track else starts):
+    for start in track(starts, len(starts), "sampling") if track else starts:
         stop = min(first + count, start + batch)
         chunk_labels = None if labels is None else labels[start - first : stop - first]
-        chunks.append(sample(prior, stop - start, grid, chunk_labels, temperature, seed, method, first=start, guidance=guidance).cpu())
+        chunks.append(
+            sample(
+                prior, stop - start, grid, chunk_labels, temperature, seed, method, first=start, guidance=guidance
+            ).cpu()
+        )
     return torch.cat(chunks)
 
 
@@ -178,7 +214,9 @@ def check_prior(prior: nn.Module, target: str, grid: tuple[int, int] = (4, 5)) -
     from ...errors import UserError
 
     if not isinstance(prior, Prior):
-        raise UserError(f"prior {target!r} is a {type(prior).__name__}; it must subclass vqprior.models.priors.base.Prior")
+        raise UserError(
+            f"prior {target!r} is a {type(prior).__name__}; it must subclass vqprior.models.priors.base.Prior"
+        )
     k, b = prior.codebook_size, 2
     gen = torch.Generator().manual_seed(0)
     codes = torch.randint(0, k, (b, *grid), generator=gen)
@@ -190,7 +228,9 @@ def check_prior(prior: nn.Module, target: str, grid: tuple[int, int] = (4, 5)) -
             try:
                 logits = prior(codes, labels)
             except Exception as e:
-                raise UserError(f"prior {target!r} failed on codes [{b}, {grid[0]}, {grid[1]}]: {type(e).__name__}: {e}") from None
+                raise UserError(
+                    f"prior {target!r} failed on codes [{b}, {grid[0]}, {grid[1]}]: {type(e).__name__}: {e}"
+                ) from None
             if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (b, k, *grid):
                 got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise UserError(f"prior {target!r} must return logits [B, K, H, W] = {[b, k, *grid]}, got {got}")
@@ -200,7 +240,9 @@ def check_prior(prior: nn.Module, target: str, grid: tuple[int, int] = (4, 5)) -
                 changed[:, p:] = torch.randint(0, k, changed[:, p:].shape, generator=gen)
                 after = prior(changed.view_as(codes), labels).flatten(2)
                 if not torch.allclose(after[:, :, : p + 1], logits.flatten(2)[:, :, : p + 1], atol=1e-5):
-                    raise UserError(f"prior {target!r} is not causal: its logits at raster position {p} change with the codes "
-                                    f"at or after it; a prior may only look at earlier positions")
+                    raise UserError(
+                        f"prior {target!r} is not causal: its logits at raster position {p} change with the codes "
+                        f"at or after it; a prior may only look at earlier positions"
+                    )
     finally:
         prior.train(was_training)

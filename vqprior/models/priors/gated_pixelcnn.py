@@ -66,7 +66,9 @@ class GatedPixelCNN(Prior):
         self.embed = nn.Embedding(codebook_size, channels)
         self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_classes, first=i == 0) for i in range(layers))
         # per-position output head (Linear on channels-last == 1x1 convolution)
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, codebook_size))
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, codebook_size)
+        )
 
     def features(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """codes [B, H, W] -> last horizontal-stack features [B, C, H, W]."""
@@ -81,8 +83,9 @@ class GatedPixelCNN(Prior):
         h = self.features(codes, cond)
         return self.head(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-    def draw(self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise) -> torch.Tensor:
+    def draw(
+        self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
+    ) -> torch.Tensor:
         from .gated_pixelcnn_sampler import draw_cached
 
         return draw_cached(self, codes, cond, start, temperature, noise)
-

@@ -16,8 +16,14 @@ from .gated_pixelcnn import GatedPixelCNN, gate
 
 
 @torch.no_grad()
-def draw_cached(model: GatedPixelCNN, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float,
-                noise: GumbelNoise) -> torch.Tensor:
+def draw_cached(
+    model: GatedPixelCNN,
+    codes: torch.Tensor,
+    cond: torch.Tensor | None,
+    start: int,
+    temperature: float,
+    noise: GumbelNoise,
+) -> torch.Tensor:
     """Fill codes [B, H, W] from raster position `start` on; the same maps as the naive sampler, in about one
     forward pass. Rows that are given whole only advance the vertical stack."""
     batch, height, width = codes.shape
@@ -70,7 +76,9 @@ def draw_cached(model: GatedPixelCNN, codes: torch.Tensor, cond: torch.Tensor | 
             if i * width + j < start:
                 code = codes[:, i, j]
             else:
-                logits = F.linear(F.linear(out.relu(), head[1].weight, head[1].bias).relu_(), head[3].weight, head[3].bias)
+                logits = F.linear(
+                    F.linear(out.relu(), head[1].weight, head[1].bias).relu_(), head[3].weight, head[3].bias
+                )
                 code = noise.draw(logits, temperature)
                 codes[:, i, j] = code
             h_cols[0].append(model.embed(code))

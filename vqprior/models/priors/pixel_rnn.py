@@ -44,7 +44,9 @@ class _RecurrentPrior(Prior):
             raise ValueError(f"layers and channels must be >= 1, got {layers} and {channels}")
         self.codebook_size, self.num_classes = codebook_size, num_classes
         self.embed = nn.Embedding(codebook_size, channels)
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, codebook_size))
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, codebook_size)
+        )
 
     def features(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         x = self.embed(codes).permute(0, 3, 1, 2)
@@ -96,7 +98,9 @@ class RowLSTM(_RecurrentPrior):
         super().__init__(codebook_size, channels, layers, num_classes)
         self.layers = nn.ModuleList(RowLSTMLayer(channels, kernel, num_classes, first=i == 0) for i in range(layers))
 
-    def draw(self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise) -> torch.Tensor:
+    def draw(
+        self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
+    ) -> torch.Tensor:
         from .pixel_rnn_sampler import draw_row_lstm
 
         return draw_row_lstm(self, codes, cond, start, temperature, noise)
@@ -150,7 +154,7 @@ class DiagonalBiLSTMLayer(nn.Module):
         self.input_to_state = nn.Conv2d(c, 8 * c, 1)  # both directions' gates
         # per direction (left-to-right, right-to-left on the mirrored map): the 2 x 1 skewed state-to-state kernel,
         # as a matrix over [state above, state before in the row]
-        self.state_to_state = nn.Parameter(torch.empty(2, 4 * c, 2 * c).uniform_(-(2 * c) ** -0.5, (2 * c) ** -0.5))
+        self.state_to_state = nn.Parameter(torch.empty(2, 4 * c, 2 * c).uniform_(-((2 * c) ** -0.5), (2 * c) ** -0.5))
         self.out = nn.Conv2d(c, c, 1)
         self.cond = nn.Linear(num_classes, 8 * c, bias=False) if num_classes else None
         with torch.no_grad():
@@ -187,7 +191,9 @@ class DiagonalBiLSTM(_RecurrentPrior):
         super().__init__(codebook_size, channels, layers, num_classes)
         self.layers = nn.ModuleList(DiagonalBiLSTMLayer(channels, num_classes, first=i == 0) for i in range(layers))
 
-    def draw(self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise) -> torch.Tensor:
+    def draw(
+        self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
+    ) -> torch.Tensor:
         from .pixel_rnn_sampler import draw_diagonal_bilstm
 
         return draw_diagonal_bilstm(self, codes, cond, start, temperature, noise)

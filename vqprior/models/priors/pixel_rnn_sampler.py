@@ -37,8 +37,9 @@ def _place(codes, i, j, start, model, features, noise, temperature) -> torch.Ten
 
 
 @torch.no_grad()
-def draw_row_lstm(model: RowLSTM, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float,
-                  noise: GumbelNoise) -> torch.Tensor:
+def draw_row_lstm(
+    model: RowLSTM, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
+) -> torch.Tensor:
     batch, height, width = codes.shape
     layers = list(model.layers)
     weight = model.embed.weight
@@ -52,7 +53,9 @@ def draw_row_lstm(model: RowLSTM, codes: torch.Tensor, cond: torch.Tensor | None
     zeros = torch.zeros(batch, c, device=device, dtype=dtype)
     for i in range(height):
         from_above = [l.state_to_state(h) for l, h in zip(layers, hidden)]  # [B, 4C, W]: the row above's share
-        inputs = [[zeros] * k2 for _ in layers]  # each layer's inputs in this row, one [B, C] per column, k2 zeros first
+        inputs = [
+            [zeros] * k2 for _ in layers
+        ]  # each layer's inputs in this row, one [B, C] per column, k2 zeros first
         new_h, new_c = [[] for _ in layers], [[] for _ in layers]
         for j in range(width):
             for n, layer in enumerate(layers):
@@ -75,8 +78,14 @@ def draw_row_lstm(model: RowLSTM, codes: torch.Tensor, cond: torch.Tensor | None
 
 
 @torch.no_grad()
-def draw_diagonal_bilstm(model: DiagonalBiLSTM, codes: torch.Tensor, cond: torch.Tensor | None, start: int,
-                         temperature: float, noise: GumbelNoise) -> torch.Tensor:
+def draw_diagonal_bilstm(
+    model: DiagonalBiLSTM,
+    codes: torch.Tensor,
+    cond: torch.Tensor | None,
+    start: int,
+    temperature: float,
+    noise: GumbelNoise,
+) -> torch.Tensor:
     batch, height, width = codes.shape
     layers = list(model.layers)
     weight = model.embed.weight
@@ -98,7 +107,9 @@ def draw_diagonal_bilstm(model: DiagonalBiLSTM, codes: torch.Tensor, cond: torch
         for j in range(width):
             x = zeros if previous_code is None else model.embed(previous_code)  # the first layer reads (i, j-1)
             for n, layer in enumerate(layers):
-                if layer.first:  # only the left-to-right half: the right-to-left input is the code itself, known after the draw
+                if (
+                    layer.first
+                ):  # only the left-to-right half: the right-to-left input is the code itself, known after the draw
                     pre_fwd = torch.addmm(in_bias[0][:, : 4 * c], x, in_mat[0][:, : 4 * c])
                 else:
                     pre_fwd, pre_bwd = torch.addmm(in_bias[n], x, in_mat[n]).chunk(2, 1)

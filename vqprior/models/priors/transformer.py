@@ -41,18 +41,31 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split(x)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.finish(x, attended)
 
 
 class TransformerPrior(Prior):
     """p(codes) = prod over raster positions of p(code_p | codes before p [, class]) with causal self-attention."""
 
-    def __init__(self, codebook_size: int, width: int = 128, depth: int = 4, heads: int = 4, dropout: float = 0.0,
-                 num_classes: int = 0, max_rows: int = 64, max_cols: int = 64):
+    def __init__(
+        self,
+        codebook_size: int,
+        width: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        dropout: float = 0.0,
+        num_classes: int = 0,
+        max_rows: int = 64,
+        max_cols: int = 64,
+    ):
         super().__init__()
         if width < 1 or depth < 1 or heads < 1 or width % heads:
-            raise ValueError(f"width must be a positive multiple of heads and depth >= 1, got width {width}, heads {heads}, depth {depth}")
+            raise ValueError(
+                f"width must be a positive multiple of heads and depth >= 1, got width {width}, heads {heads}, depth {depth}"
+            )
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.codebook_size, self.num_classes = codebook_size, num_classes
@@ -69,8 +82,10 @@ class TransformerPrior(Prior):
     def position(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """Row + column embeddings of the raster positions of a height x width map: [height * width, width]."""
         if height > self.rows.num_embeddings or width > self.cols.num_embeddings:
-            raise ValueError(f"a {height}x{width} map is larger than this prior's position tables "
-                             f"({self.rows.num_embeddings}x{self.cols.num_embeddings}); raise max_rows/max_cols")
+            raise ValueError(
+                f"a {height}x{width} map is larger than this prior's position tables "
+                f"({self.rows.num_embeddings}x{self.cols.num_embeddings}); raise max_rows/max_cols"
+            )
         r = torch.arange(height, device=device).repeat_interleave(width)
         c = torch.arange(width, device=device).repeat(height)
         return self.rows(r) + self.cols(c)
@@ -92,7 +107,9 @@ class TransformerPrior(Prior):
         return self.head(self.norm(x)).transpose(1, 2).reshape(b, self.codebook_size, height, width)
 
     @torch.no_grad()
-    def draw(self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise) -> torch.Tensor:
+    def draw(
+        self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
+    ) -> torch.Tensor:
         """The exact incremental sampler: one new position per step through every block, attending to cached keys
         and values of the earlier positions; the same noise, in the same order, as the naive sampler."""
         b, height, width = codes.shape
@@ -101,7 +118,10 @@ class TransformerPrior(Prior):
         pos = self.position(height, width, codes.device)
         bias = self.cond(cond) if self.cond is not None and cond is not None else None
         w = self.embed.embedding_dim
-        keys = [torch.empty(b, blk.heads, length, w // blk.heads, device=codes.device, dtype=pos.dtype) for blk in self.blocks]
+        keys = [
+            torch.empty(b, blk.heads, length, w // blk.heads, device=codes.device, dtype=pos.dtype)
+            for blk in self.blocks
+        ]
         values = [torch.empty_like(k) for k in keys]
         for p in range(length):
             x = (self.start.expand(b, -1) if p == 0 else self.embed(flat[:, p - 1])) + pos[p]
