@@ -73,6 +73,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     model, constructor = build_vqvae(cfg.vqvae, image_shape)
     _load_component_weights(model, cfg)
     model.to(device)
+    model.quantizer.sync = rt.collectives  # under torchrun: EMA statistics and dead-code picks over every process
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError("nothing to train: encoder and decoder both have trainable = false; unfreeze the decoder")

@@ -76,7 +76,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
                 create_npy(path, dtype, (len(data), *vq.grid))
             rt.barrier()
             codes = np.load(path, mmap_mode="r+")
-            lo, hi = (len(data) * rt.rank) // rt.world_size, (len(data) * (rt.rank + 1)) // rt.world_size
+            lo, hi = rt.my_range(len(data))
             with torch.no_grad():
                 for idx in reporter.track(
                     batches(hi - lo, ENCODE_BATCH), -(-(hi - lo) // ENCODE_BATCH), f"stage 2 {split}"

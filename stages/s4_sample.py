@@ -48,9 +48,9 @@ def check_size(cfg: Config, total: int, grid: tuple[int, int], image_shape: tupl
     if total <= cfg.sample.limit:
         return
     gb = total * (math.prod(image_shape) + 8 * math.prod(grid)) / 1e9
-    minutes = total / 1000 / 60  # about 1,000 maps/s with the cached sampler on 2 CPU cores (README)
+    minutes = total / 1000 / 60  # about 1,000 maps/s with the cached sampler on a 2-core CPU (README)
     raise UserError(
-        f"{what} = {total:,} maps: about {gb:.1f} GB in memory and samples.npz, and ~{minutes:.0f} min on 2 CPU cores; "
+        f"{what} = {total:,} maps: about {gb:.1f} GB in memory and samples.npz, and ~{minutes:.0f} min on a small CPU; "
         f"that is more than sample.limit={cfg.sample.limit:,}: lower --per-class, or --set sample.limit={total} to confirm"
     )
 
@@ -69,7 +69,8 @@ def generate_shared(
     """All `total` maps; under torchrun each process draws whole noise blocks of them and rank 0 gathers them.
     A map's noise depends only on (seed, its index), so the images do not depend on the number of processes."""
     blocks = list(range(0, total, SEED_BLOCK))
-    mine = blocks[(len(blocks) * rt.rank) // rt.world_size : (len(blocks) * (rt.rank + 1)) // rt.world_size]
+    lo, hi = rt.my_range(len(blocks))
+    mine = blocks[lo:hi]
     lo, hi = (mine[0], min(total, mine[-1] + SEED_BLOCK)) if mine else (0, 0)
     part = torch.empty(0, *grid, dtype=torch.long)
     if hi > lo:

@@ -364,7 +364,6 @@ READER_CASES = [
     ("score-npz-out-of-range", ["score", "{tmp}/wide.npz"], "must be floats in [0, 1]"),
     ("score-npz-nan", ["score", "{tmp}/nan.npz"], "NaN"),
     ("score-npz-of-objects", ["score", "{tmp}/objects.npz"], "not a readable .npz"),
-    ("score-wrong-size", ["score", "{tmp}/big.png"], "this run's images are 28x28"),
     ("score-not-an-image", ["score", "{tmp}/text.png"], "cannot read"),
     ("classify-missing-file", ["classify", "{tmp}/nothing.png"], "does not exist"),
     ("report-no-run", ["report", "--name", "nope"], "no finished run"),

@@ -595,3 +595,22 @@ def test_the_report_and_runs_survive_a_forged_codebook_size(run):
     assert result.exit_code == 0 and "codebook_size" in (run / "report.html").read_text(), result.output
     listed = runner.invoke(app, ["runs", "--out-dir", str(run.parent)], catch_exceptions=False)
     assert listed.exit_code == 0 and "Traceback" not in listed.output
+
+
+def test_an_eval_json_of_the_wrong_shape_is_left_out_of_the_report(run):
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "eval.json").write_text(json.dumps({"samples": {"fd_ratio": "high"}, "n_samples": []}))
+    result = cli(run, "report", tiny=False)
+    assert result.exit_code == 0 and "could not be shown" in (run / "report.html").read_text(), result.output
+
+
+def test_score_reads_an_image_of_another_size_the_way_the_page_does(run, tmp_path):
+    from vqprior.datasets.pixels import fit_to
+
+    big = np.zeros((64, 64), np.uint8)
+    big[8:56, 28:36] = 255
+    Image.fromarray(big).save(tmp_path / "big.png")
+    result = cli(run, "score", str(tmp_path / "big.png"), "--device", "cpu", tiny=False)
+    assert result.exit_code == 0 and "resized to 28x28" in result.output, result.output
+    small, notice = fit_to(big, 28, 28)
+    assert small.shape == (28, 28) and notice == "resized to 28x28" and small[:, 12:16].mean() > small[:, :4].mean()

@@ -192,7 +192,6 @@ def test_complete_score_classify_commands(trained, tmp_path):
     "args,message",
     [
         (["complete", "--from", "test", "--keep-rows", "8"], "out of range"),
-        (["score", "{tmp}/wrong.png"], "this run's images are 28x28"),
         (["score", "{tmp}/broken.png"], "cannot read"),
         (["score"], "no input"),
         (["complete", "--from", "test", "--label", "12"], "out of range"),

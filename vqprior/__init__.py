@@ -1,4 +1,4 @@
-"""vqprior: a VQ-VAE learns a discrete image code, a gated PixelCNN learns a prior over it, and the pair generates images."""
+"""vqprior: a VQ-VAE learns a discrete image code, an autoregressive prior learns its code maps, and the pair generates images."""
 
 __version__ = "0.1.0"
 

@@ -41,7 +41,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Train a VQ-VAE and a gated PixelCNN prior over its codes, then generate images. Stages 1-4 run in order.",
+    help="Train a VQ-VAE and a prior over its codes (a gated PixelCNN by default), then generate images. Stages 1-4 run in order.",
 )
 console = Console(stderr=True, highlight=False)
 
@@ -642,9 +642,14 @@ def complete(
     label: Annotated[
         Optional[int], typer.Option(help="Class to complete as (default: inferred from the kept rows).")
     ] = None,
-    temperature: Temp = None,
-    guidance: Guidance = None,
-    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED)] = 0,
+    temperature: Annotated[
+        Optional[float], typer.Option(help="Sampling temperature (> 0; default: the run's sample.temperature).")
+    ] = None,
+    guidance: Annotated[
+        Optional[float],
+        typer.Option(help="Classifier-free guidance scale (1 = none; default: the run's sample.guidance)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Sampling seed.")] = 0,
     trust_code: Trust = False,
     device: Device = "auto",
 ) -> None:
@@ -758,11 +763,7 @@ def classify(
         from .api import load
 
         run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
-        images, labels, names = _inputs(run, inputs, from_split, n)
-        if from_split:
-            from .datasets import load_split
-
-            labels = load_split(run._vq.data, from_split).labels[: len(images)]
+        images, labels, names = _inputs(run, inputs, from_split, n)  # with --from: the split's own labels
         pred, post = run.classify(images)
         if labels is not None:
             console.print(

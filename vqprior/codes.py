@@ -62,10 +62,6 @@ def code_dtype(codebook_size: int) -> np.dtype:
     raise ValueError(codebook_size)
 
 
-def code_files(split: str, labeled: bool) -> list[str]:
-    return [f"{split}_codes.npy"] + ([f"{split}_labels.npy"] if labeled else [])
-
-
 @dataclass
 class CodeMaps:
     codes: np.ndarray  # [N, H, W], smallest unsigned dtype for K, memory-mapped

@@ -19,7 +19,7 @@ import inspect
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,20 +43,6 @@ def trusting_code(trust: bool = True) -> Iterator[None]:
 
 def code_is_trusted() -> bool:
     return _trust_code.get()
-
-
-@runtime_checkable
-class Encoder(Protocol):
-    """Maps images [B, C, H, W] (floats in [0, 1]) to latents [B, D, h, w]; D must equal vqvae.code_dim."""
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
-
-
-@runtime_checkable
-class Decoder(Protocol):
-    """Maps latents [B, D, h, w] back to images [B, C, H, W] of the encoder's input shape."""
-
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
 def _import_target(target: str) -> type:
@@ -134,13 +120,6 @@ def instantiate(resolved: dict) -> nn.Module:
             f"component {target!r}: constructing it with params {params} failed: {type(e).__name__}: {e}"
         ) from None
     return module
-
-
-def build(spec: Component, **context: Any) -> tuple[nn.Module, dict]:
-    """Instantiate spec.target with spec.params plus the context values its constructor accepts; returns the
-    module and its resolved {target, params}."""
-    resolved = resolve(spec, **context)
-    return instantiate(resolved), resolved
 
 
 def probe_autoencoder(

@@ -10,7 +10,7 @@ import torch
 from .config import DataSection
 from .datasets import load_split
 from .datasets.folder import EXTENSIONS
-from .datasets.pixels import read_image
+from .datasets.pixels import fit_to, read_image
 from .errors import UserError
 
 
@@ -103,8 +103,8 @@ def _npz_images(path: Path, image_shape: tuple[int, int, int]) -> torch.Tensor:
 def _read_image(path: Path, image_shape: tuple[int, int, int], notices: list[str]) -> torch.Tensor:
     c, h, w = image_shape
     a, notice = read_image(path, c)
-    if a.shape[:2] != (h, w):
-        raise UserError(f"{path} is {a.shape[1]}x{a.shape[0]} but this run's images are {w}x{h}; resize it first")
-    if notice and notice not in notices:
-        notices.append(notice)
+    a, resized = fit_to(a, h, w)  # the page's rule: scaled and centre-cropped to the run's size, and said so
+    for line in (notice, resized and f"images of another size were {resized} (scaled, centre-cropped)"):
+        if line and line not in notices:
+            notices.append(line)
     return torch.from_numpy(a[None].copy() if a.ndim == 2 else a.transpose(2, 0, 1).copy())

@@ -114,6 +114,73 @@ class Runtime:
 
             dist.barrier()
 
+    # ---------------------------------------------------------------- tensor collectives (no host sync)
+    @property
+    def collectives(self) -> "Collectives | None":
+        """Sums and gathers over every process for code that must combine them (the quantizer's `sync`); None with
+        one process."""
+        return Collectives(self.rank, self.world_size) if self.distributed else None
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over every process, in place (unchanged with one process)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t
+
+    def max_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
+    def broadcast_(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.broadcast(t, src=src)
+        return t
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model as the training step should call it: DistributedDataParallel under torchrun (gradients averaged
+        across processes), the model itself with one process."""
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def my_range(self, n: int) -> tuple[int, int]:
+        """[lo, hi) of n items that this process handles (stages 2 and 4 split their work so); all with one."""
+        return (n * self.rank) // self.world_size, (n * (self.rank + 1)) // self.world_size
+
+    def shard(self, items: torch.Tensor) -> torch.Tensor:
+        """This process's contiguous part of a global batch or list (all of it with one process)."""
+        return items if not self.distributed else items.tensor_split(self.world_size)[self.rank]
+
+
+@dataclass(frozen=True)
+class Collectives:
+    """What a model needs to combine its statistics across torchrun processes, handed to it explicitly."""
+
+    rank: int
+    world_size: int
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+        return t
+
+    def all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        import torch.distributed as dist
+
+        out = [torch.zeros_like(t) for _ in range(self.world_size)]
+        dist.all_gather(out, t)
+        return out
+
 
 def first_line(e: BaseException, limit: int = 160) -> str:
     text = str(e).strip().splitlines()

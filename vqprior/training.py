@@ -142,13 +142,7 @@ class Trainer:
                 f"choose a multiple of {runtime.world_size} ({lr_key.split('.')[0]}.batch_size)"
             )
         # under torchrun: gradients are averaged across processes; the model's own methods stay reachable as self.model
-        self.module = model
-        if runtime.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.module = DistributedDataParallel(
-                model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
-            )
+        self.module = runtime.wrap(model)
         warmup_steps = -(-warmup_examples // batch_size)  # the same number of examples whatever the batch size
         self.scheduler = cosine_schedule(
             optimizer, epochs * self.steps_per_epoch, min(warmup_steps, self.steps_per_epoch)
@@ -244,8 +238,7 @@ class Trainer:
         if self.runtime.distributed:  # a signal to any process stops them all, at the same step
             if every_step and self.step % STOP_CHECK_EVERY:
                 return  # the collective below waits for the device: only every STOP_CHECK_EVERY steps
-            flag = torch.tensor([float(requested)], device=self.runtime.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            flag = self.runtime.max_(torch.tensor([float(requested)], device=self.runtime.device))
             requested = bool(flag.item())
         if requested:
             self.save()
@@ -292,15 +285,12 @@ class Trainer:
 
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
         """This process's contiguous part of a global batch (all of it with one process)."""
-        if not self.runtime.distributed:
-            return batch
-        return batch.tensor_split(self.runtime.world_size)[self.runtime.rank]
+        return self.runtime.shard(batch)
 
     def _reduce_sums(self) -> None:
         """Each process summed its own shard; the epoch's metrics are over all of them."""
-        if self.runtime.distributed:
-            for v in self.sums.values():
-                torch.distributed.all_reduce(v)
+        for v in self.sums.values():
+            self.runtime.sum_(v)
 
     def _check_replicas_agree(self) -> None:
         """Under torchrun every process must end with the same weights; checked, not assumed."""
@@ -309,10 +299,8 @@ class Trainer:
         flat = torch.cat(
             [t.detach().flatten().double() for t in self.model.state_dict().values() if t.is_floating_point()]
         )
-        reference = flat.clone()
-        torch.distributed.broadcast(reference, src=0)
-        differs = torch.tensor([float(not torch.equal(flat, reference))], device=flat.device)
-        torch.distributed.all_reduce(differs, op=torch.distributed.ReduceOp.MAX)
+        reference = self.runtime.broadcast_(flat.clone())
+        differs = self.runtime.max_(torch.tensor([float(not torch.equal(flat, reference))], device=flat.device))
         if differs.item():
             raise RuntimeError(f"stage {self.stage}: the processes ended with different weights")
 

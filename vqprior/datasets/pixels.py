@@ -90,6 +90,24 @@ def _range(mode: str, lo: float, hi: float) -> tuple[tuple[float, float], str | 
     ), f"{what} images outside the usual ranges were stretched from their own minimum to maximum"
 
 
+def fit_to(pixels: np.ndarray, height: int, width: int) -> tuple[np.ndarray, str | None]:
+    """uint8 pixels [H, W] or [H, W, 3] at the run's size: the one rule of `score`/`complete`/`classify` and the page.
+    Another size is scaled (bicubic) so its short side fits and centre-cropped (square runs), or scaled to the
+    size; the notice says so."""
+    if pixels.shape[:2] == (height, width):
+        return pixels, None
+    img = Image.fromarray(pixels)
+    if height == width:
+        w, h = img.size
+        scale = height / min(w, h)
+        img = img.resize((max(height, round(w * scale)), max(height, round(h * scale))), Image.BICUBIC)
+        left, top = (img.size[0] - height) // 2, (img.size[1] - height) // 2
+        img = img.crop((left, top, left + height, top + height))
+    else:
+        img = img.resize((width, height), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8), f"resized to {width}x{height}"
+
+
 def read_image(path: Path, channels: int) -> tuple[np.ndarray, str | None]:
     """uint8 pixels of one file as for a dataset of `channels` channels, or a one-line UserError."""
     try:

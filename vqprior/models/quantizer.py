@@ -3,36 +3,30 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    # under torchrun every process sees a different batch; code statistics are summed over all of them
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
-
-
-def _pick_rows(flat: torch.Tensor, count: int) -> torch.Tensor:
-    """`count` random rows of the whole batch: with one process, rows of `flat`; under torchrun, rows of all
-    processes' batches together, drawn alike on every process, so the result does not depend on the world size.
-    Row numbers are drawn as floor(u * total) on the device, with the total a device tensor under torchrun: no
-    value comes back to the host."""
+def _pick_rows(flat: torch.Tensor, count: int, sync=None) -> torch.Tensor:
+    """`count` random rows of the whole batch: with one process, rows of `flat`; with `sync` (a Runtime's
+    collectives under torchrun), rows of all processes' batches together, drawn alike on every process, so the
+    result does not depend on the world size. Row numbers are drawn as floor(u * total) on the device, with the
+    total a device tensor under torchrun: no value comes back to the host."""
     u = torch.rand(count, device=flat.device, dtype=torch.float64)
-    if not (dist.is_available() and dist.is_initialized()):
+    if sync is None:
         return flat[(u * flat.shape[0]).long().clamp_(max=flat.shape[0] - 1)]
-    sizes = [torch.zeros(1, dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([flat.shape[0]], device=flat.device))
-    sizes = torch.cat(sizes)
-    total, offset = sizes.sum(), sizes[: dist.get_rank()].sum()
+    sizes = torch.cat(sync.all_gather(torch.tensor([flat.shape[0]], device=flat.device)))
+    total, offset = sizes.sum(), sizes[: sync.rank].sum()
     picks = torch.minimum((u * total).long(), total - 1) - offset
     mine = (picks >= 0) & (picks < flat.shape[0])
     rows = torch.where(
         mine[:, None], flat[picks.clamp(0, flat.shape[0] - 1)], torch.zeros((), dtype=flat.dtype, device=flat.device)
     )
-    return _all_reduce_sum(rows)
+    return sync.sum_(rows)
+
+
+def _sum(t: torch.Tensor, sync) -> torch.Tensor:
+    return t if sync is None else sync.sum_(t)
 
 
 class VectorQuantizer(nn.Module):
@@ -43,7 +37,13 @@ class VectorQuantizer(nn.Module):
     below `dead_code_threshold`) is re-seeded with a random encoder output from the current batch, which
     keeps nearly every code in use. The encoder gets the decoder's gradient unchanged (straight-through)
     plus a commitment loss that keeps its outputs near their codes.
+
+    `sync` (not a constructor argument: it is not saved with the model) is how the EMA statistics and the
+    dead-code picks are combined across processes: None for one process, a Runtime's collectives under torchrun
+    (the way vector-quantize-pytorch passes `sync_codebook`). The model never looks at global process state.
     """
+
+    sync = None
 
     def __init__(
         self,
@@ -105,7 +105,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, flat: torch.Tensor) -> None:
-        self.set_codebook(_pick_rows(flat, self.codebook_size))
+        self.set_codebook(_pick_rows(flat, self.codebook_size, self.sync))
 
     @torch.no_grad()
     def set_codebook(self, codes: torch.Tensor) -> None:
@@ -121,8 +121,8 @@ class VectorQuantizer(nn.Module):
         # per-code counts and sums as a one-hot matrix product: fixed shapes, deterministic, no host sync
         # (bincount waits for the device to size its output; index_add_ is non-deterministic on CUDA)
         onehot = (indices[:, None] == torch.arange(self.codebook_size, device=indices.device)).to(self.ema_sum.dtype)
-        counts = _all_reduce_sum(onehot.sum(0))
-        sums = _all_reduce_sum(onehot.t() @ flat.to(self.ema_sum.dtype))
+        counts = _sum(onehot.sum(0), self.sync)
+        sums = _sum(onehot.t() @ flat.to(self.ema_sum.dtype), self.sync)
         self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.ema_count.sum()
@@ -136,7 +136,7 @@ class VectorQuantizer(nn.Module):
         """Codes whose EMA count fell below the threshold become random encoder outputs of this batch.
         Written with torch.where over all K codes, so no step waits for the device to say how many died."""
         dead = (self.ema_count < self.dead_code_threshold).unsqueeze(1)
-        new = _pick_rows(flat, self.codebook_size).to(self.codebook.dtype)
+        new = _pick_rows(flat, self.codebook_size, self.sync).to(self.codebook.dtype)
         self.codebook.copy_(torch.where(dead, new, self.codebook))
         self.ema_sum.copy_(torch.where(dead, new, self.ema_sum))
         self.ema_count.copy_(torch.where(dead.squeeze(1), torch.ones_like(self.ema_count), self.ema_count))

@@ -112,35 +112,25 @@ def render_report(run_dir: Path, eval_dir: Path) -> str:
     if evaluation is not None and not isinstance(evaluation.get("samples"), dict):
         skipped.append(f"{eval_dir / 'eval.json'} is not an evaluation result; run `vqprior eval` again")
         evaluation = None
+    page = {
+        "name": run_dir.name,
+        "folder": str(run_dir),
+        "written": time.strftime("%Y-%m-%d %H:%M"),
+        "versions": versions(),
+        "pictures": [p for p in pictures if p],
+        "plots": figures,
+        "stages": stages,
+        "skipped": skipped,
+        "config": json.dumps(config, indent=2) if config else "(no finished stage)",
+    }
+    template = env.get_template("report.html.j2")
     try:
-        return env.get_template("report.html.j2").render(
-            name=run_dir.name,
-            folder=str(run_dir),
-            written=time.strftime("%Y-%m-%d %H:%M"),
-            versions=versions(),
-            eval=evaluation,
-            pictures=[p for p in pictures if p],
-            plots=figures,
-            stages=stages,
-            skipped=skipped,
-            config=json.dumps(config, indent=2) if config else "(no finished stage)",
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return template.render(eval=evaluation, **page)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # an eval.json of the wrong shape
         if evaluation is None:
             raise
         skipped.append(f"{eval_dir / 'eval.json'} could not be shown ({type(e).__name__}); run `vqprior eval` again")
-        return env.get_template("report.html.j2").render(
-            name=run_dir.name,
-            folder=str(run_dir),
-            written=time.strftime("%Y-%m-%d %H:%M"),
-            versions=versions(),
-            eval=None,
-            pictures=[p for p in pictures if p],
-            plots=figures,
-            stages=stages,
-            skipped=skipped,
-            config=json.dumps(config, indent=2) if config else "(no finished stage)",
-        )
+        return template.render(eval=None, **page)
 
 
 def _figures(run_dir: Path, s1, s3, figures: list, skipped: list[str]) -> None:

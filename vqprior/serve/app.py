@@ -20,7 +20,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from starlette.applications import Starlette
@@ -35,8 +34,7 @@ from torchvision.utils import make_grid
 from ..api import Run, load
 from ..artifacts import check_run_folder, read_regular
 from ..config import MAX_SEED
-from ..datasets.folder import _fit
-from ..datasets.pixels import UNREADABLE, open_image, to_uint8, why_unreadable
+from ..datasets.pixels import UNREADABLE, fit_to, open_image, to_uint8, why_unreadable
 from ..errors import UserError
 
 PAGE = Path(__file__).parent / "page.html"
@@ -271,11 +269,8 @@ def decode_bytes(data: bytes, image_shape) -> tuple[torch.Tensor, str | None]:
         pixels, notice = to_uint8(open_image(io.BytesIO(data)), c)
     except UNREADABLE as e:
         raise BadRequest(f"not a readable image: {why_unreadable(e)}") from None
-    img = Image.fromarray(pixels)
-    if img.size != (w, h):
-        img = _fit(img, h).resize((w, h), Image.BICUBIC) if h == w else img.resize((w, h), Image.BICUBIC)
-        notice = ((notice + "; ") if notice else "") + f"resized to {w}x{h}"
-    a = np.asarray(img, dtype=np.uint8)
+    a, resized = fit_to(pixels, h, w)
+    notice = "; ".join(n for n in (notice, resized) if n) or None
     tensor = torch.from_numpy(a[None].copy() if a.ndim == 2 else a.transpose(2, 0, 1).copy())
     return tensor[None], notice
 
