@@ -320,3 +320,17 @@ def test_a_rank_that_cannot_join_is_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.count("error:") == 1 and "could not join" in result.stderr, (
         result.stderr[-2000:]
     )
+
+
+def test_a_taken_process_group_port_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as holder:  # another program holds MASTER_PORT
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(holder.getsockname()[1])}  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "vqprior", "run-stage", "1", *tiny_args(tmp_path)],
+                                capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("error:") == 1 and "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
