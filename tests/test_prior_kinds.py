@@ -1,8 +1,12 @@
 """The four prior kinds (gated PixelCNN, Row LSTM, Diagonal BiLSTM, transformer): one interface, exact samplers, causality,
 and the receptive fields the PixelRNN paper describes."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
+from conftest import tiny_args
 
 from vqprior.config import load_config
 from vqprior.errors import UserError
@@ -252,3 +256,28 @@ def test_weight_ema_follows_integer_buffers():
         model(torch.randn(8, 3))
         ema.update(model)
     assert int(ema.module[1].num_batches_tracked) == int(model[1].num_batches_tracked) == 4
+
+
+def test_a_new_prior_kind_is_one_module_and_one_registry_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vqprior import registry
+    from vqprior.cli import app
+
+    monkeypatch.setitem(
+        registry.BUILTINS, "toy", registry.Builtin("toy_prior_kind:ToyPrior", "prior", {"height": 7, "width": 7})
+    )
+    cfg = load_config(overrides=['prior.kind="toy"'])
+    assert cfg.prior.network.target == "toy" and cfg.prior.network.params == {"height": 7, "width": 7}
+    runner = CliRunner()
+    tiny = tiny_args(tmp_path)
+    drop = tiny.index("prior.network.params={channels=8, layers=2, kernel=3}")
+    args = tiny[: drop - 1] + tiny[drop + 1 :]  # the toy prior has no channels or layers
+    for stage in (1, 2, 3, 4):  # no --trust-code: a registry entry is a built-in
+        result = runner.invoke(
+            app, ["run-stage", str(stage), *args, "--set", 'prior.kind="toy"'], catch_exceptions=False
+        )
+        assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "t" / "stage3" / "config.json").read_text())
+    assert saved["prior"]["target"] == "toy"
+    assert np.load(tmp_path / "t" / "stage4" / "samples.npz")["images"].shape[1:] == (1, 28, 28)

@@ -50,7 +50,7 @@ def _import_target(target: str) -> type:
     while the user trusts code. Either way it must be a torch.nn.Module subclass."""
     name = builtin_name(target)
     if name is not None:
-        target = BUILTINS[name]
+        target = BUILTINS[name].path
     elif not code_is_trusted():
         raise UserError(
             f"component {target!r} is not a vqprior built-in ({', '.join(BUILTINS)}); code named by a config or "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 from .registry import BUILTINS, builtin_name
+from .registry import names as registry_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,11 +113,11 @@ class DataSection(Section):
 
 
 def _default_encoder() -> Component:
-    return Component(target="conv_encoder", params={"hidden": 64, "res_blocks": 1})
+    return Component(target="conv_encoder", params=dict(BUILTINS["conv_encoder"].defaults))
 
 
 def _default_decoder() -> Component:
-    return Component(target="conv_decoder", params={"hidden": 64, "res_blocks": 1})
+    return Component(target="conv_decoder", params=dict(BUILTINS["conv_decoder"].defaults))
 
 
 class VQVAESection(Section):
@@ -143,16 +145,22 @@ class VQVAESection(Section):
     lr: float = Field(2e-3, gt=0)
 
 
-PRIOR_KINDS = {
-    # 8 gated layers of 64 channels, 3-wide kernels: for 8 epochs, sample FD/floor 1.97 where 48 channels x 5 epochs
-    # gave 2.81 (validation slice, guidance 1.5); it fits the 10-minute budget on 2 cores (README numbers)
-    "gated_pixelcnn": {"channels": 64, "layers": 8, "kernel": 3},
-    # the PixelRNN paper's recurrent priors (README, "Prior kinds", compares the three at equal training time)
-    "row_lstm": {"channels": 64, "layers": 4, "kernel": 3},
-    "diagonal_bilstm": {"channels": 64, "layers": 4},
-    # a decoder-only transformer over the 49 raster codes (README, "Prior kinds")
-    "transformer": {"width": 128, "depth": 4, "heads": 4, "dropout": 0.0},
-}  # each kind is also the registry name of its network (vqprior.registry)
+class _PriorKinds(Mapping):
+    """kind -> default network params: a live view of the registry's priors (a kind added there is a kind here)."""
+
+    def __getitem__(self, kind: str) -> dict:
+        if kind not in registry_names("prior"):
+            raise KeyError(kind)
+        return BUILTINS[kind].defaults
+
+    def __iter__(self):
+        return iter(registry_names("prior"))
+
+    def __len__(self) -> int:
+        return len(registry_names("prior"))
+
+
+PRIOR_KINDS = _PriorKinds()
 
 
 def prior_network(kind: str) -> Component:
@@ -168,7 +176,7 @@ def prior_kind(target: str) -> str:
 class PriorSection(Section):
     # gated_pixelcnn, row_lstm, diagonal_bilstm or transformer: setting it picks that network with its default size;
     # "custom" when network.target names a class of your own
-    kind: Literal["gated_pixelcnn", "row_lstm", "diagonal_bilstm", "transformer", "custom"] = "gated_pixelcnn"
+    kind: str = "gated_pixelcnn"
     # the network: any vqprior.models.priors.base.Prior; codebook_size and num_classes are filled in
     network: Component = Field(default_factory=lambda: prior_network("gated_pixelcnn"))
     # condition on class labels when the codes have them (false: always unconditional)
@@ -183,6 +191,13 @@ class PriorSection(Section):
     # 128 on every device (see vqvae.batch_size); lr is the rate at batch 128, scaled by sqrt(batch / 128)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in PRIOR_KINDS and kind != "custom":
+            raise ValueError(f"Input should be {', '.join(repr(k) for k in [*PRIOR_KINDS, 'custom'])}")
+        return kind
 
     @model_validator(mode="before")
     @classmethod
@@ -358,7 +373,8 @@ def format_validation_error(err: ValidationError) -> str:
         return f"config: unknown key '{where}'; check the spelling (see README, 'Configuration')"
     got = first.get("input")
     got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"config: {where}: {first['msg']}{got_txt}; fix it in your config file or --set"
+    message = first["msg"].removeprefix("Value error, ")  # our own validators' words, without pydantic's label
+    return f"config: {where}: {message}{got_txt}; fix it in your config file or --set"
 
 
 def load_config(

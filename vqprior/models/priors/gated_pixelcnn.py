@@ -56,7 +56,7 @@ class GatedLayer(nn.Module):
 class GatedPixelCNN(Prior):
     """p(codes) = prod over raster positions of p(code_ij | codes before ij [, class])."""
 
-    def __init__(self, codebook_size: int, channels: int = 48, layers: int = 8, kernel: int = 3, num_classes: int = 0):
+    def __init__(self, codebook_size: int, channels: int = 64, layers: int = 8, kernel: int = 3, num_classes: int = 0):
         super().__init__()
         if kernel < 3 or kernel % 2 == 0:
             raise ValueError(f"kernel must be odd and at least 3 (3, 5, 7, ...), got {kernel}")
