@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import math
 import os
 import signal
 import sys
@@ -89,8 +88,7 @@ def _one_line_errors(interrupted: str = "interrupted; nothing was written") -> I
         _fail(message)
 
 
-def _overrides(
-    sets: list[str],
+def _flag_values(
     name: Optional[str],
     labels: list[int],
     mix: Optional[str],
@@ -99,32 +97,25 @@ def _overrides(
     seed: Optional[int],
     sampler: Optional[str],
     guidance: Optional[float] = None,
-) -> list[str]:
-    out = list(sets)
+) -> dict:
+    """The command's own flags as config values (a layer applied after --set, so a flag wins), validated with the
+    rest of the config."""
+    run, sample = {}, {}
     if name is not None:
-        out.append(f"run.name={json.dumps(name)}")
+        run["name"] = name
     if labels:
-        out.append(f"sample.labels={list(labels)}")
+        sample["labels"] = list(labels)
     if mix is not None:
         try:
-            pairs = [item.split(":") for item in mix.split(",")]
-            table = ", ".join(f'"{int(c)}" = {float(w)}' for c, w in pairs)
+            sample["mix"] = {str(int(c)): float(w) for c, w in (item.split(":") for item in mix.split(","))}
         except ValueError:
             raise UserError(f"--mix {mix!r}: expected class:weight pairs, e.g. --mix 3:0.5,8:0.5") from None
-        out.append(f"sample.mix={{{table}}}")
     for key, value in (("per_class", n), ("temperature", temperature), ("seed", seed), ("guidance", guidance)):
         if value is not None:
-            out.append(f"sample.{key}={_toml_number(value)}")
+            sample[key] = value
     if sampler is not None:
-        out.append(f"sample.sampler={json.dumps(sampler)}")
-    return out
-
-
-def _toml_number(value: float | int) -> str:
-    """A CLI number as a TOML value; nan and infinities are spelled so TOML reads them (and the config refuses them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return repr(value)
+        sample["sampler"] = sampler
+    return {k: v for k, v in (("run", run), ("sample", sample)) if v}
 
 
 Preset = Annotated[Optional[str], typer.Option(help=f"Start from a preset: {', '.join(presets())}.")]
@@ -296,7 +287,7 @@ def _guarded(
             if resume and restart:
                 raise UserError("--resume and --restart contradict each other; pass one")
             cfg = load_config(
-                preset, config, _overrides(sets, name, labels, mix, n, temperature, seed, sampler, guidance)
+                preset, config, sets, values=_flag_values(name, labels, mix, n, temperature, seed, sampler, guidance)
             )
             try:
                 _run_stages(

@@ -378,9 +378,13 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def load_config(
-    preset: str | None = None, file: str | Path | None = None, overrides: list[str] | None = None
+    preset: str | None = None,
+    file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict | None = None,
 ) -> Config:
-    """Defaults <- preset <- file <- overrides, validated."""
+    """Defaults <- preset <- file <- overrides ("key=TOML value" strings, as --set takes them) <- values (a nested
+    dict, as a command's own flags give them), validated."""
     data: dict = Config().model_dump(mode="json")
     data["run"]["name"] = None  # named after the data source unless a preset, file or --set names it
     layers = []
@@ -391,6 +395,7 @@ def load_config(
     if file:
         layers.append(_read_toml(Path(file)))
     layers += [_parse_override(item) for item in overrides or []]
+    layers += [values] if values else []
     # prior.kind picks the network before any layer's network params apply, wherever it is set
     kinds = [
         layer["prior"]["kind"] for layer in layers if isinstance(layer.get("prior"), dict) and "kind" in layer["prior"]
