@@ -1,6 +1,8 @@
 """vqprior: a VQ-VAE learns a discrete image code, an autoregressive prior learns its code maps, and the pair generates images."""
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(run_dir="artifacts/mnist", device="auto", trust_code=False):

@@ -15,11 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import GumbelNoise, Prior
-
-
-def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    a, b = x.chunk(2, dim)
-    return torch.tanh(a) * torch.sigmoid(b)
+from .gated_pixelcnn_sampler import draw_cached, gate
 
 
 class GatedLayer(nn.Module):
@@ -86,6 +82,4 @@ class GatedPixelCNN(Prior):
     def draw(
         self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
     ) -> torch.Tensor:
-        from .gated_pixelcnn_sampler import draw_cached
-
         return draw_cached(self, codes, cond, start, temperature, noise)

@@ -8,11 +8,21 @@ reference sampler (`Prior.draw`), so both return the same maps for the same seed
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from .base import GumbelNoise
-from .gated_pixelcnn import GatedPixelCNN, gate
+
+if TYPE_CHECKING:  # the model imports this module, never the other way round
+    from .gated_pixelcnn import GatedPixelCNN
+
+
+def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The gated activation tanh(a) * sigmoid(b) over the two halves of `dim` (the model's layers use it too)."""
+    a, b = x.chunk(2, dim)
+    return torch.tanh(a) * torch.sigmoid(b)
 
 
 @torch.no_grad()

@@ -26,13 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import GumbelNoise, Prior
-
-
-def lstm_cell(gates: torch.Tensor, cell: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """gates [.., 4C, ..] (input, forget, output, candidate along dim), previous cell -> (hidden, cell)."""
-    i, f, o, g = gates.chunk(4, dim)
-    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(cell), cell
+from .pixel_rnn_sampler import draw_diagonal_bilstm, draw_row_lstm, lstm_cell
 
 
 class _RecurrentPrior(Prior):
@@ -101,8 +95,6 @@ class RowLSTM(_RecurrentPrior):
     def draw(
         self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
     ) -> torch.Tensor:
-        from .pixel_rnn_sampler import draw_row_lstm
-
         return draw_row_lstm(self, codes, cond, start, temperature, noise)
 
 
@@ -194,6 +186,4 @@ class DiagonalBiLSTM(_RecurrentPrior):
     def draw(
         self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
     ) -> torch.Tensor:
-        from .pixel_rnn_sampler import draw_diagonal_bilstm
-
         return draw_diagonal_bilstm(self, codes, cond, start, temperature, noise)

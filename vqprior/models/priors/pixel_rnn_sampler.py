@@ -10,11 +10,22 @@ Both take the Gumbel noise in the naive sampler's order, so they return the same
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from .base import GumbelNoise
-from .pixel_rnn import DiagonalBiLSTM, RowLSTM, lstm_cell
+
+if TYPE_CHECKING:  # the models import this module, never the other way round
+    from .pixel_rnn import DiagonalBiLSTM, RowLSTM
+
+
+def lstm_cell(gates: torch.Tensor, cell: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """gates [.., 4C, ..] (input, forget, output, candidate along dim), previous cell -> (hidden, cell)."""
+    i, f, o, g = gates.chunk(4, dim)
+    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(cell), cell
 
 
 def _head(model, features: torch.Tensor) -> torch.Tensor:
