@@ -78,6 +78,18 @@ class Run:
         self.temperature, self.guidance = self._prior.sampling
         self.log_class_prior = self._class_prior()
 
+    @property
+    def data(self):
+        """The data section stage 1 was trained on (a DataSection): where `--from test`, eval and the page read images."""
+        return self._vq.data
+
+    def test_images(self, n: int) -> torch.Tensor:
+        """The first `n` test images of the run's own data, uint8 [n, C, H, W] (a one-line UserError when the data
+        is not on this machine)."""
+        from .datasets import load_split
+
+        return load_split(self.data, "test").images[:n]
+
     def _class_prior(self) -> torch.Tensor | None:
         """log p(class) from the training labels' frequencies."""
         if not self.num_classes:

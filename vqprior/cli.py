@@ -608,7 +608,7 @@ def _inputs(run, inputs, from_split, n):
     from .inputs import read_inputs
 
     notices: list[str] = []
-    out = read_inputs(inputs or [], from_split, n, run.image_shape, lambda: run._vq.data, notices)
+    out = read_inputs(inputs or [], from_split, n, run.image_shape, lambda: run.data, notices)
     for notice in notices:
         console.print(f"[yellow]notice:[/] {escape(notice)}")
     return out

@@ -102,11 +102,8 @@ class Service:
     def __init__(self, run: Run, model_thread: ThreadPoolExecutor):
         self.run, self.lock, self.model_thread = run, threading.Lock(), model_thread
         self.ood_threshold, self.test_images = None, None
-        from ..datasets import load_split
-
         try:
-            test = load_split(run._vq.data, "test")
-            self.test_images = test.images[:1000]
+            self.test_images = run.test_images(1000)
             bits = model_thread.submit(run.score, self.test_images[:500]).result()["code_bits"]
             self.ood_threshold = float(torch.quantile(bits.double(), OOD_QUANTILE))
         except UserError:
