@@ -123,6 +123,13 @@ def _default_decoder() -> Component:
 class VQVAESection(Section):
     # K: number of codes. 128 (3 epochs) brings reconstructions to the real-data floor; 64 leaves them at ~3x (README)
     codebook_size: int = Field(128, ge=2, le=65536)
+    # how latents become codes: "ema_vq" (K learned code vectors, EMA k-means with dead-code re-seeding) or "fsq"
+    # (finite scalar quantization: a fixed grid of rounded values, nothing to collapse; K = the product of fsq_levels)
+    quantizer: str = "ema_vq"
+    # fsq only: values per dimension; [8, 4, 4] = 128 codes like the default codebook, [8, 5, 5, 5] = 1000
+    fsq_levels: list[Annotated[int, Field(ge=2, le=256)]] = Field(
+        default_factory=lambda: [8, 4, 4], min_length=1, max_length=8
+    )
     # D: size of each code vector
     code_dim: int = Field(32, ge=1, le=4096)
     encoder: Component = Field(default_factory=_default_encoder)
@@ -143,6 +150,38 @@ class VQVAESection(Section):
     batch_size: int = Field(128, ge=1)
     # learning rate at batch 128; a larger batch uses lr * sqrt(batch / 128) and a proportionally shorter warm-up
     lr: float = Field(2e-3, gt=0)
+
+    @field_validator("quantizer")
+    @classmethod
+    def _known_quantizer(cls, name: str) -> str:
+        if name not in registry_names("quantizer"):
+            raise ValueError(f"unknown quantizer {name!r}; choose one of {', '.join(registry_names('quantizer'))}")
+        return name
+
+    @model_validator(mode="after")
+    def _fsq_codebook_size(self) -> "VQVAESection":
+        if self.quantizer == "fsq":
+            k = 1
+            for level in self.fsq_levels:
+                k *= level
+            default = type(self).model_fields["codebook_size"].default
+            if self.codebook_size not in (k, default):  # config layers always carry a value: the default means unset
+                raise ValueError(
+                    f"codebook_size={self.codebook_size} but fsq_levels {self.fsq_levels} make {k} codes: "
+                    f"leave codebook_size out with fsq (it is the product of the levels)"
+                )
+            if not 2 <= k <= 65536:
+                raise ValueError(f"fsq_levels {self.fsq_levels} make {k} codes; keep the product in 2..65536")
+            self.codebook_size = k
+        return self
+
+    def fingerprint(self) -> dict:
+        """What a VQ-VAE trained from this section depends on: the quantizer keys count only for fsq (an ema_vq
+        run's fingerprint is what it was before there was a choice, so existing runs stay current)."""
+        out = self.model_dump(mode="json")
+        if self.quantizer == "ema_vq":
+            del out["quantizer"], out["fsq_levels"]
+        return out
 
 
 class _PriorKinds(Mapping):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Builtin:
     path: str  # "package.module:Class"
-    role: str  # "encoder", "decoder" or "prior"
+    role: str  # "encoder", "decoder", "quantizer" or "prior"
     defaults: dict = field(default_factory=dict)  # constructor params a config starts from (why: beside each line)
 
 
@@ -28,6 +28,9 @@ BUILTINS: dict[str, Builtin] = {
     "gated_pixelcnn": Builtin(
         "vqprior.models.priors.gated_pixelcnn:GatedPixelCNN", "prior", {"channels": 64, "layers": 8, "kernel": 3}
     ),
+    # how latents become codes (vqvae.quantizer): learned codes with EMA updates, or a fixed grid (vqprior/models/fsq.py)
+    "ema_vq": Builtin("vqprior.models.quantizer:VectorQuantizer", "quantizer"),
+    "fsq": Builtin("vqprior.models.fsq:FSQ", "quantizer"),
     # the PixelRNN paper's recurrent priors (README, "Prior kinds", compares the three at equal training time)
     "row_lstm": Builtin("vqprior.models.priors.pixel_rnn:RowLSTM", "prior", {"channels": 64, "layers": 4, "kernel": 3}),
     "diagonal_bilstm": Builtin(

@@ -8,6 +8,8 @@ from torch import nn
 
 from .. import components
 from ..config import VQVAESection
+from ..errors import UserError
+from .fsq import FSQ
 from .quantizer import VectorQuantizer
 
 
@@ -126,17 +128,31 @@ def build_vqvae(cfg: VQVAESection, image_shape: tuple[int, int, int]) -> tuple[V
             "decay": cfg.ema_decay,
             "commitment": cfg.commitment,
             "dead_code_threshold": cfg.dead_code_threshold,
-        },
+        }
+        if cfg.quantizer == "ema_vq"
+        else {"kind": "fsq", "levels": list(cfg.fsq_levels), "code_dim": cfg.code_dim},
         "likelihood": cfg.likelihood,
     }
     return rebuild_vqvae(constructor), constructor
+
+
+def build_quantizer(saved: dict) -> nn.Module:
+    """The quantizer of saved constructor arguments: {"kind": "fsq", ...}, or the EMA quantizer's own arguments
+    (saved without a kind, as every run before FSQ existed)."""
+    params = dict(saved)
+    kind = params.pop("kind", "ema_vq")
+    if kind == "fsq":
+        return FSQ(**params)
+    if kind != "ema_vq":
+        raise UserError(f"unknown quantizer kind {kind!r} in the saved VQ-VAE; re-run stage 1")
+    return VectorQuantizer(**params)
 
 
 def rebuild_vqvae(constructor: dict) -> VQVAE:
     """The VQ-VAE of saved constructor arguments, probed; its latent grid is `model.grid`."""
     encoder = components.instantiate(constructor["encoder"])
     decoder = components.instantiate(constructor["decoder"])
-    quantizer = VectorQuantizer(**constructor["quantizer"])
+    quantizer = build_quantizer(constructor["quantizer"])
     grid = components.probe_autoencoder(
         encoder,
         decoder,
