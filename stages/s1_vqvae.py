@@ -13,7 +13,7 @@ from vqprior.config import Config
 from vqprior.datasets import load_split, to_float
 from vqprior.errors import UserError
 from vqprior.evaluation import reconstruction_metrics
-from vqprior.models.quantizer import code_usage
+from vqprior.models.quantizer import code_usage, degenerate_code
 from vqprior.models.vqvae import VQVAE, build_vqvae
 from vqprior.report.progress import ProgressWriter
 from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
@@ -22,7 +22,7 @@ from vqprior.training import Trainer, scaled_lr
 
 def fingerprint(cfg: Config) -> dict:
     """What stage 1's outputs depend on."""
-    return {"data": cfg.data.model_dump(mode="json"), "vqvae": cfg.vqvae.model_dump(mode="json"), "seed": cfg.run.seed}
+    return {"data": cfg.data.model_dump(mode="json"), "vqvae": cfg.vqvae.fingerprint(), "seed": cfg.run.seed}
 
 
 def _load_component_weights(model: VQVAE, cfg: Config) -> None:
@@ -126,6 +126,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         progress.log(row)
 
     history = trainer.fit(step, [evaluate])
+    warning = degenerate_code(history[-1]["test_usage"], history[-1]["test_perplexity"], k)
+    if warning:
+        reporter.log(f"[yellow]warning:[/] {warning}")
     pairs, per_row = _reconstruction_grid(model, test.images, device)
 
     if rt.is_main:

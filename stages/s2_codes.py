@@ -17,7 +17,7 @@ from vqprior.codes import code_dtype
 from vqprior.config import Config
 from vqprior.datasets import SPLITS, load_split, to_float
 from vqprior.errors import disk_full, ensure_free
-from vqprior.models.quantizer import code_usage
+from vqprior.models.quantizer import code_usage, degenerate_code
 from vqprior.restore import load_vqvae
 from vqprior.runtime import Reporter, Runtime, batches
 
@@ -97,6 +97,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
                 reporter.log(
                     f"  {split}: {len(data)} maps, codes used {usage['usage']:.0%}, perplexity {usage['perplexity']:.1f}"
                 )
+                warning = degenerate_code(usage["usage"], usage["perplexity"], k)
+                if warning and split == "train":
+                    reporter.log(f"[yellow]warning:[/] {warning}")
         if rt.is_main:
             write_manifest(
                 out,

@@ -73,12 +73,23 @@ def test_eval_json_has_every_number_and_the_table_is_printed(evaluated_run):
     run_dir, output = evaluated_run
     ev = json.loads((run_dir / "eval" / "eval.json").read_text())
     assert ev["n_samples"] == 200 and ev["reference"] == "test"
-    s = ev["samples"]
-    assert s["fd"] > 0 and ev["floor"]["fd"] > 0 and s["fd_ratio"] == pytest.approx(s["fd"] / ev["floor"]["fd"])
+    s, spaces = ev["samples"], ev["spaces"]
+    assert set(spaces) == {"cnn", "wide", "lenet"} and set(ev["feature_nets"]) == set(spaces)
+    for sp in spaces.values():
+        assert sp["fd"] > 0 and sp["floor_fd"] > 0 and sp["fd_ratio"] == pytest.approx(sp["fd"] / sp["floor_fd"])
+        assert sp["recon_fd_ratio"] == pytest.approx(sp["recon_fd"] / sp["full_floor_fd"])
+        assert 0 <= sp["conditional_accuracy"] <= 1 and 0 <= sp["precision"] <= 1
+        # this tiny run holds out only 100 real images: the floor uses all of them, and FD 100 of the 200 samples
+        assert sp["floor_fd"] == pytest.approx(sp["full_floor_fd"])
+    # the headline is the worst space; the floor is measured at the samples' own n
+    assert s["fd_ratio"] == max(sp["fd_ratio"] for sp in spaces.values()) == spaces[s["worst_space"]]["fd_ratio"]
+    assert ev["floor"]["real_images"] == 100
+    assert s["fd"] == spaces["cnn"]["fd"] and s["kid"] == spaces["cnn"]["kid"]
     assert 0 <= s["conditional_accuracy"] <= 1 and set(s["per_class_accuracy"]) == {str(d) for d in range(10)}
     assert 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1
+    assert isinstance(ev["warnings"], list)
     v, p = ev["vqvae"], ev["prior"]
-    assert v["recon_fd_ratio"] == pytest.approx(v["recon_fd"] / ev["floor"]["fd"])
+    assert v["recon_fd_ratio"] == max(sp["recon_fd_ratio"] for sp in spaces.values())
     assert v["test_psnr"] == pytest.approx(10 * np.log10(1 / v["test_recon_mse"]))
     assert p["test_bits_per_map"] == pytest.approx(49 * p["test_bits_per_code"])
     # the image bound counts the prior's bits and the decoder's, per pixel
@@ -89,7 +100,71 @@ def test_eval_json_has_every_number_and_the_table_is_printed(evaluated_run):
     assert 0 <= ev["classifier"]["test_accuracy"] <= 1
     with Image.open(run_dir / "eval" / "samples.png") as grid:
         assert grid.size == (10 * 30 + 2, 10 * 30 + 2)  # 10 per class, one row per class
-    assert "FD / floor" in output and "conditional accuracy" in output
+    assert "FD / floor" in output and "conditional accuracy" in output and "KID" in output
+    assert [f.name for f in (run_dir / "eval" / "results").iterdir()] == ["test-n200-t1-g1.5-seed0.json"]
+
+
+def test_each_evaluation_setting_keeps_its_own_result(evaluated_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "t"
+    shutil.copytree(evaluated_run[0], run_dir)
+    args = ["eval", "--name", "t", "--out-dir", str(tmp_path), "--n", 200, "--device", "cpu"]
+    first = runner.invoke(app, [*args, "--temperature", "0.9"], catch_exceptions=False)
+    assert first.exit_code == 0 and "kept 1 evaluation(s) at other settings" in first.output, first.output
+    again = runner.invoke(app, [*args, "--temperature", "0.9"], catch_exceptions=False)
+    assert "replaced this run's previous evaluation at the same setting" in again.output, again.output
+    names = sorted(f.name for f in (run_dir / "eval" / "results").iterdir())
+    assert names == ["test-n200-t0.9-g1.5-seed0.json", "test-n200-t1-g1.5-seed0.json"]
+    assert json.loads((run_dir / "eval" / "eval.json").read_text())["temperature"] == 0.9
+    html = (run_dir / "report.html").read_text()
+    assert "Every setting this run was evaluated at" in html and "worst of 3 feature spaces" in html
+    from vqprior.report.runs import collect_runs
+
+    (row,) = collect_runs(tmp_path)
+    assert "200 · 0.9 · 1.5 (test)" in row
+    assert any(cell.startswith("degenerate code") for cell in row)  # 600 training images, one epoch: flagged
+
+
+def test_kernel_distance_is_the_unbiased_mmd_and_near_zero_for_one_distribution():
+    from vqprior.evaluation.frechet import kernel_distance
+
+    g = torch.Generator().manual_seed(3)
+    x, y, z = torch.randn(300, 5, generator=g), torch.randn(200, 5, generator=g), torch.randn(200, 5, generator=g) + 1
+
+    def brute(a, b):
+        k = lambda u, v: (u.double() @ v.double().T / 5 + 1) ** 3  # noqa: E731
+        kaa, kbb = k(a, a), k(b, b)
+        m, n = len(a), len(b)
+        return float(
+            (kaa.sum() - kaa.trace()) / (m * (m - 1)) + (kbb.sum() - kbb.trace()) / (n * (n - 1)) - 2 * k(a, b).mean()
+        )
+
+    assert kernel_distance(x, z, chunk=64) == pytest.approx(brute(x, z), rel=1e-10)
+    assert kernel_distance(x, y, chunk=7) == pytest.approx(brute(x, y), abs=1e-12)
+    # unbiased: over many small draws of one distribution the mean is ~0 (FD's would be well above 0)
+    draws = [kernel_distance(torch.randn(20, 5, generator=g), torch.randn(20, 5, generator=g)) for _ in range(400)]
+    assert abs(np.mean(draws)) < 3 * np.std(draws) / np.sqrt(400) and kernel_distance(x, z) > 10 * np.std(draws)
+
+
+def test_shift_augmentation_moves_each_image_by_at_most_the_shift():
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, 0, 4, 4] = 1
+    out = classifier_module.shifted(x, 2, torch.Generator().manual_seed(0))
+    where = out[:, 0].flatten(1).argmax(1)
+    rows, cols = where // 9, where % 9
+    assert out.sum() == 64 and rows.min() == 2 and rows.max() == 6 and cols.min() == 2 and cols.max() == 6
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 12  # the shifts differ between images
+    assert torch.equal(classifier_module.shifted(x, 0, torch.Generator()), x)
+
+
+def test_a_collapsed_code_is_flagged_with_what_to_change():
+    from vqprior.models.quantizer import degenerate_code
+
+    assert degenerate_code(1.0, 110.0, 128) is None
+    warning = degenerate_code(0.06, 4.9, 128)
+    assert "6% of its 128 codes" in warning and "vqvae.epochs" in warning
+    assert degenerate_code(0.9, 10.0, 128) is not None  # every code seen, but a few carry almost all
 
 
 def test_feature_classifier_is_cached_per_dataset(evaluated_run, monkeypatch):
@@ -116,7 +191,7 @@ def test_runs_lists_the_run_with_its_numbers(evaluated_run):
     run_dir, _ = evaluated_run
     result = runner.invoke(app, ["runs", "--out-dir", str(run_dir.parent)])
     assert result.exit_code == 0
-    line = next(line for line in result.output.splitlines() if " t " in line or line.strip().startswith("│ t"))
+    line = next(line for line in result.output.splitlines() if line.strip().startswith("│ t "))
     ev = json.loads((run_dir / "eval" / "eval.json").read_text())
     assert f"{ev['samples']['fd_ratio']:.2f}x" in line and "16" in line
 
@@ -182,5 +257,5 @@ def test_feature_classifier_learns_digits_from_a_few_thousand_images():
     train, test = load_split(DataSection(train_limit=3000), "train"), load_split(DataSection(test_limit=1000), "test")
     model = classifier_module.train_classifier(train, torch.device("cpu"))
     feats, preds = model.features_and_predictions(test.images)
-    assert feats.shape == (1000, classifier_module.FEATURES)
+    assert feats.shape == (1000, model.features) == (1000, 128)
     assert (preds == test.labels).double().mean() > 0.9

@@ -180,7 +180,7 @@ def test_runs_lists_a_run_with_a_link_as_refused_and_the_others_as_usual(run, tm
     shutil.copytree(finished_run, run.parent / "clean")
     plant_link("eval", "victim_dir")(run, tmp_path)
     result = runner.invoke(app, ["runs", "--out-dir", str(run.parent)], catch_exceptions=False)
-    assert result.exit_code == 0 and "refused" in result.output and "clean" in result.output, result.output
+    assert result.exit_code == 0 and "t: refused" in result.output and "clean" in result.output, result.output
 
 
 # ------------------------------------------------------------------ forged manifests: paths outside the run folder
@@ -597,7 +597,9 @@ def test_the_report_and_runs_survive_a_forged_codebook_size(run):
 
 def test_an_eval_json_of_the_wrong_shape_is_left_out_of_the_report(run):
     (run / "eval").mkdir(exist_ok=True)
-    (run / "eval" / "eval.json").write_text(json.dumps({"samples": {"fd_ratio": "high"}, "n_samples": []}))
+    (run / "eval" / "eval.json").write_text(
+        json.dumps({"samples": {"fd_ratio": "high"}, "spaces": {}, "n_samples": []})
+    )
     result = cli(run, "report", tiny=False)
     assert result.exit_code == 0 and "could not be shown" in (run / "report.html").read_text(), result.output
 

@@ -473,7 +473,7 @@ def eval_run(
         if reference not in ("test", "valid"):
             raise UserError(f"--reference {reference!r}: choose test or valid")
         check_sampling(temperature, guidance)
-        from .evaluation.run_eval import evaluate_run, write_eval
+        from .evaluation.run_eval import evaluate_run, previous_results, setting_key, write_eval
 
         run_dir = _run_dir_of(name, out_dir)
         rt = Runtime.setup(RunSection(device=device))
@@ -481,30 +481,19 @@ def eval_run(
             result, images = evaluate_run(
                 run_dir, n, temperature, reference, rt.device, ConsoleReporter(), seed, guidance
             )
-            replaced = previous_eval(run_dir)
+            kept = previous_results(run_dir)
             folder = write_eval(run_dir, result, images, report=True)
         console.print(eval_table(result))
-        if replaced:
-            console.print(f"replaced the previous evaluation of this run ({replaced})")
+        for warning in result["warnings"]:
+            console.print(f"[yellow]warning:[/] {warning}")
+        key = f"{setting_key(result)}.json"
+        if key in kept:
+            console.print(f"replaced this run's previous evaluation at the same setting (eval/results/{key})")
+        others = len(set(kept) - {key})
+        if others:
+            console.print(f"kept {others} evaluation(s) at other settings in {folder / 'results'}")
         console.print(f"[green]report[/] -> {run_dir / 'report.html'}")
         console.print(f"[green]eval done[/] in {result['seconds']:.0f}s -> {folder / 'eval.json'}")
-
-
-def previous_eval(run_dir: Path) -> str | None:
-    """A few words about the evaluation that a new one replaces, or None."""
-    path = run_dir / "eval" / "eval.json"
-    if not path.is_file():
-        return None
-    from .artifacts import load_json_object
-
-    try:
-        old = load_json_object(path)
-        return (
-            f"{old['n_samples']} samples at temperature {old['temperature']:g}, guidance {old['guidance']:g} vs the "
-            f"{old['reference']} split: {old['samples']['fd_ratio']:.2f}x the floor"
-        )
-    except (UserError, KeyError, TypeError, ValueError):
-        return "an unreadable eval.json"
 
 
 def eval_table(result: dict):
@@ -518,12 +507,20 @@ def eval_table(result: dict):
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_column("meaning")
+    by_space = " · ".join(f"{k} {v['fd_ratio']:.2f}x" for k, v in result["spaces"].items())
     rows = [
         (
             "samples FD / floor",
             f"{s['fd_ratio']:.2f}x",
-            f"FD {s['fd']:.2f}; floor {f['fd']:.2f} (real vs real); 1.0 = as close as real data",
-        )
+            f"worst of {len(result['spaces'])} feature spaces ({by_space}); floor = {f['real_images']} real vs real",
+        ),
+        (
+            "KID x 1000",
+            " / ".join(f"{v['kid'] * 1000:.2f}" for v in result["spaces"].values()),
+            "per space, unbiased (real vs real: "
+            + " / ".join(f"{v['floor_kid'] * 1000:.2f}" for v in result["spaces"].values())
+            + ")",
+        ),
     ]
     if "conditional_accuracy" in s:
         worst = min(s["per_class_accuracy"].items(), key=lambda kv: kv[1])
@@ -548,7 +545,7 @@ def eval_table(result: dict):
             f"{s['precision']:.3f} / {s['recall']:.3f}",
             "samples inside the real manifold / real inside the samples'",
         ),
-        ("reconstruction FD / floor", f"{v['recon_fd_ratio']:.2f}x", "the VQ-VAE's ceiling on sample quality"),
+        ("reconstruction FD / floor", f"{v['recon_fd_ratio']:.2f}x", "the VQ-VAE's ceiling on samples (worst space)"),
         ("test recon MSE / PSNR", f"{v['test_recon_mse']:.4f} / {v['test_psnr']:.1f} dB", "pixels in [0, 1]"),
         (
             "codebook",
@@ -561,7 +558,11 @@ def eval_table(result: dict):
             f"{p['image_nll_bound_bits_per_dim']:.3f} bits/dim",
             f"prior + decoder (discretised Gaussian, sigma {p['decoder_sigma']:.3f})",
         ),
-        ("feature classifier", f"{result['classifier']['test_accuracy']:.2%}", "its accuracy on the real test split"),
+        (
+            "feature networks",
+            " / ".join(f"{i['test_accuracy']:.2%}" for i in result["feature_nets"].values()),
+            f"their accuracy on the real test split ({', '.join(result['feature_nets'])})",
+        ),
     ]
     for row in rows:
         table.add_row(*row)
@@ -592,11 +593,15 @@ def runs(out_dir: OutDir = "artifacts") -> None:
     if not rows:
         _fail(f"no runs under {out_dir}; run `vqprior run` first", 2)
     table = Table(title=f"runs in {out_dir}")
-    for col in ("run", "K", "bits/map", "FD / floor", "cond. acc.", "recon FD / floor", "wall time"):
+    for col in ("run", "K", "bits/map", "FD / floor", "cond. acc.", "recon FD / floor", "eval n · t · g", "wall time"):
         table.add_column(col, justify="left" if col == "run" else "right")
+    console_ = Console(highlight=False)
     for r in rows:
-        table.add_row(*r)
-    Console(highlight=False).print(table)
+        table.add_row(*r[:-1])
+    console_.print(table)
+    for r in rows:
+        if r[-1] != "-":
+            console_.print(f"{r[0]}: {r[-1]}", soft_wrap=True)
 
 
 Inputs = Annotated[Optional[list[str]], typer.Argument(help="Image files, folders or .npz files (key 'images').")]

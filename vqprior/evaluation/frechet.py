@@ -53,3 +53,23 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     precision = _covered(fake, real, _knn_radii(real, k)).double().mean()
     recall = _covered(real, fake, _knn_radii(fake, k)).double().mean()
     return float(precision), float(recall)
+
+
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, chunk: int = 2048) -> float:
+    """KID (Bińkowski et al. 2018): the unbiased estimate of the squared MMD between the two feature sets under the
+    cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, over all pairs (blockwise, float64). Unlike FD it has no bias
+    that grows as n shrinks: its expectation is 0 for two samples of one distribution, at any n."""
+    x, y = real.double(), fake.double()
+    d = x.shape[1]
+
+    def total(a: torch.Tensor, b: torch.Tensor, same: bool) -> float:
+        s = 0.0
+        for i in range(0, len(a), chunk):
+            k = (a[i : i + chunk] @ b.T / d + 1) ** 3
+            s += float(k.sum())
+            if same:
+                s -= float(k.diagonal(offset=i).sum())
+        return s
+
+    m, n = len(x), len(y)
+    return total(x, x, True) / (m * (m - 1)) + total(y, y, True) / (n * (n - 1)) - 2 * total(x, y, False) / (m * n)

@@ -21,11 +21,12 @@ from ..codes import load_code_maps
 from ..config import DataSection
 from ..datasets import ImageSet, load_split, to_float
 from ..models.priors.base import generate
+from ..models.quantizer import degenerate_code
 from ..models.vqvae import decode_images, encode_images
 from ..restore import load_prior, load_vqvae
 from ..runtime import Reporter
-from .classifier import load_or_train_classifier
-from .frechet import frechet_distance_from_stats, gaussian_stats, precision_recall
+from .classifier import PRIMARY, load_spaces
+from .frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, precision_recall
 from .likelihood import nll_bits_per_code
 from .reconstruction import reconstruction_metrics
 
@@ -85,25 +86,21 @@ def evaluate_run(
     if train.labels is None:
         raise_unlabeled(data_cfg)
     fit, valid = split_holdout(train)
-    # the floor's real set is never the one scored against; both are unseen by the classifier
+    # the floor's real set is never the one scored against; both are unseen by the feature networks
     ref, other = (test, valid) if reference == "test" else (valid, test)
     saved_temperature, saved_guidance = prior.sampling
     temperature = temperature if temperature is not None else saved_temperature
     guidance = guidance if guidance is not None else saved_guidance
-    classifier, cls_info = load_or_train_classifier(fit, test, device, reporter)
+    spaces = load_spaces(fit, test, device, reporter)
 
     t0 = time.perf_counter()
-    ref_feats, _ = classifier.features_and_predictions(ref.images)
-    other_feats, _ = classifier.features_and_predictions(other.images)
-    ref_stats = gaussian_stats(ref_feats)
-    floor = frechet_distance_from_stats(*gaussian_stats(other_feats), *ref_stats)
+    # the floor at the samples' own n: FD is biased upwards at small n, so n samples are held against n real images
+    n_floor = min(n, len(other))
+    floor_real = other.images[torch.randperm(len(other), generator=torch.Generator().manual_seed(0))[:n_floor]]
 
-    # VQ-VAE: reconstructions of the reference images against those images
+    # VQ-VAE: reconstructions of the reference images
     recon = reconstruction_metrics(vq.model, test, device)
     recon_images = decode_images(vq.model, encode_images(vq.model, ref.images))
-    recon_fd = frechet_distance_from_stats(
-        *gaussian_stats(classifier.features_and_predictions(recon_images)[0]), *ref_stats
-    )
 
     # prior: NLL of the test codes, and an upper bound on the image NLL
     folder, manifest = read_stage(run_dir, 2)
@@ -130,9 +127,43 @@ def evaluate_run(
     sample_codes = generate(prior.model, n, prior.grid, sample_labels, temperature, seed, guidance=guidance)
     images = decode_images(vq.model, sample_codes)
     sample_seconds = time.perf_counter() - t_sample
-    feats, preds = classifier.features_and_predictions(images)
-    fd = frechet_distance_from_stats(*gaussian_stats(feats), *ref_stats)
-    precision, recall = precision_recall(ref_feats, feats)
+    fd_subset = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:n_floor].sort().values
+
+    scores, primary_preds = {}, None
+    for name, (net, info) in spaces.items():
+        ref_feats, _ = net.features_and_predictions(ref.images)
+        ref_stats = gaussian_stats(ref_feats)
+        floor_feats = net.features_and_predictions(floor_real)[0]
+        full_floor = frechet_distance_from_stats(
+            *gaussian_stats(net.features_and_predictions(other.images)[0]), *ref_stats
+        )
+        floor = frechet_distance_from_stats(*gaussian_stats(floor_feats), *ref_stats)
+        feats, preds = net.features_and_predictions(images)
+        # FD of as many samples as the floor has real images (all of them unless n exceeds the floor's real set)
+        fd = frechet_distance_from_stats(*gaussian_stats(feats[fd_subset]), *ref_stats)
+        recon_fd = frechet_distance_from_stats(
+            *gaussian_stats(net.features_and_predictions(recon_images)[0]), *ref_stats
+        )
+        precision, recall = precision_recall(ref_feats, feats)
+        scores[name] = {
+            "fd": fd,
+            "floor_fd": floor,
+            "fd_ratio": fd / floor,
+            "kid": kernel_distance(ref_feats, feats),
+            "floor_kid": kernel_distance(ref_feats, floor_feats),
+            "precision": precision,
+            "recall": recall,
+            "recon_fd": recon_fd,
+            "recon_fd_ratio": recon_fd / full_floor,  # reconstructions of all the reference images: the full floor
+            "full_floor_fd": full_floor,
+            "classifier_test_accuracy": info["test_accuracy"],
+        }
+        if num_classes:
+            scores[name]["conditional_accuracy"] = float((preds == sample_labels).double().mean())
+        if name == PRIMARY:
+            primary_preds = preds
+    worst = max(scores, key=lambda k: scores[k]["fd_ratio"])
+    main = scores[PRIMARY]
 
     result = {
         "run": str(run_dir),
@@ -141,8 +172,10 @@ def evaluate_run(
         "temperature": temperature,
         "guidance": guidance,
         "seed": seed,
-        "classifier": cls_info,
-        "floor": {"fd": floor, "real_images": len(other), "reference_images": len(ref)},
+        "classifier": spaces[PRIMARY][1],
+        "feature_nets": {name: info for name, (_, info) in spaces.items()},
+        "floor": {"fd": main["floor_fd"], "real_images": n_floor, "reference_images": len(ref)},
+        "spaces": scores,
         "vqvae": {
             "test_recon_mse": recon["recon_mse"],
             "test_psnr": recon["psnr"],
@@ -150,8 +183,7 @@ def evaluate_run(
             "usage": recon["usage"],
             "dead_codes": recon["dead_codes"],
             "codebook_size": vq.model.quantizer.codebook_size,
-            "recon_fd": recon_fd,
-            "recon_fd_ratio": recon_fd / floor,
+            "recon_fd_ratio": max(s["recon_fd_ratio"] for s in scores.values()),
         },
         "prior": {
             "test_bits_per_code": bits_per_code,
@@ -162,26 +194,40 @@ def evaluate_run(
             "conditional_on_true_class": bool(num_classes),
         },
         "samples": {
-            "fd": fd,
-            "fd_ratio": fd / floor,
-            "precision": precision,
-            "recall": recall,
+            "fd_ratio": scores[worst]["fd_ratio"],  # the headline: the worst of the feature spaces
+            "worst_space": worst,
+            "fd_ratio_by_space": {k: v["fd_ratio"] for k, v in scores.items()},
+            "fd": main["fd"],
+            "kid": main["kid"],
+            "precision": main["precision"],
+            "recall": main["recall"],
             "seconds": sample_seconds,
         },
     }
+    warning = degenerate_code(recon["usage"], recon["perplexity"], vq.model.quantizer.codebook_size)
+    result["warnings"] = [warning] if warning else []
     if num_classes:
-        correct = preds == sample_labels
+        correct = primary_preds == sample_labels
         result["samples"]["conditional_accuracy"] = float(correct.double().mean())
         result["samples"]["per_class_accuracy"] = {
             str(name): float(correct[sample_labels == c].double().mean()) for c, name in enumerate(prior.class_names)
         }
     else:
-        p = torch.bincount(preds, minlength=cls_info["num_classes"]).double() / len(preds)
+        classes = spaces[PRIMARY][1]["num_classes"]
+        p = torch.bincount(primary_preds, minlength=classes).double() / len(primary_preds)
         entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
-        result["samples"]["class_coverage"] = entropy / math.log(cls_info["num_classes"])
+        result["samples"]["class_coverage"] = entropy / math.log(classes)
     result["seconds"] = time.perf_counter() - started
     result["seconds_without_classifier_training"] = time.perf_counter() - t0
     return result, images
+
+
+def setting_key(result: dict) -> str:
+    """One file name per evaluation setting: results of other settings are kept beside it."""
+    return (
+        f"{result['reference']}-n{result['n_samples']}-t{result['temperature']:g}-g{result['guidance']:g}"
+        f"-seed{result['seed']}"
+    )
 
 
 def raise_unlabeled(data_cfg: DataSection) -> None:
@@ -193,8 +239,25 @@ def raise_unlabeled(data_cfg: DataSection) -> None:
     )
 
 
+def previous_results(run_dir: Path, folder: Path | None = None) -> dict[str, dict]:
+    """The run's kept evaluations, one per setting (file name -> result); unreadable ones are dropped."""
+    from ..artifacts import load_json_object
+    from ..errors import UserError
+
+    folder = folder or run_dir / "eval" / "results"
+    kept = {}
+    if folder.is_dir() and not folder.is_symlink():
+        for path in sorted(folder.glob("*.json")):
+            try:
+                kept[path.name] = load_json_object(path)
+            except (UserError, OSError):
+                continue
+    return kept
+
+
 def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int = 10, report: bool = False) -> Path:
-    """<run>/eval/eval.json and samples.png (the first `per_class` scored samples of each class, one row each).
+    """<run>/eval/eval.json (the latest), results/<setting>.json (one per setting: n, temperature, guidance,
+    reference, seed; a new result replaces only its own setting's) and samples.png (the first `per_class` scored samples of each class, one row each).
     With `report`, report.html is rendered from the new evaluation before it replaces the previous one: a failure
     (a full disk, say) keeps the previous evaluation and report whole."""
     from torchvision.utils import save_image
@@ -210,6 +273,10 @@ def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int
         shown = images[: per_class * per_class]
     with writing_folder(Path(run_dir) / "eval", "eval") as out:
         save_json(out / "eval.json", result)
+        (out / "results").mkdir()
+        for name, kept in previous_results(Path(run_dir)).items():
+            save_json(out / "results" / name, kept)
+        save_json(out / "results" / f"{setting_key(result)}.json", result)
         buffer = io.BytesIO()
         save_image(to_float(shown), buffer, format="png", nrow=per_class, padding=2, pad_value=0.5)
         write_bytes_atomic(out / "samples.png", buffer.getvalue())

@@ -148,3 +148,14 @@ def code_usage(counts: torch.Tensor) -> dict[str, float]:
     p = counts.double() / total
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     return {"perplexity": float(entropy.exp()), "usage": float((counts > 0).double().mean())}
+
+
+def degenerate_code(usage: float, perplexity: float, codebook_size: int) -> str | None:
+    """A warning when the code is too poor to make good samples from (a run trained on too little data or for too
+    short a time collapses onto a few codes and decodes to grey blobs), or None."""
+    if usage >= 0.25 and perplexity >= codebook_size / 8:
+        return None
+    return (
+        f"degenerate code: the VQ-VAE uses {usage:.0%} of its {codebook_size} codes (perplexity {perplexity:.1f}); its "
+        f"samples will be blobs. Train it longer (vqvae.epochs) or on more images (data.train_limit)"
+    )

@@ -109,9 +109,14 @@ def render_report(run_dir: Path, eval_dir: Path) -> str:
                 }
             )
             config = m.get("config")
-    if evaluation is not None and not isinstance(evaluation.get("samples"), dict):
-        skipped.append(f"{eval_dir / 'eval.json'} is not an evaluation result; run `vqprior eval` again")
+    if evaluation is not None and not (
+        isinstance(evaluation.get("samples"), dict) and isinstance(evaluation.get("spaces"), dict)
+    ):
+        skipped.append(
+            f"{eval_dir / 'eval.json'} is not an evaluation result of this version; run `vqprior eval` again"
+        )
         evaluation = None
+    results = [r for r in _results(eval_dir) if isinstance(r.get("samples"), dict)]
     page = {
         "name": run_dir.name,
         "folder": str(run_dir),
@@ -125,12 +130,21 @@ def render_report(run_dir: Path, eval_dir: Path) -> str:
     }
     template = env.get_template("report.html.j2")
     try:
-        return template.render(eval=evaluation, **page)
+        return template.render(eval=evaluation, results=results, **page)
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # an eval.json of the wrong shape
         if evaluation is None:
             raise
         skipped.append(f"{eval_dir / 'eval.json'} could not be shown ({type(e).__name__}); run `vqprior eval` again")
-        return template.render(eval=None, **page)
+        return template.render(eval=None, results=[], **page)
+
+
+def _results(eval_dir: Path) -> list[dict]:
+    from ..evaluation.run_eval import previous_results
+
+    folder = eval_dir / "results"
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return list(previous_results(eval_dir.parent, folder).values())
 
 
 def _figures(run_dir: Path, s1, s3, figures: list, skipped: list[str]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..artifacts import check_run_folder, load_json_object
 from ..errors import UserError
+from ..models.quantizer import degenerate_code
 
 
 def _load(path: Path) -> dict:
@@ -41,7 +42,7 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
         try:
             check_run_folder(run)
         except UserError as e:
-            rows.append([run.name, "-", "-", "-", "-", "-", f"refused: {e}"])
+            rows.append([run.name, "-", "-", "-", "-", "-", "-", "-", f"refused: {e}"])
             continue
         m2, s3, ev = (
             _load(run / "stage2" / "manifest.json"),
@@ -51,6 +52,15 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
         wall = sum(_number(_load(run / f"stage{s}" / "manifest.json"), "timings_s", "total") or 0 for s in (1, 2, 3, 4))
         k = _number(m2, "codebook_size")
         k = k if k is not None and 1 <= k <= 2**32 else None
+        usage, perplexity = _number(m2, "splits", "train", "usage"), _number(m2, "splits", "train", "perplexity")
+        note = "-"
+        if k and usage is not None and perplexity is not None and degenerate_code(usage, perplexity, int(k)):
+            note = f"degenerate code ({usage:.0%} of codes used): train stage 1 longer or on more data"
+        setting = "-"
+        if ev:
+            n, t, g = _number(ev, "n_samples"), _number(ev, "temperature"), _number(ev, "guidance")
+            if None not in (n, t, g):
+                setting = f"{n:.0f} · {t:g} · {g:g} ({ev.get('reference', '?')})"
         rows.append(
             [
                 run.name,
@@ -59,7 +69,9 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
                 _fmt(_number(ev, "samples", "fd_ratio"), ".2f", "x"),
                 _fmt(_number(ev, "samples", "conditional_accuracy"), ".1%"),
                 _fmt(_number(ev, "vqvae", "recon_fd_ratio"), ".2f", "x"),
+                setting,
                 f"{wall:.0f} s",
+                note,
             ]
         )
     return rows
