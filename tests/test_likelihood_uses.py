@@ -104,12 +104,44 @@ def test_completion_keeps_the_kept_codes_and_finds_the_class(trained):
     test = load_split(DataSection(test_limit=2000), "test")
     sevens = test.images[test.labels == 7][:20]
     done = run.complete(sevens, keep_rows=4, samples=3, seed=1)
-    assert done.keep == 28 and done.codes.shape == (20, 3, 7, 7) and done.images.shape == (20, 3, 1, 28, 28)
+    assert int(done.keep[0].sum()) == 28 and done.exact
+    assert done.codes.shape == (20, 3, 7, 7) and done.images.shape == (20, 3, 1, 28, 28)
     kept = run.encode(sevens).view(20, 1, -1)[:, :, :28]
     assert torch.equal(done.codes.view(20, 3, -1)[:, :, :28], kept.expand(20, 3, 28))
     assert torch.allclose(done.posterior.sum(1), torch.ones(20, dtype=torch.float64))
     assert (done.posterior.argmax(1) == 7).float().mean() >= 0.6  # the top half of a 7 mostly says 7
     assert done.labels.shape == (20, 3)
+
+
+def test_any_region_is_filled_around_the_kept_codes(trained):
+    from vqprior.config import DataSection
+    from vqprior.datasets import load_split
+    from vqprior.masks import erase_box
+
+    run = vqprior.load(trained, device="cpu")
+    test = load_split(DataSection(test_limit=200), "test")
+    digits = test.images[:6]
+    box = erase_box("4,8,24,16", (28, 28))  # a band through the middle: kept codes above and below it
+    done = run.complete(digits, keep=box, samples=2, seed=3)
+    assert not done.exact and done.keep.shape == (6, 7, 7) and int((~done.keep[0]).sum()) == 5 * 2
+    codes = run.encode(digits)
+    for k in range(2):
+        assert torch.equal(done.codes[:, k][done.keep], codes[done.keep])  # kept codes never change
+    assert not torch.equal(done.codes[:, 0], codes[:, None].expand_as(done.codes)[:, 0])  # the band was resampled
+    assert torch.allclose(done.posterior.sum(1), torch.ones(6)) and done.labels.shape == (6, 2)
+    again = run.complete(digits, keep=box, samples=2, seed=3)
+    assert torch.equal(again.codes, done.codes)
+    panels = done.panels()
+    assert panels.shape == (6, 4, 1, 28, 28) and (panels[:, 1, 0, 8:16, 4:24] == 128).all()
+    # a given class is used as given; a code-grid mask works as well as a pixel mask
+    grid_mask = np.ones((7, 7), bool)
+    grid_mask[5:] = False
+    fixed = run.complete(digits[:2], keep=grid_mask, samples=1, label=3, sweeps=1)
+    assert fixed.posterior is None and (fixed.labels == 3).all() and fixed.exact  # bottom rows erased = top prefix
+    left = run.complete(digits[:2], keep="left", samples=1)
+    assert not left.exact and left.keep[0, :, :3].all() and not left.keep[0, :, 3:].any()
+    with pytest.raises(UserError, match="either keep_rows"):
+        run.complete(digits[:1], keep_rows=2, keep="top")
 
 
 def test_prefix_completion_through_the_api_is_the_naive_sampler(trained):
@@ -177,6 +209,15 @@ def test_complete_score_classify_commands(trained, tmp_path):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(png)
     npz = tmp_path / "some.npz"
     np.savez(npz, images=np.zeros((2, 1, 28, 28), np.uint8))
+    for extra in (["--erase", "8,8,20,20"], ["--keep", "bottom"], ["--keep-mask", str(tmp_path / "mask.png")]):
+        if extra[0] == "--keep-mask":
+            mask = np.full((28, 28), 255, np.uint8)
+            mask[10:20, 5:15] = 0
+            Image.fromarray(mask).save(tmp_path / "mask.png")
+        result = invoke("complete", *where, "--from", "test", "--n", 2, "--samples", 2, "--sweeps", 1, *extra)
+        assert result.exit_code == 0 and "MCMC, 1 sweeps" in result.flat, result.output
+        saved = np.load(trained / "complete" / "completions.npz")
+        assert saved["keep"].shape == (2, 7, 7) and not saved["keep"].all()
     result = invoke("score", png, npz, *where)
     assert result.exit_code == 0, result.output
     rows = (trained / "score" / "scores.csv").read_text().splitlines()
@@ -195,6 +236,11 @@ def test_complete_score_classify_commands(trained, tmp_path):
         (["score", "{tmp}/broken.png"], "cannot read"),
         (["score"], "no input"),
         (["complete", "--from", "test", "--label", "12"], "out of range"),
+        (["complete", "--from", "test", "--erase", "0,0,28,28"], "keeps nothing"),
+        (["complete", "--from", "test", "--erase", "3,3"], "four integers"),
+        (["complete", "--from", "test", "--keep", "middle"], "choose one of top"),
+        (["complete", "--from", "test", "--keep", "top", "--keep-rows", "2"], "give one of"),
+        (["complete", "--from", "test", "--keep-mask", "{tmp}/broken.png"], "cannot read"),
     ],
 )
 def test_bad_inputs_to_the_likelihood_commands(trained, tmp_path, args, message):

@@ -97,6 +97,20 @@ def test_complete_a_drawing_and_a_test_digit(client):
     assert decoded(out["image"]).size[0] == (6 * 30 + 2) * 3  # original, kept part, 4 completions
     assert len(out["posterior"]) == 10 and abs(sum(p["p"] for p in out["posterior"]) - 1) < 1e-6
     assert client.post("/api/complete", json={"test_index": 5, "keep_rows": 0, "samples": 2}).status_code == 200
+    assert out["exact"] and out["columns"][:2] == ["original", "kept"]
+
+
+def test_erase_any_part_of_a_test_digit_and_regenerate_it(client):
+    digit = client.get("/api/test-digit", params={"index": 3}).json()["image"]
+    assert decoded(digit).size == (28, 28)
+    mask = np.ones((28, 28), int)
+    mask[12:20, 4:24] = 0
+    out = client.post("/api/complete", json={"test_index": 3, "mask": mask.tolist(), "samples": 3, "sweeps": 1}).json()
+    assert not out["exact"] and decoded(out["image"]).size[0] == (5 * 30 + 2) * 3
+    assert len(out["posterior"]) == 10
+    bottom = client.post("/api/complete", json={"test_index": 3, "keep": "bottom", "samples": 1, "sweeps": 1})
+    assert bottom.status_code == 200 and not bottom.json()["exact"]
+    assert client.get("/api/test-digit", params={"index": 10**6}).status_code == 400
 
 
 def test_score_an_upload_of_any_size_and_mode(client):
@@ -133,6 +147,14 @@ BAD = [
     ("/api/complete", {"image": None}, "data URL"),
     ("/api/complete", {"test_index": 1, "keep_rows": 99}, "keep_rows"),
     ("/api/complete", {"test_index": 1, "samples": 0}, "samples"),
+    ("/api/complete", {"test_index": 1, "mask": [[1] * 28] * 28}, "keeps every code position"),
+    ("/api/complete", {"test_index": 1, "mask": [[0] * 28] * 28}, "keeps nothing"),
+    ("/api/complete", {"test_index": 1, "mask": [[1] * 27] * 28}, "must match the image"),
+    ("/api/complete", {"test_index": 1, "mask": [[2] * 28] * 28}, "0 (erased) or 1"),
+    ("/api/complete", {"test_index": 1, "mask": [[1] * 28, [1] * 27]}, "same length"),
+    ("/api/complete", {"test_index": 1, "mask": "all"}, "list of rows"),
+    ("/api/complete", {"test_index": 1, "keep": "middle"}, "keep must be one of"),
+    ("/api/complete", {"test_index": 1, "keep": "left", "sweeps": 99}, "sweeps"),
 ]
 
 
@@ -312,6 +334,20 @@ def test_the_page_in_a_real_browser(run_dir, tmp_path):
         page.find_element(By.ID, "complete-btn").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#posterior .bar")) == 10)
         complete_seconds = time.perf_counter() - t0
+        # a test digit is painted on the canvas (not a caption); the eraser marks a band to regenerate
+        page.find_element(By.ID, "test-btn").click()
+        wait.until(lambda d: d.execute_script("return testDigit") is not None)
+        lit = page.execute_script(
+            "const d = ctx.getImageData(0, 0, 280, 280).data; let n = 0;"
+            "for (let i = 0; i < d.length; i += 4) if (d[i] > 128) n++; return n;"
+        )
+        assert 3000 < lit < 40000, f"{lit} bright pixels: the test digit is not drawn on the canvas"
+        page.find_element(By.CSS_SELECTOR, "input[name=tool][value=eraser]").click()
+        ActionChains(page).move_to_element_with_offset(canvas, -100, 0).click_and_hold().move_by_offset(
+            100, 0
+        ).move_by_offset(100, 0).release().perform()
+        page.find_element(By.ID, "complete-btn").click()
+        wait.until(lambda d: "MCMC" in d.find_element(By.ID, "complete-caption").text)
         upload = tmp_path / "digit.png"
         Image.fromarray(stroke()).save(upload)
         page.find_element(By.ID, "score-file").send_keys(str(upload))

@@ -48,9 +48,18 @@ class Completion:
     originals: torch.Tensor  # uint8 [N, C, H, W]
     codes: torch.Tensor  # long [N, k, h, w]: k completions of each image's code map
     images: torch.Tensor  # uint8 [N, k, C, H, W]
-    keep: int  # raster positions of the code map that were kept
+    keep: torch.Tensor  # bool [N, h, w]: the code positions that were kept
     posterior: torch.Tensor | None  # [N, classes]: p(class | kept codes), when the class was inferred
     labels: torch.Tensor | None  # long [N, k]: the class each completion was drawn for
+    exact: bool  # True for a kept prefix (ancestral sampling, exact); False for any other region (MCMC)
+
+    def panels(self) -> torch.Tensor:
+        """uint8 [N, k + 2, C, H, W]: each original, what was kept of it (the rest grey), then its completions."""
+        from .masks import pixel_view
+
+        shown = pixel_view(self.keep, self.originals.shape[2:])[:, None]
+        kept = torch.where(shown, self.originals, torch.full_like(self.originals, 128))
+        return torch.cat([self.originals[:, None], kept[:, None], self.images], 1)
 
 
 class Run:
@@ -316,20 +325,91 @@ class Run:
         temperature: float | None = None,
         guidance: float | None = None,
         seed: int = 0,
+        keep=None,
+        sweeps: int = 4,
     ) -> Completion:
-        """Keep the top `keep_rows` rows of each image's code map (default: the top half) and sample the rest
-        `samples` times. A conditional prior without `label` infers the class from the kept rows (Bayes)
-        and draws each completion's class from that posterior."""
+        """Keep part of each image and sample the rest `samples` times.
+
+        What is kept: `keep_rows` (the top rows of the code map; default the top half), or `keep`: a shorthand
+        ("top", "bottom", "left", "right") or a boolean mask over image pixels [H, W] / code positions [h, w] (or
+        one per image), True where kept; a code position is kept when its whole pixel patch is (vqprior.masks).
+        A kept prefix is continued exactly (ancestral sampling); any other region is filled by `sweeps` rounds of
+        Metropolis-Hastings over the prior's exact joint likelihood (vqprior.models.priors.fill). A conditional
+        prior without `label` infers the class from what is kept and reports its posterior."""
+        from .masks import code_mask
+        from .models.priors.fill import fill, is_prefix
+
         self._sampling(temperature, guidance, seed)
         if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= 64:
             raise UserError(f"samples must be an integer in 1..64, got {samples!r}")
+        if isinstance(sweeps, bool) or not isinstance(sweeps, (int, np.integer)) or not 0 <= sweeps <= 100:
+            raise UserError(f"sweeps must be an integer in 0..100, got {sweeps!r}")
         x = self.as_images(images)
         height, width = self.grid
-        keep_rows = height // 2 if keep_rows is None else keep_rows
-        if isinstance(keep_rows, bool) or not isinstance(keep_rows, (int, np.integer)) or not 0 <= keep_rows <= height:
-            raise UserError(f"--keep-rows {keep_rows} is out of range: the code maps have {height} rows (0..{height})")
-        keep = keep_rows * width
+        n = len(x)
+        if keep is not None and keep_rows is not None:
+            raise UserError("give either keep_rows (--keep-rows) or keep (--keep / --keep-mask / --erase), not both")
+        if keep is None:
+            keep_rows = height // 2 if keep_rows is None else keep_rows
+            if (
+                isinstance(keep_rows, bool)
+                or not isinstance(keep_rows, (int, np.integer))
+                or not 0 <= keep_rows <= height
+            ):
+                raise UserError(
+                    f"--keep-rows {keep_rows} is out of range: the code maps have {height} rows (0..{height})"
+                )
+            mask = torch.zeros(n, height, width, dtype=torch.bool)
+            mask[:, :keep_rows] = True
+        else:
+            mask = code_mask(keep, n, self.grid, tuple(self.image_shape[1:]))
+        label = self._completion_label(label)
         codes = self.encode(x)
+        t = self.temperature if temperature is None else temperature
+        g = self.guidance if guidance is None else guidance
+        prefix = is_prefix(mask)
+        if prefix is not None:
+            out, posterior, labels = self._continue_prefix(codes, prefix, samples, label, t, g, seed)
+            return Completion(
+                x,
+                out,
+                self.decode(out.flatten(0, 1)).view(n, samples, *self.image_shape),
+                mask,
+                posterior,
+                labels,
+                True,
+            )
+        labels_in = None if label is None else torch.full((n * samples,), label, dtype=torch.long)
+        filled, labels, posterior = fill(
+            self.prior,
+            codes.repeat_interleave(samples, 0),
+            mask.repeat_interleave(samples, 0),
+            labels_in,
+            self.log_class_prior,
+            t,
+            g,
+            sweeps,
+            seed,
+        )
+        if posterior is not None:
+            posterior = posterior.view(n, samples, -1).mean(1)
+        out = filled.view(n, samples, height, width)
+        labels = None if labels is None else labels.view(n, samples)
+        images_out = self.decode(filled).view(n, samples, *self.image_shape)
+        return Completion(x, out, images_out, mask, posterior, labels, False)
+
+    def _completion_label(self, label):
+        if self.num_classes:
+            if label is not None and (
+                isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes
+            ):
+                raise UserError(f"--label {label} is out of range: this prior knows classes 0..{self.num_classes - 1}")
+        elif label is not None:
+            raise UserError("this run's prior is unconditional; drop --label")
+        return label
+
+    def _continue_prefix(self, codes, keep: int, samples: int, label, t: float, g: float, seed: int):
+        """Exact completions of a kept raster prefix of `keep` positions: (codes [N, k, h, w], posterior, labels)."""
         n = len(codes)
         posterior, labels = None, None
         gen = torch.Generator().manual_seed(seed)
@@ -338,21 +418,9 @@ class Run:
                 posterior = self.posterior(codes, keep)
                 labels = torch.multinomial(posterior, samples, replacement=True, generator=gen)
             else:
-                if (
-                    isinstance(label, bool)
-                    or not isinstance(label, (int, np.integer))
-                    or not 0 <= label < self.num_classes
-                ):
-                    raise UserError(
-                        f"--label {label} is out of range: this prior knows classes 0..{self.num_classes - 1}"
-                    )
                 labels = torch.full((n, samples), label, dtype=torch.long)
-        elif label is not None:
-            raise UserError("this run's prior is unconditional; drop --label")
         prefix = codes.repeat_interleave(samples, 0)
         flat_labels = None if labels is None else labels.reshape(-1)
-        t = self.temperature if temperature is None else temperature
-        g = self.guidance if guidance is None else guidance
         out = torch.cat(
             [
                 sample(
@@ -370,8 +438,7 @@ class Run:
                 for i in range(0, len(prefix), 1000)
             ]
         )
-        images_out = self.decode(out).view(n, samples, *self.image_shape)
-        return Completion(x, out.view(n, samples, height, width), images_out, keep, posterior, labels)
+        return out.view(n, samples, *self.grid), posterior, labels
 
 
 @torch.no_grad()

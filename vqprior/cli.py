@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Optional, TypeVar
 
 import numpy as np
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -632,8 +631,19 @@ def complete(
     from_split: FromSplit = None,
     n: FromN = 8,
     keep_rows: Annotated[
-        Optional[int], typer.Option(help="Code-map rows to keep from the top (default: half).")
+        Optional[int], typer.Option(help="Code-map rows to keep from the top (default: half); exact.")
     ] = None,
+    keep: Annotated[
+        Optional[str], typer.Option("--keep", help="Keep one half: top (exact), bottom, left or right.")
+    ] = None,
+    keep_mask: Annotated[
+        Optional[Path],
+        typer.Option(help="Black/white picture, the image's size or the code map's: white = kept."),
+    ] = None,
+    erase: Annotated[
+        Optional[str], typer.Option(help="Erase a box x0,y0,x1,y1 (pixels, end exclusive) and fill it in.")
+    ] = None,
+    sweeps: Annotated[int, typer.Option(min=0, max=100, help="MCMC sweeps for a region that is not a top prefix.")] = 4,
     samples: Annotated[int, typer.Option(min=1, max=64, help="Completions per image.")] = 4,
     label: Annotated[
         Optional[int], typer.Option(help="Class to complete as (default: inferred from the kept rows).")
@@ -649,7 +659,12 @@ def complete(
     trust_code: Trust = False,
     device: Device = "auto",
 ) -> None:
-    """Keep the top rows of each image's code map and sample the rest: original | kept part | completions."""
+    """Keep part of each image and sample the rest: original | kept part | completions, one row per image.
+
+    The top rows (--keep-rows, --keep top) are continued exactly; any other region (--keep bottom/left/right,
+    --keep-mask, --erase) is filled by Metropolis-Hastings over the prior's exact likelihood (--sweeps rounds).
+
+    Example: vqprior complete --from test --n 4 --erase 8,12,20,20"""
 
     def body():
         from torchvision.utils import save_image
@@ -658,14 +673,23 @@ def complete(
         from .artifacts import writing_folder
 
         check_sampling(temperature, guidance)
+        given = [v for v in (keep_rows, keep, keep_mask, erase) if v is not None]
+        if len(given) > 1:
+            raise UserError("give one of --keep-rows, --keep, --keep-mask, --erase")
         run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
         images, _, names = _inputs(run, inputs, from_split, n)
-        done = run.complete(images, keep_rows, samples, label, temperature, guidance, seed)
-        h = run.image_shape[1]
-        kept_pixels = done.keep // run.grid[1] * (h // run.grid[0])
-        masked = done.originals.clone()
-        masked[:, :, kept_pixels:, :] = 128  # what the prior did not see, greyed out
-        rows = torch.cat([done.originals[:, None], masked[:, None], done.images], 1).flatten(0, 1)
+        region = keep
+        if keep_mask is not None:
+            from .datasets.pixels import read_image
+
+            pixels, _ = read_image(keep_mask, 1)
+            region = pixels[..., 0] if pixels.ndim == 3 else pixels
+        elif erase is not None:
+            from .masks import erase_box
+
+            region = erase_box(erase, tuple(run.image_shape[1:]))
+        done = run.complete(images, keep_rows, samples, label, temperature, guidance, seed, keep=region, sweeps=sweeps)
+        rows = done.panels().flatten(0, 1)
         with writing_folder(run.folder / "complete", "completions") as out:
             save_image(rows.float() / 255, out / "completions.png", nrow=samples + 2, padding=2, pad_value=0.5)
             extra = (
@@ -676,18 +700,21 @@ def complete(
                 originals=done.originals.numpy(),
                 images=done.images.numpy(),
                 codes=done.codes.numpy(),
-                keep=done.keep,
+                keep=done.keep.numpy(),
                 **extra,
             )
+        how = "exact: a kept prefix" if done.exact else f"MCMC, {sweeps} sweeps"
         for i, who in enumerate(names):
             if done.posterior is not None:
                 top = done.posterior[i].topk(min(3, run.num_classes))
                 guess = ", ".join(
                     f"{run.class_names[c]} {p:.0%}" for p, c in zip(top.values.tolist(), top.indices.tolist())
                 )
-                console.print(f"{who}: class posterior from the kept rows: {guess}")
+                console.print(f"{who}: class posterior from the kept part: {guess}")
+        kept = int(done.keep[0].sum())
         console.print(
-            f"[green]completions[/] ({done.keep} of {run.grid[0] * run.grid[1]} codes kept) -> {run.folder / 'complete' / 'completions.png'}"
+            f"[green]completions[/] ({kept} of {run.grid[0] * run.grid[1]} codes kept in the first image; {how}) "
+            f"-> {run.folder / 'complete' / 'completions.png'}"
         )
 
     _api_command(body, trust_code)

@@ -20,6 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from starlette.applications import Starlette
@@ -36,6 +37,7 @@ from ..artifacts import check_run_folder, read_regular
 from ..config import MAX_SEED
 from ..datasets.pixels import UNREADABLE, fit_to, open_image, to_uint8, why_unreadable
 from ..errors import UserError
+from ..masks import SHORTHANDS, code_mask
 
 PAGE = Path(__file__).parent / "page.html"
 MAX_IMAGES = 64  # images per generated grid
@@ -64,9 +66,9 @@ class BadRequest(Exception):
         self.status = status
 
 
-def png(images: torch.Tensor, nrow: int, scale: int = 3) -> str:
+def png(images: torch.Tensor, nrow: int, scale: int = 3, padding: int = 2) -> str:
     """uint8 images [N, C, H, W] -> a data URL of their grid, scaled up without smoothing."""
-    grid = make_grid(images.float() / 255, nrow=nrow, padding=2, pad_value=0.5).mul(255).round().byte()
+    grid = make_grid(images.float() / 255, nrow=nrow, padding=padding, pad_value=0.5).mul(255).round().byte()
     img = Image.fromarray(
         grid.permute(1, 2, 0).numpy().squeeze(-1) if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy()
     )
@@ -212,25 +214,53 @@ class Service:
             image = self.test_images[i : i + 1]
         else:
             image = decode_image(body.get("image"), r.image_shape)[0]
-        keep_rows = number(body, "keep_rows", r.grid[0] // 2, 0, r.grid[0], integer=True)
+        keep_rows, keep = None, None
+        if body.get("mask") is not None:  # 1 = kept, 0 = erased, one value per pixel (or per code position)
+            keep = self.mask(body["mask"])
+        elif body.get("keep") is not None:
+            keep = body["keep"]
+            if keep not in SHORTHANDS:
+                raise BadRequest(f"keep must be one of {', '.join(SHORTHANDS)}")
+        else:
+            keep_rows = number(body, "keep_rows", r.grid[0] // 2, 0, r.grid[0], integer=True)
         samples = number(body, "samples", 8, 1, MAX_COMPLETIONS, integer=True)
+        sweeps = number(body, "sweeps", 4, 0, 16, integer=True)
         kw = self.sampling(body)
         label = self.label(body)
 
         def job():
-            done = r.complete(image, keep_rows, samples, label, kw["temperature"], kw["guidance"], kw["seed"])
-            kept_pixels = done.keep // r.grid[1] * (r.image_shape[1] // r.grid[0])
-            masked = done.originals.clone()
-            masked[:, :, kept_pixels:, :] = 128
-            strip = torch.cat([done.originals, masked, done.images[0]])
+            done = r.complete(image, keep_rows, samples, label, **kw, keep=keep, sweeps=sweeps)
+            strip = done.panels()[0]
             posterior = (
                 None
                 if done.posterior is None
                 else [{"class": str(r.class_names[c]), "p": float(p)} for c, p in enumerate(done.posterior[0].tolist())]
             )
-            return {"image": png(strip, nrow=len(strip)), "keep_rows": keep_rows, "posterior": posterior, **kw}
+            return {
+                "image": png(strip, nrow=len(strip)),
+                "keep_rows": keep_rows,
+                "exact": done.exact,
+                "posterior": posterior,
+                "columns": ["original", "kept"] + [f"completion {k + 1}" for k in range(samples)],
+                **kw,
+            }
 
         return job
+
+    def mask(self, value) -> np.ndarray:
+        """A JSON keep mask: rows of 0/1 the size of the image or of the code map (checked before any model work)."""
+        r = self.run
+        if not isinstance(value, list) or not value or not all(isinstance(row, list) for row in value):
+            raise BadRequest("mask must be a list of rows of 0/1 values")
+        if len(value) > 4096 or any(len(row) > 4096 for row in value):
+            raise BadRequest("mask is too large: give it the image's size")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v in (0, 1) for row in value for v in row):
+            raise BadRequest("mask values must be 0 (erased) or 1 (kept)")
+        if len({len(row) for row in value}) != 1:
+            raise BadRequest("mask rows must all have the same length")
+        array = np.asarray(value, dtype=np.uint8)
+        code_mask(array, 1, r.grid, tuple(r.image_shape[1:]), "mask")  # size, nothing kept, everything kept
+        return array
 
     def score(self, data: bytes):
         image, notice = decode_bytes(data, self.run.image_shape)
@@ -327,6 +357,18 @@ def create_app(
     async def info(request: Request) -> Response:
         return JSONResponse(service.info())
 
+    async def test_digit(request: Request) -> Response:
+        images = service.test_images
+        if images is None:
+            return JSONResponse({"error": "this run's test images are not on this machine"}, status_code=404)
+        try:
+            i = int(request.query_params.get("index", "0"))
+        except ValueError:
+            return JSONResponse({"error": "index must be an integer"}, status_code=400)
+        if not 0 <= i < len(images):
+            return JSONResponse({"error": f"index must be in 0..{len(images) - 1}"}, status_code=400)
+        return JSONResponse({"image": png(images[i : i + 1], nrow=1, scale=1, padding=0)})
+
     async def report(request: Request) -> Response:
         path = service.run.folder / "report.html"
         if not os.path.lexists(path):
@@ -342,6 +384,7 @@ def create_app(
     routes = [
         Route("/", page),
         Route("/api/info", info),
+        Route("/api/test-digit", test_digit),
         Route("/report", report),
         Route("/api/generate", endpoint(service.generate), methods=["POST"]),
         Route("/api/morph", endpoint(service.morph), methods=["POST"]),

@@ -1,0 +1,135 @@
+"""Filling any set of positions of a code map with a raster-order prior.
+
+A raster prior gives p(rest | first k codes) exactly, so a kept *prefix* is continued by plain ancestral sampling
+(`sample(..., keep=k)`). For any other kept set (the bottom, the left half, everything but an erased stroke) the
+conditional p(unknown | kept) is not a product of the prior's factors, but it is proportional to the joint
+p(map) = prod_i p(z_i | z_<i), which the prior evaluates in one pass. So it is sampled by Markov chain Monte Carlo:
+
+1. start: raster order, each unknown position drawn from p(z_p | z_<p) with the kept codes in place;
+2. sweeps: for each unknown position p in turn, propose z_p' ~ p(z_p | z_<p) (the prior's own conditional, which
+   does not depend on z_p) and accept with probability min(1, prod_{i>p} p(z_i | z'_<i) / p(z_i | z_<i)): a
+   Metropolis-Hastings step whose stationary law is exactly p(unknown | kept). One network pass per proposal.
+3. class (conditional prior, class not given): between sweeps the class is redrawn from p(c | map) ∝ p(map | c) p(c)
+   (Gibbs), so the chain samples p(class, unknown | kept); the class posterior it reports is the average of
+   p(c | map) over the chain's states.
+
+Temperature and guidance change the target to the product of tempered / guided conditionals (the same factors
+ancestral sampling draws from); the class step always uses the plain conditional likelihood. Kept codes never
+change. Randomness comes from one generator seeded by `seed`: the same inputs and seed give the same completions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Prior
+
+
+def is_prefix(keep: torch.Tensor) -> int | None:
+    """k when every map's kept positions [N, H, W] are exactly its first k raster positions (the same k for all),
+    else None."""
+    flat = keep.flatten(1)
+    k = int(flat[0].sum())
+    expected = torch.zeros_like(flat[0])
+    expected[:k] = True
+    return k if bool((flat == expected).all()) else None
+
+
+def _log_conditionals(
+    prior: Prior, codes: torch.Tensor, cond: torch.Tensor | None, temperature: float, guidance: float
+) -> torch.Tensor:
+    """log p(z_i = k | z_<i) for every position and code: [B, K, H, W] (tempered, guided when asked)."""
+    if cond is not None and guidance != 1.0:
+        both = prior.logits(torch.cat([codes, codes]), torch.cat([cond, torch.zeros_like(cond)]))
+        c, u = both.chunk(2)
+        logits = u + guidance * (c - u)
+    else:
+        logits = prior.logits(codes, cond)
+    return F.log_softmax(logits.float() / temperature, 1)
+
+
+def _gumbel_draw(logp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    u = torch.rand(logp.shape, generator=generator, dtype=torch.float32).to(logp.device)
+    return (logp - u.clamp_min(torch.finfo(u.dtype).tiny).log().neg().log()).argmax(1)
+
+
+@torch.no_grad()
+def fill(
+    prior: Prior,
+    codes: torch.Tensor,
+    keep: torch.Tensor,
+    labels: torch.Tensor | None,
+    log_class_prior: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    guidance: float = 1.0,
+    sweeps: int = 4,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Fill the positions of codes [B, H, W] where keep [B, H, W] is False.
+
+    labels: long [B] (the class of each map), or None: for a conditional prior the class is then sampled with the
+    map (needs log_class_prior [C]). Returns (codes [B, H, W], labels [B] the chain ended on or None,
+    posterior [B, C]: the chain's average of p(c | map), or None when the class was given or the prior has none).
+    """
+    device = prior.device
+    was_training = prior.training
+    prior.eval()
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        keep = keep.to(device).bool()
+        codes = torch.where(keep, codes.to(device).long(), torch.zeros((), dtype=torch.long, device=device))
+        b, height, width = codes.shape
+        unknown = [p for p in range(height * width) if not bool(keep.flatten(1)[:, p].all())]
+        infer = bool(prior.num_classes) and labels is None
+        posterior_sum = None
+        if infer:
+            # start from the null condition (classifier-free guidance trains it); the class follows from the map
+            cond = torch.zeros(b, prior.num_classes, device=device, dtype=next(prior.parameters()).dtype)
+            start_guidance = 1.0
+        else:
+            cond = prior.condition(labels, b) if prior.num_classes else None
+            start_guidance = guidance
+
+        for p in unknown:  # 1. ancestral start, kept codes in place
+            i, j = divmod(p, width)
+            logp = _log_conditionals(prior, codes[:, : i + 1], cond, temperature, start_guidance)[:, :, i, j]
+            codes[:, i, j] = torch.where(keep[:, i, j], codes[:, i, j], _gumbel_draw(logp, gen))
+
+        for _ in range(sweeps):
+            if infer:  # 3. the class given the whole map
+                post = _class_posterior(prior, codes, log_class_prior.to(device))
+                posterior_sum = post if posterior_sum is None else posterior_sum + post
+                labels = torch.multinomial(post.cpu(), 1, generator=gen).squeeze(1).to(device)
+                cond = prior.condition(labels, b)
+            logp = _log_conditionals(prior, codes, cond, temperature, guidance)
+            current = logp.gather(1, codes[:, None]).squeeze(1).flatten(1)  # [B, H*W]
+            for p in unknown:  # 2. Metropolis-Hastings with the prior's own conditional as the proposal
+                i, j = divmod(p, width)
+                proposal = codes.clone()
+                proposal[:, i, j] = _gumbel_draw(logp[:, :, i, j], gen)
+                logp_new = _log_conditionals(prior, proposal, cond, temperature, guidance)
+                new = logp_new.gather(1, proposal[:, None]).squeeze(1).flatten(1)
+                log_ratio = (new[:, p + 1 :] - current[:, p + 1 :]).sum(1)
+                u = torch.rand(b, generator=gen, dtype=torch.float64).to(device)
+                accept = (u.log() < log_ratio.double()) & ~keep[:, i, j]
+                codes = torch.where(accept[:, None, None], proposal, codes)
+                current = torch.where(accept[:, None], new, current)
+                logp = torch.where(accept[:, None, None, None], logp_new, logp)
+        posterior = None
+        if infer:
+            post = _class_posterior(prior, codes, log_class_prior.to(device))
+            posterior_sum = post if posterior_sum is None else posterior_sum + post
+            posterior = (posterior_sum / (sweeps + 1)).cpu()
+        return codes.cpu(), None if labels is None else labels.cpu(), posterior
+    finally:
+        prior.train(was_training)
+
+
+def _class_posterior(prior: Prior, codes: torch.Tensor, log_class_prior: torch.Tensor) -> torch.Tensor:
+    """p(c | map) ∝ p(map | c) p(c) for every map: [B, C] (one teacher-forced pass per class)."""
+    lls = []
+    for c in range(prior.num_classes):
+        logits = prior.logits(codes, prior.condition(torch.full((len(codes),), c, device=codes.device), len(codes)))
+        lls.append(-F.cross_entropy(logits.float(), codes, reduction="none").flatten(1).sum(1))
+    return torch.softmax(torch.stack(lls, 1).double() + log_class_prior.double(), 1).float()
