@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 EVAL_ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean pretrained
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/vqprior run $(ARGS)
-	$(BIN)/vqprior eval $(EVAL_ARGS)
+	@t0=$$(date +%s); $(BIN)/vqprior run $(ARGS) && t1=$$(date +%s) && $(BIN)/vqprior eval $(EVAL_ARGS) && t2=$$(date +%s) && \
+	echo && echo "make run: vqprior run $$((t1 - t0)) s, vqprior eval $$((t2 - t1)) s" && \
+	echo "report: artifacts/mnist/report.html (open it in a browser)" && \
+	echo "the page: $(BIN)/vqprior serve   then open http://127.0.0.1:7860/"
+
+# rebuild the pretrained MNIST run shipped in the package (vqprior/pretrained/) from a default run on this machine
+pretrained: $(STAMP)
+	@t0=$$(date +%s); $(BIN)/vqprior run --name mnist && $(BIN)/vqprior eval --name mnist && t1=$$(date +%s) && \
+	$(BIN)/python -m vqprior.pretrained artifacts/mnist --seconds $$((t1 - t0)) \
+	  --command "vqprior run --name mnist && vqprior eval --name mnist" --yardstick "$$($(BIN)/python bench/yardstick.py)"
 
 test: $(STAMP)
 	$(BIN)/ruff check vqprior stages tests bench examples

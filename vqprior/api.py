@@ -471,5 +471,10 @@ def class_posterior(
 
 def load(run_dir: str | Path = "artifacts/mnist", device: str = "auto", trust_code: bool = False) -> Run:
     """A finished run folder, ready to generate, encode, decode, complete, score and classify. trust_code=True allows
-    components that are not vqprior built-ins (their code runs as you): only for run folders you trust."""
+    components that are not vqprior built-ins (their code runs as you): only for run folders you trust.
+    "pretrained:mnist" is the run shipped with the package (read in place)."""
+    if isinstance(run_dir, str) and run_dir.startswith("pretrained:"):
+        from .pretrained import folder
+
+        run_dir = folder(run_dir.split(":", 1)[1])
     return Run(run_dir, device, trust_code)

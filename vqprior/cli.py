@@ -20,11 +20,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .artifacts import STAGE_NAMES, is_current, load_json_object, run_lock
-from .components import trusting_code
 from .config import MAX_SEED, Config, RunSection, check_sampling, load_config, presets, validate_run_name
 from .errors import UserError, os_error_message
-from .runtime import Reporter, Runtime, lost_peer, process_place
+from .reporter import Reporter
+from .trust import trusting_code
 
 T = TypeVar("T")
 RESUMABLE = {1, 3}
@@ -39,9 +38,28 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Train a VQ-VAE and a prior over its codes (a gated PixelCNN by default), then generate images. Stages 1-4 run in order.",
 )
 console = Console(stderr=True, highlight=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .version import __version__
+
+        print(f"vqprior {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and stop.")
+    ] = False,
+) -> None:
+    """Train a VQ-VAE and a prior over its codes (a gated PixelCNN by default), then generate images.
+
+    Stages 1-4 run in order. Start with `vqprior pretrained mnist` (no training) or `vqprior run` (the whole
+    pipeline on MNIST)."""
 
 
 class ConsoleReporter(Reporter):
@@ -165,6 +183,8 @@ def _stage(stage: int):
 
 def finished_stage(run_dir: Path, stage: int) -> dict | None:
     """The manifest of a finished stage in the run folder (not re-verified), or None."""
+    from .artifacts import load_json_object
+
     path = run_dir / f"stage{stage}" / "manifest.json"
     if not path.is_file():
         return None
@@ -189,6 +209,8 @@ def _changes(old, new, prefix: str = "") -> list[str]:
 def check_nothing_finished_is_replaced(run_dir: Path, cfg: Config) -> None:
     """`vqprior run` with other settings than the finished training stages in its folder would retrain them there and
     replace minutes of work: refused in one line that says what differs and how to keep or replace it."""
+    from .artifacts import STAGE_NAMES
+
     for stage in (1, 3):
         old = finished_stage(run_dir, stage)
         if not old or "fingerprint" not in old:
@@ -212,6 +234,9 @@ def check_nothing_finished_is_replaced(run_dir: Path, cfg: Config) -> None:
 
 
 def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool, replace: bool = False) -> None:
+    from .artifacts import STAGE_NAMES, is_current, run_lock
+    from .runtime import Runtime
+
     rt = Runtime.setup(cfg.run)
     reporter = ConsoleReporter() if rt.is_main else Reporter()
     run_dir = cfg.run_dir()
@@ -273,6 +298,8 @@ def _guarded(
     trust_code: bool = False,
     replace: bool = False,
 ) -> None:
+    from .runtime import lost_peer, process_place
+
     previous = (
         signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     )
@@ -333,7 +360,9 @@ def run_stage(
     trust_code: Trust = False,
     out_dir: RunOutDir = None,
 ) -> None:
-    """Run one stage; it reads the earlier stages' outputs from the run folder."""
+    """Run one stage; it reads the earlier stages' outputs from the run folder.
+
+    Example: vqprior run-stage 4 --label 3 --label 7 --per-class 8"""
     if stage != 4 and (
         label
         or mix
@@ -407,7 +436,9 @@ def run_all(
 
     Like make: a stage whose outputs are intact and were made from the same settings and inputs is skipped,
     an interrupted one resumes from its checkpoint; --restart redoes everything. A finished VQ-VAE or prior made
-    with other settings is never replaced silently: pass --name for a new folder or --replace."""
+    with other settings is never replaced silently: pass --name for a new folder or --replace.
+
+    Example: vqprior run --preset quick --name quick"""
     _guarded(
         [1, 2, 3, 4],
         preset,
@@ -467,12 +498,16 @@ def eval_run(
 ) -> None:
     """Score a finished run: sample FD / floor, conditional accuracy, precision/recall, reconstruction, NLL.
 
-    Writes <run>/eval/eval.json and the sample grid it scored, and prints one table."""
+    Writes <run>/eval/eval.json, eval/results/<setting>.json and the sample grid it scored, and prints one table.
+
+    Example: vqprior eval --name mnist-pretrained --n 2000 --reference valid"""
     with _one_line_errors(), trusting_code(trust_code):
         if reference not in ("test", "valid"):
             raise UserError(f"--reference {reference!r}: choose test or valid")
         check_sampling(temperature, guidance)
+        from .artifacts import run_lock
         from .evaluation.run_eval import evaluate_run, previous_results, setting_key, write_eval
+        from .runtime import Runtime
 
         run_dir = _run_dir_of(name, out_dir)
         rt = Runtime.setup(RunSection(device=device))
@@ -570,7 +605,9 @@ def eval_table(result: dict):
 
 @app.command("report")
 def report(name: Name = None, out_dir: OutDir = "artifacts") -> None:
-    """Write <run>/report.html: config, timings, curves, pictures, GIFs and the eval table, in one file."""
+    """Write <run>/report.html: config, timings, curves, pictures, GIFs and the eval table, in one file.
+
+    Example: vqprior report --name mnist-pretrained"""
     with _one_line_errors():
         from .report.html import write_report
 
@@ -580,7 +617,9 @@ def report(name: Name = None, out_dir: OutDir = "artifacts") -> None:
 
 @app.command("runs")
 def runs(out_dir: OutDir = "artifacts") -> None:
-    """List every run under the output folder with its headline numbers side by side."""
+    """List every run under the output folder with its headline numbers side by side.
+
+    Example: vqprior runs --out-dir artifacts"""
     from rich.table import Table
 
     from .report.runs import collect_runs
@@ -730,7 +769,9 @@ def score(
     trust_code: Trust = False,
     device: Device = "auto",
 ) -> None:
-    """Per image: bits of its codes under the prior, best class, reconstruction error, image-level bound (CSV, JSON, histogram)."""
+    """Per image: bits of its codes under the prior, best class, reconstruction error, image-level bound (CSV, JSON, histogram).
+
+    Example: vqprior score --from test --n 100"""
 
     def body():
         import csv
@@ -780,7 +821,9 @@ def classify(
     trust_code: Trust = False,
     device: Device = "auto",
 ) -> None:
-    """Use the class-conditional prior as a generative classifier: argmax_c p(codes | c) p(c)."""
+    """Use the class-conditional prior as a generative classifier: argmax_c p(codes | c) p(c).
+
+    Example: vqprior classify --from test --n 500"""
 
     def body():
         from .api import load
@@ -809,8 +852,15 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
     device: Device = "auto",
     trust_code: Trust = False,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Serve the MNIST run shipped with the package (no training).")
+    ] = False,
 ) -> None:
-    """A local page over a finished run: generate, mix, morph, complete a drawing, score an image (needs vqprior[serve])."""
+    """A local page over a finished run: generate, mix, morph, complete or repair a digit, score an image.
+
+    Needs the serve extra (pip install 'vqprior[serve]').
+
+    Example: vqprior serve --pretrained"""
     with _one_line_errors("stopped"), trusting_code(trust_code):
         try:
             import uvicorn
@@ -822,7 +872,12 @@ def serve(
             ) from None
         import socket
 
-        run_dir = _run_dir_of(name, out_dir)
+        if pretrained:
+            from .pretrained import folder
+
+            run_dir = folder("mnist")
+        else:
+            run_dir = _run_dir_of(name, out_dir)
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # one line for a taken port
             try:
                 probe.bind((host, port))
@@ -831,6 +886,53 @@ def serve(
         web = create_app(run_dir, device, trust_code, hosts=allowed_hosts(host))
         console.print(f"[green]serving[/] {run_dir} at [bold]http://{host}:{port}/[/] (Ctrl-C stops)")
         uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
+@app.command("pretrained")
+def pretrained_run(
+    which: Annotated[str, typer.Argument(help="Which shipped run: mnist.")] = "mnist",
+    out_dir: OutDir = "artifacts",
+    name: Annotated[Optional[str], typer.Option(help="Run name to copy it to (default: mnist-pretrained).")] = None,
+    replace: Annotated[bool, typer.Option(help="Replace an existing folder of that name.")] = False,
+) -> None:
+    """Copy the pretrained run shipped with the package to <out-dir>/<name>: every command works on it at once.
+
+    It was made by the default `vqprior run` on MNIST and evaluated by `vqprior eval` (PRETRAINED.json says how).
+
+    Then: vqprior run-stage 4 --name mnist-pretrained --label 3
+
+    Example: vqprior pretrained mnist"""
+    with _one_line_errors():
+        from .pretrained import install
+
+        if name is not None:
+            validate_run_name(name)
+        target = install(which, Path(out_dir), name, replace)
+        made = json.loads((target / "PRETRAINED.json").read_text())
+        ev = made["eval"]
+        console.print(
+            f"[green]pretrained {which}[/] -> {target} (vqprior {made['versions']['vqprior']}; samples at "
+            f"{ev['fd_ratio_worst_space']:.2f}x the floor in the worst feature space, conditional accuracy "
+            f"{ev['conditional_accuracy']:.1%}, {ev['test_bits_per_map']:.1f} bits/map)"
+        )
+        console.print(
+            f"next: vqprior run-stage 4 --name {target.name} --label 3 | vqprior serve --name {target.name} | "
+            f"python -c \"import vqprior; vqprior.load('{target}')\""
+        )
+
+
+def _examples_at_the_end() -> None:
+    """Each command's `Example:` line (the last of its docstring) is shown after its options, where --help ends."""
+    import inspect
+
+    for command in app.registered_commands:
+        doc = inspect.getdoc(command.callback) or ""
+        head, sep, example = doc.rpartition("\nExample: ")
+        if sep:
+            command.help, command.epilog = head.rstrip(), f"Example: {example.strip()}"
+
+
+_examples_at_the_end()
 
 
 def main() -> None:

@@ -11,13 +11,10 @@ a component's params only hold its own design choices.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +24,7 @@ from torch import nn
 from .config import Component
 from .errors import UserError
 from .registry import BUILTINS, builtin_name
-
-_trust_code = contextvars.ContextVar("vqprior_trust_code", default=False)
-
-
-@contextlib.contextmanager
-def trusting_code(trust: bool = True) -> Iterator[None]:
-    """While active, components outside the registry may be imported (the user's explicit opt-in)."""
-    token = _trust_code.set(bool(trust))
-    try:
-        yield
-    finally:
-        _trust_code.reset(token)
-
-
-def code_is_trusted() -> bool:
-    return _trust_code.get()
+from .trust import code_is_trusted, trusting_code  # noqa: E402,F401  (trusting_code is re-exported)
 
 
 def _import_target(target: str) -> type:

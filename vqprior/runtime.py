@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -21,6 +21,7 @@ import torch
 
 from .config import RunSection
 from .errors import UserError
+from .reporter import Reporter  # noqa: F401  (re-exported: stages import it from here)
 
 T = TypeVar("T")
 
@@ -332,16 +333,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class Reporter:
-    """A stage's link to the console. The library default is silent; the CLI installs a rich one (rank 0 only)."""
-
-    def log(self, message: str) -> None:
-        pass
-
-    def track(self, items: Iterable[T], total: int, description: str) -> Iterator[T]:
-        yield from items
 
 
 def batches(

@@ -1,0 +1,97 @@
+"""Sample quality over guidance x temperature for one trained run, in every feature space of `vqprior eval`,
+scored against the held-out validation slice (never the test split), with several sampling seeds.
+
+One line per setting: worst-space FD / floor and each space's, KID x 1000 (cnn), conditional accuracy; the median
+and range over the seeds. The floor is the same n of held-out real images (the test split here, since the
+validation slice is the reference).
+
+    .venv/bin/python bench/sampling_grid.py --run artifacts/mnist --guidance 1 1.25 1.5 2 --temperature 0.9 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import pin_threads  # noqa: E402
+from train_speed import matmul_gflops  # noqa: E402
+
+from vqprior.datasets import load_split  # noqa: E402
+from vqprior.evaluation.classifier import load_spaces  # noqa: E402
+from vqprior.evaluation.frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance  # noqa: E402
+from vqprior.evaluation.run_eval import class_counts, split_holdout  # noqa: E402
+from vqprior.models.priors.base import generate  # noqa: E402
+from vqprior.models.vqvae import decode_images  # noqa: E402
+from vqprior.restore import load_prior, load_vqvae  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default="artifacts/mnist")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0])
+    ap.add_argument("--temperature", type=float, nargs="+", default=[1.0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    threads = pin_threads(args.threads)
+    cpu = torch.device("cpu")
+    vq = load_vqvae(Path(args.run), None, cpu)
+    prior = load_prior(Path(args.run), None, cpu, vqvae=vq)
+    train, test = load_split(vq.data, "train"), load_split(vq.data, "test")
+    fit, valid = split_holdout(train)
+    spaces = load_spaces(fit, test, cpu)
+    real = test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.n]]
+    refs = {}
+    for name, (net, _) in spaces.items():
+        ref_feats = net.features_and_predictions(valid.images)[0]
+        real_feats = net.features_and_predictions(real)[0]
+        stats = gaussian_stats(ref_feats)
+        refs[name] = (ref_feats, stats, frechet_distance_from_stats(*gaussian_stats(real_feats), *stats))
+    print(
+        f"# {args.run}: n={args.n} vs the validation slice ({len(valid)}), floors "
+        + ", ".join(f"{k} {v[2]:.3f}" for k, v in refs.items())
+        + f"; {args.seeds} seeds; threads={threads}, yardstick {matmul_gflops(cpu, torch.float32, 3.0):.0f} GFLOP/s",
+        flush=True,
+    )
+    print(
+        "guidance | temperature | worst FD/floor (range) | "
+        + " | ".join(spaces)
+        + " | KID x1000 cnn | cond. acc. | s/seed"
+    )
+    labels = torch.cat([torch.full((k,), c) for c, k in enumerate(class_counts(args.n, prior.model.num_classes))])
+    for g in args.guidance:
+        for t in args.temperature:
+            rows, t0 = [], time.perf_counter()
+            for seed in range(args.seeds):
+                images = decode_images(
+                    vq.model, generate(prior.model, args.n, prior.grid, labels, t, 100 + seed, guidance=g)
+                )
+                row = {}
+                for name, (net, _) in spaces.items():
+                    feats, preds = net.features_and_predictions(images)
+                    ref_feats, stats, floor = refs[name]
+                    row[name] = frechet_distance_from_stats(*gaussian_stats(feats), *stats) / floor
+                    if name == "cnn":
+                        row["kid"] = kernel_distance(ref_feats, feats) * 1000
+                        row["acc"] = float((preds == labels).double().mean())
+                row["worst"] = max(row[name] for name in spaces)
+                rows.append(row)
+            med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+            lo, hi = min(r["worst"] for r in rows), max(r["worst"] for r in rows)
+            print(
+                f"{g:g} | {t:g} | {med['worst']:.2f}x ({lo:.2f}-{hi:.2f}) | "
+                + " | ".join(f"{med[name]:.2f}x" for name in spaces)
+                + f" | {med['kid']:.2f} | {med['acc']:.1%} | {(time.perf_counter() - t0) / args.seeds:.0f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Runs shipped inside the package: an ordinary run folder made by the project's own default `vqprior run` on
+MNIST (manifests, JSON, safetensors, .npy and pictures: nothing pickled, nothing that names code), and the three
+feature networks `vqprior eval` uses on MNIST.
+
+    vqprior pretrained mnist          copies it to artifacts/mnist-pretrained (a named run like any other)
+    vqprior serve --pretrained        serves it from the package, nothing copied
+    vqprior.load("pretrained:mnist")  the Python API on it
+
+`pack` makes the shipped folder from a finished, evaluated run (`make pretrained`): it keeps what every command
+needs and drops what only training needs (the prior's last-weights copy, progress frames and GIFs, per-step logs),
+rewriting those stages' manifests to list what is kept, and records how the run was made in PRETRAINED.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..errors import UserError
+
+HERE = Path(__file__).resolve().parent
+NAMES = ("mnist",)
+# files a stage's manifest may keep; the rest are training by-products
+KEEP = {
+    1: {"config.json", "metrics.json", "reconstructions.png", "vqvae.safetensors"},
+    2: {"test_codes.npy", "test_labels.npy", "train_codes.npy", "train_labels.npy"},
+    3: {"config.json", "metrics.json", "prior.safetensors"},
+    4: {"rows.json", "samples.npz", "samples.png"},
+}
+
+
+def folder(name: str) -> Path:
+    """The shipped run folder of this name (read it, never write into it)."""
+    if name not in NAMES:
+        raise UserError(f"no pretrained run called {name!r}; the package ships: {', '.join(NAMES)}")
+    path = HERE / name
+    if not (path / "stage3" / "manifest.json").is_file():
+        raise UserError(f"this installation has no pretrained {name} run ({path} is missing); reinstall vqprior")
+    return path
+
+
+def install(name: str, out_dir: Path, run_name: str | None = None, replace: bool = False) -> Path:
+    """Copy the shipped run to <out_dir>/<run_name> (default "<name>-pretrained"); an existing folder is kept unless
+    `replace` (or it already is this shipped run)."""
+    from ..artifacts import read_stage, writing_folder
+
+    source = folder(name)
+    target = Path(out_dir) / (run_name or f"{name}-pretrained")
+    if target.exists() and not replace:
+        same = (target / "PRETRAINED.json").is_file() and (target / "PRETRAINED.json").read_bytes() == (
+            source / "PRETRAINED.json"
+        ).read_bytes()
+        if same:
+            return target
+        raise UserError(f"{target} exists and is not this pretrained run; pass --name NEW or --replace")
+    with writing_folder(target, "the pretrained run") as tmp:
+        for item in sorted(source.iterdir()):
+            if item.name.startswith(("_", ".")) or item.suffix == ".py":
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+    for stage in (1, 2, 3, 4):
+        read_stage(target, stage)  # every manifest checks out in its new place
+    return target
+
+
+def pack(run_dir: Path, dest: Path, record: dict) -> Path:
+    """Write the shipped form of a finished, evaluated run to `dest` (replacing it). `record`: how it was made
+    (command, seed, machine yardstick, ...), saved with its eval numbers in PRETRAINED.json."""
+    from ..artifacts import read_stage, save_json, writing_folder
+
+    run_dir = Path(run_dir)
+    for stage in (1, 2, 3, 4):
+        read_stage(run_dir, stage)
+    evaluation = run_dir / "eval" / "eval.json"
+    if not evaluation.is_file():
+        raise UserError(f"{run_dir} has no evaluation; run `vqprior eval` on it first")
+    with writing_folder(Path(dest), "the pretrained run") as tmp:
+        for stage, keep in KEEP.items():
+            src, out = run_dir / f"stage{stage}", tmp / f"stage{stage}"
+            out.mkdir()
+            manifest = json.loads((src / "manifest.json").read_text())
+            dropped = sorted(set(manifest["outputs"]) - keep)
+            manifest["outputs"] = {k: v for k, v in manifest["outputs"].items() if k in keep}
+            if dropped:
+                manifest["packed"] = {"dropped": dropped, "why": "training by-products, not needed to use the run"}
+            for name in manifest["outputs"]:
+                shutil.copy2(src / name, out / name)
+            save_json(out / "manifest.json", manifest)
+        (tmp / "eval").mkdir()
+        for name in ("eval.json", "samples.png"):
+            shutil.copy2(run_dir / "eval" / name, tmp / "eval" / name)
+        if (run_dir / "eval" / "results").is_dir():
+            shutil.copytree(run_dir / "eval" / "results", tmp / "eval" / "results")
+        ev = json.loads(evaluation.read_text())
+        save_json(
+            tmp / "PRETRAINED.json",
+            {
+                **record,
+                "eval": {
+                    "reference": ev["reference"],
+                    "n_samples": ev["n_samples"],
+                    "temperature": ev["temperature"],
+                    "guidance": ev["guidance"],
+                    "fd_ratio_worst_space": ev["samples"]["fd_ratio"],
+                    "fd_ratio_by_space": ev["samples"]["fd_ratio_by_space"],
+                    "conditional_accuracy": ev["samples"].get("conditional_accuracy"),
+                    "test_bits_per_map": ev["prior"]["test_bits_per_map"],
+                    "recon_fd_ratio": ev["vqvae"]["recon_fd_ratio"],
+                },
+            },
+        )
+    for stage in (1, 2, 3, 4):
+        read_stage(Path(dest), stage)
+    return Path(dest)
