@@ -8,6 +8,8 @@ import platform
 import shutil
 from pathlib import Path
 
+import torch
+
 from . import HERE, pack
 
 if __name__ == "__main__":
@@ -40,7 +42,7 @@ if __name__ == "__main__":
     from ..evaluation.classifier import SPACES, data_fingerprint
     from ..restore import load_vqvae
 
-    fit, _ = split_holdout(load_split(load_vqvae(args.run_dir, None).data, "train"))
+    fit, _ = split_holdout(load_split(load_vqvae(args.run_dir, None, torch.device("cpu")).data, "train"))
     key = data_fingerprint(fit)[:24]
     for space in SPACES:
         for suffix in (".safetensors", ".json"):
