@@ -22,6 +22,8 @@ def tiny_args(out_dir, name="t"):
         "--set",
         'run.device="cpu"',
         "--set",
+        'run.precision="fp32"',  # the same numerics on every CPU (auto picks bf16 where the CPU has bf16 units)
+        "--set",
         "data.train_limit=600",
         "--set",
         "data.test_limit=200",

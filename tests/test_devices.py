@@ -171,9 +171,28 @@ def test_set_device_comes_before_joining_the_process_group(two_gpus, monkeypatch
     assert rt.precision == "bf16" and rt.compile  # the CUDA defaults
 
 
-def test_cpu_defaults_are_fp32_and_eager():
-    rt = runtime.Runtime.setup(RunSection(device="cpu"))
-    assert (rt.precision, rt.compile) == ("fp32", False)
+def test_cpu_defaults_follow_the_cpus_bf16_units_and_stay_eager(monkeypatch):
+    for has_units, expected in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda has_units=has_units: has_units)
+        rt = runtime.Runtime.setup(RunSection(device="cpu"))
+        assert (rt.precision, rt.compile) == (expected, False)
+    monkeypatch.undo()
+    assert runtime.Runtime.setup(RunSection(device="cpu", precision="fp32")).precision == "fp32"
+
+
+def test_bf16_units_are_read_from_the_cpu_flags_when_torch_has_no_probe(monkeypatch, tmp_path):
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    real = runtime.Path
+
+    def fake(flags):
+        (tmp_path / "cpuinfo").write_text(f"processor : 0\nflags : fpu sse2 {flags}\n")
+        return lambda p: real(tmp_path / "cpuinfo") if str(p) == "/proc/cpuinfo" else real(p)
+
+    monkeypatch.setattr(runtime, "Path", fake("avx2 avx512f amx_tile amx_bf16"))
+    assert runtime.cpu_has_bf16_matmul()
+    monkeypatch.setattr(runtime, "Path", fake("avx2 fma"))
+    assert not runtime.cpu_has_bf16_matmul()
 
 
 # ------------------------------------------------------------------ the cuda group: runs only on a machine with a GPU

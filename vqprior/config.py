@@ -75,8 +75,8 @@ class RunSection(Section):
     # "auto" picks cuda when available (under torchrun: the GPU of the local rank); else "cpu", "cuda" or "cuda:N"
     device: str = "auto"
     # "bf16": autocast matmuls and convolutions to bfloat16 (losses, the codebook and its distances stay float32);
-    # "auto" = bf16 on CUDA (tensor cores), fp32 on CPU: bf16's sample quality is measured on neither yet, and CPUs
-    # without bf16 matmul units gain nothing (one here with them ran stage 3 1.9x faster: bench/train_speed.py)
+    # "auto" = bf16 on CUDA and on CPUs with bf16 matrix units (AMX / AVX512-BF16: stage 3 1.6x faster, the same
+    # test NLL, docs/numbers.md), fp32 on other CPUs (bf16 is emulated there, and slower)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the training steps; "auto" = on for CUDA, off on CPU (bench/train_speed.py on 2 cores: stage 1
     # 12% slower compiled, stage 3 1.2x faster, before a compile of tens of seconds). A failure falls back to eager
