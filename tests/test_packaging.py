@@ -54,12 +54,23 @@ def test_the_wheel_holds_every_module_and_each_imports_from_it(tmp_path):
     missing = source_modules() - names
     assert not missing, f"not in the wheel: {sorted(missing)}"
     assert {"vqprior/presets/quick.toml", "vqprior/report/report.html.j2"} <= names
+    shipped = {
+        str(f.relative_to(ROOT))
+        for f in (ROOT / "vqprior" / "pretrained").rglob("*")
+        if f.is_file() and f.suffix != ".pyc" and "__pycache__" not in f.parts
+    }
+    assert shipped <= names, f"the pretrained run is not whole in the wheel: {sorted(shipped - names)[:5]}"
     code = (
         "import importlib, pkgutil, vqprior\n"
         "assert vqprior.__file__.startswith(%r), vqprior.__file__\n"
         "for m in pkgutil.walk_packages(vqprior.__path__, 'vqprior.'):\n"
         "    importlib.import_module(m.name)\n"
-        "import vqprior.stages.s4_sample\n" % str(tmp_path / "site")
+        "import vqprior.stages.s4_sample\n"
+        "from vqprior.artifacts import read_stage\n"
+        "from vqprior.pretrained import folder\n"
+        "assert str(folder('mnist')).startswith(%r)\n"
+        "for stage in (1, 2, 3, 4):\n"
+        "    read_stage(folder('mnist'), stage)\n" % (str(tmp_path / "site"), str(tmp_path / "site"))
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)

@@ -320,6 +320,14 @@ def test_the_page_in_a_real_browser(run_dir, tmp_path):
         page.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(page, 30)
         wait.until(lambda d: "codes" in d.find_element(By.ID, "run-info").text)
+        assert "GatedPixelCNN" in page.find_element(By.ID, "run-info").text  # the header names the prior kind
+        # no panel starts empty: the page draws a grid and a mix on its own
+        wait.until(lambda d: (d.find_element(By.ID, "generate-img").get_attribute("src") or "").startswith("data:"))
+        wait.until(lambda d: (d.find_element(By.ID, "mix-img").get_attribute("src") or "").startswith("data:"))
+        first = page.find_element(By.ID, "generate-img").get_attribute("src")
+        page.find_element(By.ID, "new-seed-btn").click()
+        wait.until(lambda d: d.find_element(By.ID, "generate-img").get_attribute("src") != first)
+        assert page.find_element(By.ID, "generate-dl").get_attribute("href").startswith("data:image/png")
         t0 = time.perf_counter()
         page.find_element(By.ID, "generate-btn").click()
         wait.until(
@@ -360,6 +368,10 @@ def test_the_page_in_a_real_browser(run_dir, tmp_path):
         print(
             f"page: 16 digits in {generate_seconds:.2f} s, completion of a drawing in {complete_seconds:.2f} s (after load)"
         )
+        page.set_window_size(420, 900)  # a phone: nothing scrolls sideways
+        wait.until(lambda d: d.execute_script("return window.innerWidth") <= 420)
+        assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        page.set_window_size(1400, 1100)
         shot = tmp_path / "page.png"
         page.save_screenshot(str(shot))
         with Image.open(shot) as img:

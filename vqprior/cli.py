@@ -67,6 +67,9 @@ class ConsoleReporter(Reporter):
         console.print(message)
 
     def track(self, items: Iterable[T], total: int, description: str) -> Iterator[T]:
+        if not console.is_terminal:  # piped or logged: a plain line every tenth (at most every 30 s), no bar
+            yield from self._plain(items, total, description)
+            return
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -79,6 +82,17 @@ class ConsoleReporter(Reporter):
             for item in items:
                 yield item
                 progress.advance(task)
+
+    @staticmethod
+    def _plain(items: Iterable[T], total: int, description: str) -> Iterator[T]:
+        start = last = time.perf_counter()
+        step = max(1, total // 10)
+        for done, item in enumerate(items, 1):
+            yield item
+            now = time.perf_counter()
+            if done % step == 0 or done == total or now - last >= 30:
+                last = now
+                console.print(f"  {description}: {done}/{total} ({now - start:.0f} s)", highlight=False)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -271,7 +285,13 @@ def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool, 
         if incremental and rt.is_main:
             from .report.html import write_report
 
-            console.print(f"[green]report[/] -> {write_report(run_dir)} (vqprior eval adds the quality numbers)")
+            evaluated = (run_dir / "eval" / "eval.json").is_file()
+            note = (
+                "with the last evaluation's numbers: `vqprior eval` again to score these stages"
+                if evaluated
+                else "`vqprior eval` adds the quality numbers"
+            )
+            console.print(f"[green]report[/] -> {write_report(run_dir)} ({note})")
 
 
 def _terminate(signum, frame) -> None:
@@ -830,7 +850,11 @@ def classify(
 
         run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
         images, labels, names = _inputs(run, inputs, from_split, n)  # with --from: the split's own labels
-        pred, post = run.classify(images)
+        import torch
+
+        chunks = list(range(0, len(images), 500))
+        parts = [run.classify(images[i : i + 500]) for i in ConsoleReporter().track(chunks, len(chunks), "classify")]
+        pred, post = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
         if labels is not None:
             console.print(
                 f"generative classifier: {(pred == labels).double().mean():.2%} of {len(labels)} {from_split} images correct"

@@ -76,6 +76,8 @@ def render_report(run_dir: Path, eval_dir: Path) -> str:
     pictures = [
         _picture(eval_dir / "samples.png", "Samples scored by vqprior eval: one row per class", skipped),
         _picture(run_dir / "stage4" / "samples.png", "Stage 4 samples (one row per requested class)", skipped),
+        _picture(run_dir / "stage4" / "morph.png", "Stage 4 morph strips: one class turning into another", skipped),
+        _picture(run_dir / "stage4" / "morph.gif", "The morph, step by step", skipped),
         _picture(run_dir / "stage3" / "samples.gif", "The same seed and labels after each epoch of stage 3", skipped),
         _picture(
             run_dir / "stage1" / "reconstructions.png",
@@ -151,14 +153,20 @@ def _figures(run_dir: Path, s1, s3, figures: list, skipped: list[str]) -> None:
     if s1:
         figures.append(
             {
-                "caption": "Stage 1: reconstruction error; codebook perplexity on the right",
+                "caption": "Stage 1: the training loss (left) and the test reconstruction MSE (right), each on its own axis",
                 "data": plots.curves(
                     s1["epochs"],
-                    {"train_recon_loss": "train loss", "test_recon_mse": "test MSE"},
+                    {"train_recon_loss": "train loss"},
                     "VQ-VAE",
-                    "reconstruction loss",
-                    right={"test_perplexity": "test perplexity"},
+                    "train reconstruction loss",
+                    right={"test_recon_mse": "test MSE"},
                 ),
+            }
+        )
+        figures.append(
+            {
+                "caption": "Stage 1: codebook perplexity on the test split (the effective number of codes in use)",
+                "data": plots.curves(s1["epochs"], {"test_perplexity": "test perplexity"}, "codebook", "perplexity"),
             }
         )
     if s3:

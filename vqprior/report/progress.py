@@ -64,7 +64,7 @@ class ProgressWriter:
             (out / "epochs").mkdir()
             for f in frames:
                 shutil.copy(f, out / "epochs" / f.name)
-            write_gif([Image.open(f) for f in frames], out / gif_name)
+            write_gif([labelled(Image.open(f), f"epoch {int(f.stem.split('_')[1])}") for f in frames], out / gif_name)
 
     def cleanup(self) -> None:
         if self.enabled:
@@ -75,6 +75,17 @@ class ProgressWriter:
                 pass
         if self.tb is not None:
             self.tb.close()
+
+
+def labelled(frame: Image.Image, text: str) -> Image.Image:
+    """The frame under a strip that names it (a GIF's frames say which epoch they show)."""
+    from PIL import ImageDraw
+
+    frame = frame.convert("RGB")
+    out = Image.new("RGB", (frame.width, frame.height + 14), (255, 255, 255))
+    out.paste(frame, (0, 14))
+    ImageDraw.Draw(out).text((3, 1), text, fill=(0, 0, 0))
+    return out
 
 
 def write_gif(frames: list[Image.Image], path: Path, ms_per_frame: int = 600) -> None:

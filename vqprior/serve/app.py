@@ -33,7 +33,7 @@ from starlette.routing import Route
 from torchvision.utils import make_grid
 
 from ..api import Run, load
-from ..artifacts import check_run_folder, read_regular
+from ..artifacts import check_run_folder, load_json_object, read_regular
 from ..config import MAX_SEED
 from ..datasets.pixels import UNREADABLE, fit_to, open_image, to_uint8, why_unreadable
 from ..errors import UserError
@@ -137,7 +137,29 @@ class Service:
                 "keep_rows": r.grid[0],
             },
             "report": (r.folder / "report.html").is_file(),
+            "prior": type(r.prior).__name__,
+            "quality": self.quality(),
         }
+
+    def quality(self) -> dict | None:
+        """The run's latest `vqprior eval` headline, for the page's header (None when it was not evaluated)."""
+        from ..evaluation.run_eval import previous_results
+
+        path = self.run.folder / "eval" / "eval.json"
+        if not path.is_file():
+            return None
+        try:
+            ev = load_json_object(path)
+            samples = ev["samples"]
+            return {
+                "fd_ratio": float(samples["fd_ratio"]),
+                "spaces": len(ev.get("spaces", {})) or 1,
+                "conditional_accuracy": samples.get("conditional_accuracy"),
+                "n": int(ev["n_samples"]),
+                "settings": len(previous_results(self.run.folder)) or 1,
+            }
+        except (UserError, KeyError, TypeError, ValueError):
+            return None
 
     def sampling(self, body: dict) -> dict:
         return {
@@ -160,6 +182,7 @@ class Service:
         kw = self.sampling(body)
         r = self.run
         mix = body.get("mix")
+        every_class = False
         if mix is not None:
             if not r.num_classes:
                 raise BadRequest("mixing needs a class-conditional prior")
@@ -175,13 +198,16 @@ class Service:
             args = {"labels": labels}
         elif r.num_classes:
             label = self.label(body)
+            every_class = label is None
             args = {"labels": torch.full((n,), label) if label is not None else torch.arange(n) % r.num_classes}
         else:
             args = {"n": n}
 
         def job():
             out = r.generate(**args, **kw)
-            return {"image": png(out.images, nrow=min(8, n)), "count": n, **kw}
+            # every class: one column per class, so the classes line up; one class or a mix: rows of 8
+            nrow = r.num_classes if every_class else min(8, n)
+            return {"image": png(out.images, nrow=nrow), "count": n, **kw}
 
         return job
 
