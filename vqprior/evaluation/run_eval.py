@@ -23,7 +23,6 @@ from ..datasets import ImageSet, load_split, to_float
 from ..models.priors.base import generate
 from ..models.quantizer import degenerate_code
 from ..models.vqvae import decode_images, encode_images
-from ..restore import load_prior, load_vqvae
 from ..runtime import Reporter
 from .classifier import PRIMARY, load_spaces
 from .frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, precision_recall
@@ -57,12 +56,12 @@ def pixel_bits(images: torch.Tensor, means: torch.Tensor, sigma: float) -> torch
 
 
 @torch.no_grad()
-def decoder_bits_per_image(vq, images: torch.Tensor, sigma: float, device: torch.device) -> torch.Tensor:
+def decoder_bits_per_image(vqvae, images: torch.Tensor, sigma: float, device: torch.device) -> torch.Tensor:
     """-log2 p(x | z(x)) per image under the discretised Gaussian around the decoder's output."""
     out = []
     for i in range(0, len(images), 1000):
         x = images[i : i + 1000]
-        mean = vq.model.decode(vq.model.encode(to_float(x).to(device)))
+        mean = vqvae.decode(vqvae.encode(to_float(x).to(device)))
         out.append(pixel_bits(x.to(device), mean, sigma))
     return torch.cat(out)
 
@@ -79,16 +78,19 @@ def evaluate_run(
 ) -> tuple[dict, torch.Tensor]:
     """Every metric of a finished run, and the uint8 sample images it scored."""
     started = time.perf_counter()
-    vq = load_vqvae(run_dir, needed_by=None, device=device)
-    prior = load_prior(run_dir, needed_by=None, device=device, vqvae=vq)
-    data_cfg = vq.data
+    from ..api import Run
+    from ..trust import code_is_trusted
+
+    run = Run(run_dir, str(device), trust_code=code_is_trusted())  # the façade every other use of a run goes through
+    vqvae, prior = run.vqvae, run.prior
+    data_cfg = run.data
     train, test = load_split(data_cfg, "train"), load_split(data_cfg, "test")
     if train.labels is None:
         raise_unlabeled(data_cfg)
     fit, valid = split_holdout(train)
     # the floor's real set is never the one scored against; both are unseen by the feature networks
     ref, other = (test, valid) if reference == "test" else (valid, test)
-    saved_temperature, saved_guidance = prior.sampling
+    saved_temperature, saved_guidance = run.temperature, run.guidance
     temperature = temperature if temperature is not None else saved_temperature
     guidance = guidance if guidance is not None else saved_guidance
     spaces = load_spaces(fit, test, device, reporter)
@@ -99,33 +101,33 @@ def evaluate_run(
     floor_real = other.images[torch.randperm(len(other), generator=torch.Generator().manual_seed(0))[:n_floor]]
 
     # VQ-VAE: reconstructions of the reference images
-    recon = reconstruction_metrics(vq.model, test, device)
-    recon_images = decode_images(vq.model, encode_images(vq.model, ref.images))
+    recon = reconstruction_metrics(vqvae, test, device)
+    recon_images = decode_images(vqvae, encode_images(vqvae, ref.images))
 
     # prior: NLL of the test codes, and an upper bound on the image NLL
     folder, manifest = read_stage(run_dir, 2)
     codes, labels = load_code_maps(folder, manifest, "test").tensors(device)
-    if not prior.model.num_classes:
+    if not prior.num_classes:
         labels = None
-    bits_per_code = nll_bits_per_code(prior.model, codes, labels)
+    bits_per_code = nll_bits_per_code(prior, codes, labels)
     positions = codes.shape[1] * codes.shape[2]
     sigmas = [0.02 * 1.25**i for i in range(12)]
-    val_bits = [decoder_bits_per_image(vq, valid.images[:2000], s, device).mean().item() for s in sigmas]
+    val_bits = [decoder_bits_per_image(vqvae, valid.images[:2000], s, device).mean().item() for s in sigmas]
     sigma = sigmas[min(range(len(sigmas)), key=val_bits.__getitem__)]
     dims = math.prod(test.images.shape[1:])
-    decoder_bits = decoder_bits_per_image(vq, test.images, sigma, device).mean().item()
+    decoder_bits = decoder_bits_per_image(vqvae, test.images, sigma, device).mean().item()
     bpd = (bits_per_code * positions + decoder_bits) / dims
 
     # samples
     t_sample = time.perf_counter()
-    num_classes = prior.model.num_classes
+    num_classes = prior.num_classes
     if num_classes:
         per_class = class_counts(n, num_classes)
         sample_labels = torch.cat([torch.full((k,), c, dtype=torch.long) for c, k in enumerate(per_class)])
     else:
         sample_labels = None
-    sample_codes = generate(prior.model, n, prior.grid, sample_labels, temperature, seed, guidance=guidance)
-    images = decode_images(vq.model, sample_codes)
+    sample_codes = generate(prior, n, run.grid, sample_labels, temperature, seed, guidance=guidance)
+    images = decode_images(vqvae, sample_codes)
     sample_seconds = time.perf_counter() - t_sample
     fd_subset = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:n_floor].sort().values
 
@@ -182,7 +184,7 @@ def evaluate_run(
             "perplexity": recon["perplexity"],
             "usage": recon["usage"],
             "dead_codes": recon["dead_codes"],
-            "codebook_size": vq.model.quantizer.codebook_size,
+            "codebook_size": vqvae.quantizer.codebook_size,
             "recon_fd_ratio": max(s["recon_fd_ratio"] for s in scores.values()),
         },
         "prior": {
@@ -204,13 +206,13 @@ def evaluate_run(
             "seconds": sample_seconds,
         },
     }
-    warning = degenerate_code(recon["usage"], recon["perplexity"], vq.model.quantizer.codebook_size)
+    warning = degenerate_code(recon["usage"], recon["perplexity"], vqvae.quantizer.codebook_size)
     result["warnings"] = [warning] if warning else []
     if num_classes:
         correct = primary_preds == sample_labels
         result["samples"]["conditional_accuracy"] = float(correct.double().mean())
         result["samples"]["per_class_accuracy"] = {
-            str(name): float(correct[sample_labels == c].double().mean()) for c, name in enumerate(prior.class_names)
+            str(name): float(correct[sample_labels == c].double().mean()) for c, name in enumerate(run.class_names)
         }
     else:
         classes = spaces[PRIMARY][1]["num_classes"]
