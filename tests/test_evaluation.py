@@ -122,7 +122,7 @@ def test_each_evaluation_setting_keeps_its_own_result(evaluated_run, tmp_path):
     from vqprior.report.runs import collect_runs
 
     (row,) = collect_runs(tmp_path)
-    assert "200 · 0.9 · 1.5 (test)" in row
+    assert "200 · 0.9 · 1.5 (test, seed 0)" in row
     assert any(cell.startswith("degenerate code") for cell in row)  # 600 training images, one epoch: flagged
 
 

@@ -172,7 +172,16 @@ def runs(out_dir: OutDir = "artifacts") -> None:
     if not rows:
         _fail(f"no runs under {out_dir}; run `vqprior run` first", 2)
     table = Table(title=f"runs in {out_dir}")
-    for col in ("run", "K", "bits/map", "FD / floor", "cond. acc.", "recon FD / floor", "eval n · t · g", "wall time"):
+    for col in (
+        "run",
+        "K",
+        "bits/map",
+        "FD / floor",
+        "cond. acc.",
+        "recon FD / floor",
+        "last eval: n · t · g",
+        "wall time",
+    ):
         table.add_column(col, justify="left" if col == "run" else "right")
     console_ = Console(highlight=False)
     for r in rows:

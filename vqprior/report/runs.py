@@ -60,7 +60,8 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
         if ev:
             n, t, g = _number(ev, "n_samples"), _number(ev, "temperature"), _number(ev, "guidance")
             if None not in (n, t, g):
-                setting = f"{n:.0f} · {t:g} · {g:g} ({ev.get('reference', '?')})"
+                seed = _number(ev, "seed")
+                setting = f"{n:.0f} · {t:g} · {g:g} ({ev.get('reference', '?')}, seed {_fmt(seed, '.0f')})"
         rows.append(
             [
                 run.name,
