@@ -85,9 +85,9 @@ def test_one_picture_and_one_metrics_line_per_epoch(tmp_path):
             f"epoch_{e:03d}.png" for e in range(1, epochs + 1)
         ]
         with Image.open(folder / gif) as animation:
-            assert (
-                animation.n_frames == epochs and animation.size == Image.open(folder / "epochs" / "epoch_001.png").size
-            )
+            frame = Image.open(folder / "epochs" / "epoch_001.png").size
+            # each GIF frame is the epoch's picture under a 14-pixel strip that names the epoch
+            assert animation.n_frames == epochs and animation.size == (frame[0], frame[1] + 14)
 
 
 def test_code_maps_are_small_ints_matching_the_manifest(tiny_run):
