@@ -24,7 +24,7 @@ from train_speed import matmul_gflops  # noqa: E402
 
 from vqprior.datasets import load_split  # noqa: E402
 from vqprior.evaluation.classifier import load_spaces  # noqa: E402
-from vqprior.evaluation.frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance  # noqa: E402
+from vqprior.evaluation.frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, kernel_self_term  # noqa: E402
 from vqprior.evaluation.run_eval import class_counts, split_holdout  # noqa: E402
 from vqprior.models.priors.base import generate  # noqa: E402
 from vqprior.models.vqvae import decode_images  # noqa: E402
@@ -53,7 +53,8 @@ def main() -> None:
         ref_feats = net.features_and_predictions(valid.images)[0]
         real_feats = net.features_and_predictions(real)[0]
         stats = gaussian_stats(ref_feats)
-        refs[name] = (ref_feats, stats, frechet_distance_from_stats(*gaussian_stats(real_feats), *stats))
+        floor = frechet_distance_from_stats(*gaussian_stats(real_feats), *stats)
+        refs[name] = (ref_feats, stats, floor, kernel_self_term(ref_feats))
     print(
         f"# {args.run}: n={args.n} vs the validation slice ({len(valid)}), floors "
         + ", ".join(f"{k} {v[2]:.3f}" for k, v in refs.items())
@@ -76,10 +77,10 @@ def main() -> None:
                 row = {}
                 for name, (net, _) in spaces.items():
                     feats, preds = net.features_and_predictions(images)
-                    ref_feats, stats, floor = refs[name]
+                    ref_feats, stats, floor, ref_term = refs[name]
                     row[name] = frechet_distance_from_stats(*gaussian_stats(feats), *stats) / floor
                     if name == "cnn":
-                        row["kid"] = kernel_distance(ref_feats, feats) * 1000
+                        row["kid"] = kernel_distance(ref_feats, feats, real_term=ref_term) * 1000
                         row["acc"] = float((preds == labels).double().mean())
                 row["worst"] = max(row[name] for name in spaces)
                 rows.append(row)

@@ -199,12 +199,12 @@ def classify(
     Example: vqprior classify --from test --n 500"""
 
     def body():
+        import torch
+
         from ..api import load
 
         run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
         images, labels, names = _inputs(run, inputs, from_split, n)  # with --from: the split's own labels
-        import torch
-
         chunks = list(range(0, len(images), 500))
         parts = [run.classify(images[i : i + 500]) for i in ConsoleReporter().track(chunks, len(chunks), "classify")]
         pred, post = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])

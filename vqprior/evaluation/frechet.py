@@ -55,21 +55,28 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     return float(precision), float(recall)
 
 
-def kernel_distance(real: torch.Tensor, fake: torch.Tensor, chunk: int = 2048) -> float:
+def _kernel_sum(a: torch.Tensor, b: torch.Tensor, same: bool, chunk: int) -> float:
+    """Sum of k(a_i, b_j) = (a.b / d + 1)^3 over all pairs (without i = j when a is b), blockwise in float64."""
+    d, s = a.shape[1], 0.0
+    for i in range(0, len(a), chunk):
+        k = (a[i : i + chunk] @ b.T / d + 1) ** 3
+        s += float(k.sum())
+        if same:
+            s -= float(k.diagonal(offset=i).sum())
+    return s
+
+
+def kernel_self_term(x: torch.Tensor, chunk: int = 2048) -> float:
+    """The mean kernel value between distinct rows of x: the part of KID that depends on one set alone."""
+    x = x.double()
+    return _kernel_sum(x, x, True, chunk) / (len(x) * (len(x) - 1))
+
+
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, chunk: int = 2048, real_term: float | None = None) -> float:
     """KID (Bińkowski et al. 2018): the unbiased estimate of the squared MMD between the two feature sets under the
     cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, over all pairs (blockwise, float64). Unlike FD it has no bias
-    that grows as n shrinks: its expectation is 0 for two samples of one distribution, at any n."""
+    that grows as n shrinks: its expectation is 0 for two samples of one distribution, at any n. `real_term`:
+    `kernel_self_term(real)`, when one reference set is scored against several others."""
     x, y = real.double(), fake.double()
-    d = x.shape[1]
-
-    def total(a: torch.Tensor, b: torch.Tensor, same: bool) -> float:
-        s = 0.0
-        for i in range(0, len(a), chunk):
-            k = (a[i : i + chunk] @ b.T / d + 1) ** 3
-            s += float(k.sum())
-            if same:
-                s -= float(k.diagonal(offset=i).sum())
-        return s
-
-    m, n = len(x), len(y)
-    return total(x, x, True) / (m * (m - 1)) + total(y, y, True) / (n * (n - 1)) - 2 * total(x, y, False) / (m * n)
+    xx = kernel_self_term(x, chunk) if real_term is None else real_term
+    return xx + kernel_self_term(y, chunk) - 2 * _kernel_sum(x, y, False, chunk) / (len(x) * len(y))

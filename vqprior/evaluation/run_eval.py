@@ -25,7 +25,7 @@ from ..models.quantizer import degenerate_code
 from ..models.vqvae import decode_images, encode_images
 from ..runtime import Reporter
 from .classifier import PRIMARY, load_spaces
-from .frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, precision_recall
+from .frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, kernel_self_term, precision_recall
 from .likelihood import nll_bits_per_code
 from .reconstruction import reconstruction_metrics
 
@@ -134,7 +134,7 @@ def evaluate_run(
     scores, primary_preds = {}, None
     for name, (net, info) in spaces.items():
         ref_feats, _ = net.features_and_predictions(ref.images)
-        ref_stats = gaussian_stats(ref_feats)
+        ref_stats, ref_term = gaussian_stats(ref_feats), kernel_self_term(ref_feats)
         floor_feats = net.features_and_predictions(floor_real)[0]
         full_floor = frechet_distance_from_stats(
             *gaussian_stats(net.features_and_predictions(other.images)[0]), *ref_stats
@@ -151,8 +151,8 @@ def evaluate_run(
             "fd": fd,
             "floor_fd": floor,
             "fd_ratio": fd / floor,
-            "kid": kernel_distance(ref_feats, feats),
-            "floor_kid": kernel_distance(ref_feats, floor_feats),
+            "kid": kernel_distance(ref_feats, feats, real_term=ref_term),
+            "floor_kid": kernel_distance(ref_feats, floor_feats, real_term=ref_term),
             "precision": precision,
             "recall": recall,
             "recon_fd": recon_fd,

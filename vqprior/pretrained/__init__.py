@@ -13,7 +13,6 @@ rewriting those stages' manifests to list what is kept, and records how the run 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -70,7 +69,7 @@ def install(name: str, out_dir: Path, run_name: str | None = None, replace: bool
 def pack(run_dir: Path, dest: Path, record: dict) -> Path:
     """Write the shipped form of a finished, evaluated run to `dest` (replacing it). `record`: how it was made
     (command, seed, machine yardstick, ...), saved with its eval numbers in PRETRAINED.json."""
-    from ..artifacts import read_stage, save_json, writing_folder
+    from ..artifacts import load_json_object, read_stage, save_json, writing_folder
 
     run_dir = Path(run_dir)
     for stage in (1, 2, 3, 4):
@@ -82,7 +81,7 @@ def pack(run_dir: Path, dest: Path, record: dict) -> Path:
         for stage, keep in KEEP.items():
             src, out = run_dir / f"stage{stage}", tmp / f"stage{stage}"
             out.mkdir()
-            manifest = json.loads((src / "manifest.json").read_text())
+            manifest = load_json_object(src / "manifest.json")
             dropped = sorted(set(manifest["outputs"]) - keep)
             manifest["outputs"] = {k: v for k, v in manifest["outputs"].items() if k in keep}
             if dropped:
@@ -95,7 +94,7 @@ def pack(run_dir: Path, dest: Path, record: dict) -> Path:
             shutil.copy2(run_dir / "eval" / name, tmp / "eval" / name)
         if (run_dir / "eval" / "results").is_dir():
             shutil.copytree(run_dir / "eval" / "results", tmp / "eval" / "results")
-        ev = json.loads(evaluation.read_text())
+        ev = load_json_object(evaluation)
         save_json(
             tmp / "PRETRAINED.json",
             {

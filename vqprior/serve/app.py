@@ -143,8 +143,6 @@ class Service:
 
     def quality(self) -> dict | None:
         """The run's latest `vqprior eval` headline, for the page's header (None when it was not evaluated)."""
-        from ..evaluation.run_eval import previous_results
-
         path = self.run.folder / "eval" / "eval.json"
         if not path.is_file():
             return None
@@ -156,7 +154,6 @@ class Service:
                 "spaces": len(ev.get("spaces", {})) or 1,
                 "conditional_accuracy": samples.get("conditional_accuracy"),
                 "n": int(ev["n_samples"]),
-                "settings": len(previous_results(self.run.folder)) or 1,
             }
         except (UserError, KeyError, TypeError, ValueError):
             return None
