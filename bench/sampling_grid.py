@@ -1,11 +1,13 @@
 """Sample quality over guidance x temperature for one trained run, in every feature space of `vqprior eval`,
 scored against the held-out validation slice (never the test split), with several sampling seeds.
 
-One line per setting: worst-space FD / floor and each space's, KID x 1000 (cnn), conditional accuracy; the median
-and range over the seeds. The floor is the same n of held-out real images (the test split here, since the
+One line per setting: worst-space FD / floor and each space's, KID x 1000 (cnn), conditional accuracy, sampling
+seconds per 1,000 maps; the median and range over the seeds. `--decode-steps` (a masked prior only) adds the number of
+parallel decoding steps to the grid. The floor is the same n of held-out real images (the test split here, since the
 validation slice is the reference).
 
     .venv/bin/python bench/sampling_grid.py --run artifacts/mnist --guidance 1 1.25 1.5 2 --temperature 0.9 1
+    .venv/bin/python bench/sampling_grid.py --run artifacts/masked --guidance 1.5 --decode-steps 4 8 12 49
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def main() -> None:
     ap.add_argument("--run", default="artifacts/mnist")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0])
     ap.add_argument("--temperature", type=float, nargs="+", default=[1.0])
+    ap.add_argument(
+        "--decode-steps", type=int, nargs="+", default=[None], help="parallel decoding steps (masked prior only)"
+    )
+    ap.add_argument(
+        "--choice-temperature", type=float, nargs="+", default=[None], help="masked prior: Gumbel scale of the order"
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=2)
@@ -62,36 +70,48 @@ def main() -> None:
         flush=True,
     )
     print(
-        "guidance | temperature | worst FD/floor (range) | "
+        "guidance | temperature | steps | worst FD/floor (range) | "
         + " | ".join(spaces)
-        + " | KID x1000 cnn | cond. acc. | s/seed"
+        + " | KID x1000 cnn | cond. acc. | sampling s / 1,000 maps"
     )
     labels = torch.cat([torch.full((k,), c) for c, k in enumerate(class_counts(args.n, prior.model.num_classes))])
-    for g in args.guidance:
-        for t in args.temperature:
-            rows, t0 = [], time.perf_counter()
-            for seed in range(args.seeds):
-                images = decode_images(
-                    vq.model, generate(prior.model, args.n, prior.grid, labels, t, 100 + seed, guidance=g)
-                )
-                row = {}
-                for name, (net, _) in spaces.items():
-                    feats, preds = net.features_and_predictions(images)
-                    ref_feats, stats, floor, ref_term = refs[name]
-                    row[name] = frechet_distance_from_stats(*gaussian_stats(feats), *stats) / floor
-                    if name == "cnn":
-                        row["kid"] = kernel_distance(ref_feats, feats, real_term=ref_term) * 1000
-                        row["acc"] = float((preds == labels).double().mean())
-                row["worst"] = max(row[name] for name in spaces)
-                rows.append(row)
-            med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-            lo, hi = min(r["worst"] for r in rows), max(r["worst"] for r in rows)
-            print(
-                f"{g:g} | {t:g} | {med['worst']:.2f}x ({lo:.2f}-{hi:.2f}) | "
-                + " | ".join(f"{med[name]:.2f}x" for name in spaces)
-                + f" | {med['kid']:.2f} | {med['acc']:.1%} | {(time.perf_counter() - t0) / args.seeds:.0f}",
-                flush=True,
-            )
+    settings = [
+        (g, t, s, c)
+        for g in args.guidance
+        for t in args.temperature
+        for s in args.decode_steps
+        for c in args.choice_temperature
+    ]
+    for g, t, steps, choice in settings:
+        if choice is not None:
+            prior.model.choice_temperature = choice
+        rows, sampling = [], 0.0
+        for seed in range(args.seeds):
+            t0 = time.perf_counter()
+            codes = generate(prior.model, args.n, prior.grid, labels, t, 100 + seed, guidance=g, decode_steps=steps)
+            sampling += time.perf_counter() - t0
+            images = decode_images(vq.model, codes)
+            row = {}
+            for name, (net, _) in spaces.items():
+                feats, preds = net.features_and_predictions(images)
+                ref_feats, stats, floor, ref_term = refs[name]
+                row[name] = frechet_distance_from_stats(*gaussian_stats(feats), *stats) / floor
+                if name == "cnn":
+                    row["kid"] = kernel_distance(ref_feats, feats, real_term=ref_term) * 1000
+                    row["acc"] = float((preds == labels).double().mean())
+            row["worst"] = max(row[name] for name in spaces)
+            rows.append(row)
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        lo, hi = min(r["worst"] for r in rows), max(r["worst"] for r in rows)
+        shown = steps if steps is not None else getattr(prior.model, "decode_steps", "raster")
+        if choice is not None:
+            shown = f"{shown} (order Gumbel {choice:g})"
+        print(
+            f"{g:g} | {t:g} | {shown} | {med['worst']:.2f}x ({lo:.2f}-{hi:.2f}) | "
+            + " | ".join(f"{med[name]:.2f}x" for name in spaces)
+            + f" | {med['kid']:.2f} | {med['acc']:.1%} | {sampling / args.seeds / args.n * 1000:.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

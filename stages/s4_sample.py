@@ -20,6 +20,7 @@ from vqprior.models.vqvae import decode_images
 from vqprior.report.progress import write_gif
 from vqprior.restore import check_prior_fits, load_prior, load_vqvae
 from vqprior.runtime import Reporter, Runtime
+from vqprior.soft_labels import class_mix, class_morph
 
 GRID_COLUMNS = 32  # the PNG shows at most this many images per row; the .npz has all
 
@@ -35,10 +36,9 @@ def requested_labels(cfg: Config, num_classes: int) -> tuple[torch.Tensor | None
         if not 0 <= c < num_classes:
             raise UserError(f"label {c} is out of range: this prior knows classes 0..{num_classes - 1}")
     if s.mix:
-        weights = torch.zeros(num_classes, dtype=torch.float64)
-        for c, w in s.mix.items():
-            weights[c] = w
-        return weights.repeat(s.per_class, 1), [" + ".join(f"{w:g}*{c}" for c, w in s.mix.items())]
+        return class_mix(num_classes, s.mix).repeat(s.per_class, 1), [
+            " + ".join(f"{w:g}*{c}" for c, w in s.mix.items())
+        ]
     classes = s.labels or list(range(num_classes))
     return torch.tensor(classes).repeat_interleave(s.per_class), [str(c) for c in classes]
 
@@ -106,8 +106,13 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     total = cfg.sample.per_class * len(rows)
     check_size(cfg, total, prior.grid, vq.image_shape, f"--per-class {cfg.sample.per_class} x {len(rows)} row(s)")
     seed = cfg.run.seed if cfg.sample.seed is None else cfg.sample.seed
+    how = (
+        f"{getattr(prior.model, 'decode_steps', 'its own')} parallel steps"
+        if prior.model.parallel and cfg.sample.sampler == "cached"
+        else f"{cfg.sample.sampler} sampler"
+    )
     reporter.log(
-        f"stage 4: drawing {total} code maps ({cfg.sample.sampler} sampler, temperature {cfg.sample.temperature:g}, "
+        f"stage 4: drawing {total} code maps ({how}, temperature {cfg.sample.temperature:g}, "
         f"guidance {cfg.sample.guidance:g}, seed {seed})"
     )
 
@@ -160,9 +165,8 @@ def _morph(cfg: Config, prior, vq, rt: Runtime, reporter: Reporter, started: flo
     check_size(cfg, n * steps, prior.grid, vq.image_shape, f"--per-class {n} strips x {steps} steps")
     reporter.log(f"stage 4: {n} morphs from class {a} to {b} in {steps} steps (seed {seed})")
     frames = []
-    for k in range(steps):
-        weights = torch.zeros(n, num_classes, dtype=torch.float64)
-        weights[:, a], weights[:, b] = 1 - k / (steps - 1), k / (steps - 1)
+    for row in class_morph(num_classes, a, b, steps):
+        weights = row.repeat(n, 1)
         # first=0 for every step: the same maps' noise, only the label changes
         frames.append(
             generate(prior.model, n, prior.grid, weights, cfg.sample.temperature, seed, guidance=cfg.sample.guidance)

@@ -28,8 +28,8 @@ from .artifacts import check_run_folder, load_json_object, read_stage
 from .components import trusting_code
 from .config import MAX_SEED, check_sampling
 from .errors import UserError
+from .models.priors.base import check_decode_steps, sample
 from .models.priors.base import generate as generate_codes
-from .models.priors.base import sample
 from .models.vqvae import decode_images, encode_images
 from .restore import load_prior, load_vqvae
 from .runtime import resolve_device
@@ -51,7 +51,7 @@ class Completion:
     keep: torch.Tensor  # bool [N, h, w]: the code positions that were kept
     posterior: torch.Tensor | None  # [N, classes]: p(class | kept codes), when the class was inferred
     labels: torch.Tensor | None  # long [N, k]: the class each completion was drawn for
-    exact: bool  # True for a kept prefix (ancestral sampling, exact); False for any other region (MCMC)
+    exact: bool  # True for a kept prefix of a raster kind (ancestral sampling, exact); False: MCMC or parallel decoding
 
     def panels(self) -> torch.Tensor:
         """uint8 [N, k + 2, C, H, W]: each original, what was kept of it (the rest grey), then its completions."""
@@ -238,9 +238,16 @@ class Run:
         temperature: float | None = None,
         guidance: float | None = None,
         seed: int = 0,
+        decode_steps: int | None = None,
     ) -> Generated:
-        """One image per label (int classes, or soft class weights [N, classes]); or n images from an unconditional prior."""
+        """One image per label (int classes, or soft class weights [N, classes]); or n images from an unconditional prior.
+        decode_steps: parallel decoding steps of the masked kind (default: the number saved with it,
+        prior.network.params.decode_steps)."""
         self._sampling(temperature, guidance, seed)
+        try:
+            check_decode_steps(self.prior, decode_steps)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         labels, count = self._labels(labels, n)
         codes = generate_codes(
             self.prior,
@@ -250,6 +257,7 @@ class Run:
             self.temperature if temperature is None else temperature,
             seed,
             guidance=self.guidance if guidance is None else guidance,
+            decode_steps=decode_steps,
         )
         return Generated(self.decode(codes), codes)
 
@@ -334,8 +342,9 @@ class Run:
         ("top", "bottom", "left", "right") or a boolean mask over image pixels [H, W] / code positions [h, w] (or
         one per image), True where kept; a code position is kept when its whole pixel patch is (vqprior.masks).
         A kept prefix is continued exactly (ancestral sampling); any other region is filled by `sweeps` rounds of
-        Metropolis-Hastings over the prior's exact joint likelihood (vqprior.models.priors.fill). A conditional
-        prior without `label` infers the class from what is kept and reports its posterior."""
+        Metropolis-Hastings over the prior's exact joint likelihood (vqprior.models.priors.fill); the masked kind
+        fills any region with its own parallel decoding. A conditional prior without `label` infers the class from
+        what is kept and reports its posterior."""
         from .masks import code_mask
         from .models.priors.fill import fill, is_prefix
 
@@ -377,7 +386,7 @@ class Run:
                 mask,
                 posterior,
                 labels,
-                True,
+                not self.prior.parallel,
             )
         labels_in = None if label is None else torch.full((n * samples,), label, dtype=torch.long)
         filled, labels, posterior = fill(

@@ -260,6 +260,12 @@ def _take_lock(path: Path, run_dir: Path) -> int:
         os.close(fd)
 
 
+# digests of files this process has hashed, by (device, inode, size, mtime, ctime) of the opened file: a stage's
+# outputs are verified once per process however often they are read (stage 4 reads stage 1-3 outputs many times);
+# any write to a file changes its ctime, so a changed file is hashed again
+_DIGESTS: dict[tuple[int, int, int, int, int], str] = {}
+
+
 def sha256_file(path: Path) -> str:
     """sha256 of a regular file (a link, FIFO or never-ending file is refused in one line, not followed or waited on)."""
     path = Path(path)
@@ -274,6 +280,9 @@ def sha256_file(path: Path) -> str:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise UserError(f"{path} is not a regular file (a FIFO, socket or device); remove it")
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key in _DIGESTS:
+            return _DIGESTS[key]
         left = st.st_size
         while left > 0:
             chunk = f.read(min(1 << 20, left))
@@ -283,7 +292,11 @@ def sha256_file(path: Path) -> str:
             left -= len(chunk)
         if f.read(1):
             raise UserError(f"{path} grows while it is read (not an ordinary file); remove it")
-    return h.hexdigest()
+    digest = h.hexdigest()
+    after = os.stat(path, follow_symlinks=False)
+    if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == key[1:]:  # unchanged while read
+        _DIGESTS[key] = digest
+    return digest
 
 
 def temporary_beside(path: Path) -> tuple[Path, int]:

@@ -213,7 +213,7 @@ def prior_kind(target: str) -> str:
 
 
 class PriorSection(Section):
-    # gated_pixelcnn, row_lstm, diagonal_bilstm or transformer: setting it picks that network with its default size;
+    # gated_pixelcnn, row_lstm, diagonal_bilstm, transformer or masked: setting it picks that network with its default size;
     # "custom" when network.target names a class of your own
     kind: str = "gated_pixelcnn"
     # the network: any vqprior.models.priors.base.Prior; codebook_size and num_classes are filled in

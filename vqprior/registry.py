@@ -42,6 +42,13 @@ BUILTINS: dict[str, Builtin] = {
         "prior",
         {"width": 128, "depth": 4, "heads": 4, "dropout": 0.0},
     ),
+    # MaskGIT-style: predicts hidden codes from all visible ones, decodes a map in `decode_steps` parallel steps and fills
+    # any region; its exact likelihood is the raster one (docs/sampling.md, "The masked kind"). The transformer's size
+    "masked": Builtin(
+        "vqprior.models.priors.masked:MaskedPrior",
+        "prior",
+        {"width": 128, "depth": 4, "heads": 4, "dropout": 0.0, "decode_steps": 8},
+    ),
 }
 
 

@@ -74,7 +74,8 @@ def complete(
     """Keep part of each image and sample the rest: original | kept part | completions, one row per image.
 
     The top rows (--keep-rows, --keep top) are continued exactly; any other region (--keep bottom/left/right,
-    --keep-mask, --erase) is filled by Metropolis-Hastings over the prior's exact likelihood (--sweeps rounds).
+    --keep-mask, --erase) is filled by Metropolis-Hastings over the prior's exact likelihood (--sweeps rounds);
+    a masked prior (prior.kind = "masked") fills any region by its own parallel decoding.
 
     Example: vqprior complete --from test --n 4 --erase 8,12,20,20"""
 
@@ -115,7 +116,13 @@ def complete(
                 keep=done.keep.numpy(),
                 **extra,
             )
-        how = "exact: a kept prefix" if done.exact else f"MCMC, {sweeps} sweeps"
+        how = (
+            "exact: a kept prefix"
+            if done.exact
+            else "parallel decoding of the masked prior"
+            if run.prior.parallel
+            else f"MCMC, {sweeps} sweeps"
+        )
         for i, who in enumerate(names):
             if done.posterior is not None:
                 top = done.posterior[i].topk(min(3, run.num_classes))

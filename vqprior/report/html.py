@@ -179,6 +179,10 @@ def _figures(run_dir: Path, s1, s3, figures: list, skipped: list[str]) -> None:
                         "train_bits_per_code": "train",
                         "test_bits_per_code": "test",
                         "test_bits_per_code_without_ema": "test, last weights",
+                        # the masked kind: its training objective every epoch (its likelihood only at the end)
+                        "train_masked_bits_per_code": "train, hidden codes",
+                        "test_masked_bits_per_code": "test, hidden codes",
+                        "test_masked_bits_per_code_without_ema": "test, hidden codes, last weights",
                     },
                     "prior",
                     "bits per code",

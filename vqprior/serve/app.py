@@ -38,6 +38,7 @@ from ..config import MAX_SEED
 from ..datasets.pixels import UNREADABLE, fit_to, open_image, to_uint8, why_unreadable
 from ..errors import UserError
 from ..masks import SHORTHANDS, code_mask
+from ..soft_labels import class_mix, class_morph
 
 PAGE = Path(__file__).parent / "page.html"
 MAX_IMAGES = 64  # images per generated grid
@@ -189,10 +190,7 @@ class Service:
             if a is None or b is None:
                 raise BadRequest("mix needs two classes, a and b")
             w = number(mix, "weight", 0.5, 0, 1)
-            labels = torch.zeros(n, r.num_classes, dtype=torch.float64)
-            labels[:, a] += 1 - w
-            labels[:, b] += w
-            args = {"labels": labels}
+            args = {"labels": class_mix(r.num_classes, [(a, 1 - w), (b, w)]).repeat(n, 1)}
         elif r.num_classes:
             label = self.label(body)
             every_class = label is None
@@ -217,10 +215,7 @@ class Service:
             raise BadRequest("a morph needs two classes, a and b")
         steps = number(body, "steps", 9, 2, MAX_MORPH, integer=True)
         kw = self.sampling(body)
-        weights = torch.zeros(steps, r.num_classes, dtype=torch.float64)
-        t = torch.linspace(0, 1, steps, dtype=torch.float64)
-        weights[:, a] += 1 - t
-        weights[:, b] += t
+        weights = class_morph(r.num_classes, a, b, steps)
 
         def job():  # one noise for the whole strip: map 0 of the seed at every step, only the label moves
             frames = [r.generate(labels=weights[k : k + 1], **kw).images for k in range(steps)]
@@ -263,6 +258,7 @@ class Service:
                 "image": png(strip, nrow=len(strip)),
                 "keep_rows": keep_rows,
                 "exact": done.exact,
+                "method": "exact" if done.exact else "parallel" if r.prior.parallel else "mcmc",
                 "posterior": posterior,
                 "columns": ["original", "kept"] + [f"completion {k + 1}" for k in range(samples)],
                 **kw,

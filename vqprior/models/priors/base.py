@@ -27,6 +27,9 @@ class Prior(nn.Module):
 
     codebook_size: int
     num_classes: int  # 0 = unconditional
+    # False: `draw` fills positions one at a time in raster order. True: the kind also decodes whole maps (or any
+    # unknown region) in a few parallel steps, `decode(codes, cond, known, temperature, noise, steps)` (the masked kind)
+    parallel: bool = False
 
     def logits(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """codes [B, H, W] long, cond [B, num_classes] float or None -> logits [B, K, H, W].
@@ -67,8 +70,13 @@ class Prior(nn.Module):
 
     def log_prob(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Exact log-likelihood of each map in nats: [B]."""
-        logits = self(codes, labels)
+        logits = self.logits(codes, self.condition(labels, codes.shape[0]))
         return -F.cross_entropy(logits, codes, reduction="none").flatten(1).sum(1)
+
+    def training_loss(self, forward, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Stage 3's objective for one batch: the mean negative log-likelihood per code. `forward` is the prior itself
+        or its DDP wrapper (called once, so gradients are synchronised); cond is the (possibly dropped) class vector."""
+        return F.cross_entropy(forward(codes, cond).float(), codes)
 
     def draw(
         self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: "GumbelNoise"
@@ -96,18 +104,25 @@ class GumbelNoise:
             self.generators.append(g)
             self.sizes.append(min(SEED_BLOCK, first + count - start))
 
-    def draw(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Codes [B] = argmax(logits / T + Gumbel) for logits [B, K]."""
-        k = logits.shape[1]
+    def gumbel(self, *shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Standard Gumbel noise [B, *shape]: each map's rows from its own block's generator."""
         u = torch.cat(
             [
-                torch.rand(n, k, generator=g, device=logits.device, dtype=logits.dtype)
+                torch.rand(n, *shape, generator=g, device=device, dtype=dtype)
                 for g, n in zip(self.generators, self.sizes)
             ]
         )
-        gumbel = u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
+        return u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
+
+    def draw(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Codes [B, ...] = argmax(logits / T + Gumbel) over dim 1 for logits [B, K, ...]."""
+        gumbel = self.gumbel(*logits.shape[1:], dtype=logits.dtype, device=logits.device)
         scaled = logits if temperature == 1.0 else logits / temperature
         return gumbel.add_(scaled).argmax(1)
+
+    def guide(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits a code is drawn from (GuidedNoise mixes its two halves here)."""
+        return logits
 
 
 class GuidedNoise:
@@ -123,6 +138,15 @@ class GuidedNoise:
         code = self.noise.draw(uncond + self.scale * (cond - uncond), temperature)
         return torch.cat([code, code])
 
+    def gumbel(self, *shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        g = self.noise.gumbel(*shape, dtype=dtype, device=device)
+        return torch.cat([g, g])
+
+    def guide(self, logits: torch.Tensor) -> torch.Tensor:
+        cond, uncond = logits.chunk(2)
+        guided = uncond + self.scale * (cond - uncond)
+        return torch.cat([guided, guided])
+
 
 @torch.no_grad()
 def sample(
@@ -137,6 +161,7 @@ def sample(
     prefix: torch.Tensor | None = None,
     keep: int = 0,
     guidance: float = 1.0,
+    decode_steps: int | None = None,
 ) -> torch.Tensor:
     """Draw `count` code maps [count, H, W] (maps first..first+count-1 of the job with this seed).
 
@@ -145,6 +170,8 @@ def sample(
     method: "cached" uses the prior's own exact incremental sampler; "naive" the reference above.
     guidance: classifier-free guidance scale for a conditional prior trained with label dropout
     (1 = plain conditional sampling; the null condition is the all-zero class vector).
+    decode_steps: parallel decoding steps for a kind that decodes in parallel (None: its own default); with method
+    "naive" such a kind draws one position at a time in raster order from its exact raster likelihood instead.
     """
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
@@ -152,6 +179,7 @@ def sample(
         raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
     if method not in ("cached", "naive"):
         raise ValueError(f"unknown sampler {method!r}; choose cached or naive")
+    check_decode_steps(prior, decode_steps)
     height, width = grid
     if not 0 <= keep <= height * width:
         raise ValueError(f"keep must be in 0..{height * width}, got {keep}")
@@ -172,6 +200,10 @@ def sample(
     was_training = prior.training
     prior.eval()
     try:
+        if prior.parallel and method == "cached":
+            known = torch.zeros(codes.shape, dtype=torch.bool, device=device)
+            known.view(len(codes), -1)[:, :keep] = True
+            return prior.decode(codes, cond, known, temperature, noise, decode_steps)[:count]
         drawer = Prior.draw if method == "naive" else type(prior).draw
         return drawer(prior, codes, cond, keep, temperature, noise)[:count]
     finally:
@@ -190,6 +222,7 @@ def generate(
     track=None,
     guidance: float = 1.0,
     first: int = 0,
+    decode_steps: int | None = None,
 ) -> torch.Tensor:
     """Maps first..first+count-1 of the job with this seed [count, H, W], on the CPU, in batches; map n always
     gets the same noise (seed, n), whatever the batch size. `track(iterable, total, description)` may wrap the
@@ -202,15 +235,38 @@ def generate(
         chunk_labels = None if labels is None else labels[start - first : stop - first]
         chunks.append(
             sample(
-                prior, stop - start, grid, chunk_labels, temperature, seed, method, first=start, guidance=guidance
+                prior,
+                stop - start,
+                grid,
+                chunk_labels,
+                temperature,
+                seed,
+                method,
+                first=start,
+                guidance=guidance,
+                decode_steps=decode_steps,
             ).cpu()
         )
     return torch.cat(chunks)
 
 
+def check_decode_steps(prior: Prior, steps: int | None) -> None:
+    """decode_steps is None, or a number of parallel decoding steps for a kind that decodes in parallel."""
+    if steps is None:
+        return
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= 4096:
+        raise ValueError(f"decode_steps must be an integer in 1..4096, got {steps!r}")
+    if not prior.parallel:
+        raise ValueError(
+            f"decode_steps applies to a prior that decodes in parallel (prior.kind = 'masked'); this one "
+            f"({type(prior).__name__}) draws one code at a time"
+        )
+
+
 def check_prior(prior: nn.Module, target: str, grid: tuple[int, int] = (4, 5)) -> None:
     """The prior contract, probed on a random map: a `Prior`, logits of shape [B, K, H, W], and causality
-    (changing the codes at and after position p leaves the logits before and at p unchanged)."""
+    (changing the codes at and after position p leaves the logits before and at p unchanged). A kind that decodes in
+    parallel must also fill only the unknown positions, with codes in 0..K-1, and draw the same maps from the same seed."""
     from ...errors import UserError
 
     if not isinstance(prior, Prior):
@@ -226,7 +282,7 @@ def check_prior(prior: nn.Module, target: str, grid: tuple[int, int] = (4, 5)) -
     try:
         with torch.no_grad():
             try:
-                logits = prior(codes, labels)
+                logits = prior.logits(codes, prior.condition(labels, b))
             except Exception as e:
                 raise UserError(
                     f"prior {target!r} failed on codes [{b}, {grid[0]}, {grid[1]}]: {type(e).__name__}: {e}"
@@ -238,11 +294,29 @@ def check_prior(prior: nn.Module, target: str, grid: tuple[int, int] = (4, 5)) -
             for p in (0, grid[1] + 1, flat.shape[1] - 1):
                 changed = flat.clone()
                 changed[:, p:] = torch.randint(0, k, changed[:, p:].shape, generator=gen)
-                after = prior(changed.view_as(codes), labels).flatten(2)
+                after = prior.logits(changed.view_as(codes), prior.condition(labels, b)).flatten(2)
                 if not torch.allclose(after[:, :, : p + 1], logits.flatten(2)[:, :, : p + 1], atol=1e-5):
                     raise UserError(
                         f"prior {target!r} is not causal: its logits at raster position {p} change with the codes "
                         f"at or after it; a prior may only look at earlier positions"
+                    )
+            if prior.parallel:
+                known = torch.rand(b, *grid, generator=gen) < 0.5
+                cond = prior.condition(labels, b)
+                filled = [
+                    prior.decode(codes.clone(), cond, known, 1.0, GumbelNoise(0, 0, b, codes.device)) for _ in (0, 1)
+                ]
+                if (
+                    not torch.equal(filled[0][known], codes[known])
+                    or int(filled[0].min()) < 0
+                    or int(filled[0].max()) >= k
+                ):
+                    raise UserError(
+                        f"prior {target!r} decodes in parallel but changed known codes or drew codes outside 0..{k - 1}"
+                    )
+                if not torch.equal(*filled):
+                    raise UserError(
+                        f"prior {target!r} decodes in parallel but draws different maps from the same noise"
                     )
     finally:
         prior.train(was_training)

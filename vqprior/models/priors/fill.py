@@ -13,6 +13,10 @@ p(map) = prod_i p(z_i | z_<i), which the prior evaluates in one pass. So it is s
    (Gibbs), so the chain samples p(class, unknown | kept); the class posterior it reports is the average of
    p(c | map) over the chain's states.
 
+A kind that decodes in parallel (the masked kind) fills the region with its own S-step decoding instead, kept codes
+in place: one network pass per step, but not an exact conditional of its raster likelihood. Without a class it
+decodes under the null condition and reports p(c | completed map) (exact, by its raster likelihood).
+
 Temperature and guidance change the target to the product of tempered / guided conditionals (the same factors
 ancestral sampling draws from); the class step always uses the plain conditional likelihood. Kept codes never
 change. Randomness comes from one generator seeded by `seed`: the same inputs and seed give the same completions.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Prior
+from .base import GuidedNoise, GumbelNoise, Prior
 
 
 def is_prefix(keep: torch.Tensor) -> int | None:
@@ -80,6 +84,8 @@ def fill(
         keep = keep.to(device).bool()
         codes = torch.where(keep, codes.to(device).long(), torch.zeros((), dtype=torch.long, device=device))
         b, height, width = codes.shape
+        if prior.parallel:
+            return _decode_region(prior, codes, keep, labels, log_class_prior, temperature, guidance, seed)
         unknown = [p for p in range(height * width) if not bool(keep.flatten(1)[:, p].all())]
         infer = bool(prior.num_classes) and labels is None
         posterior_sum = None
@@ -124,6 +130,33 @@ def fill(
         return codes.cpu(), None if labels is None else labels.cpu(), posterior
     finally:
         prior.train(was_training)
+
+
+def _decode_region(prior, codes, keep, labels, log_class_prior, temperature, guidance, seed):
+    """fill() for a kind that decodes in parallel: its S-step decoding with the kept codes in place."""
+    b, device = len(codes), codes.device
+    infer = bool(prior.num_classes) and labels is None
+    if infer:
+        cond = torch.zeros(b, prior.num_classes, device=device, dtype=next(prior.parameters()).dtype)
+    else:
+        cond = prior.condition(labels, b) if prior.num_classes else None
+    noise = GumbelNoise(seed, 0, b, device)
+    known = keep
+    if cond is not None and guidance != 1.0 and not infer:
+        cond, codes, known, noise = (
+            torch.cat([cond, torch.zeros_like(cond)]),
+            torch.cat([codes, codes]),
+            torch.cat([keep, keep]),
+            GuidedNoise(noise, guidance),
+        )
+    filled = prior.decode(codes, cond, known, temperature, noise)[:b]
+    posterior = None
+    if infer:
+        posterior = _class_posterior(prior, filled, log_class_prior.to(device))
+        gen = torch.Generator().manual_seed(seed)
+        labels = torch.multinomial(posterior.cpu(), 1, generator=gen).squeeze(1)
+        posterior = posterior.cpu()
+    return filled.cpu(), None if labels is None else labels.cpu(), posterior
 
 
 def _class_posterior(prior: Prior, codes: torch.Tensor, log_class_prior: torch.Tensor) -> torch.Tensor:
