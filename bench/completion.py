@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--run", default="artifacts/mnist")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--regions", nargs="+", default=["top", "bottom", "left", "random50"])
-    ap.add_argument("--sweeps", type=int, default=4, help="MCMC sweeps (raster kinds, regions that are not a prefix)")
+    ap.add_argument("--sweeps", type=int, default=2, help="MCMC sweeps (raster kinds, regions that are not a prefix)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     threads = pin_threads(args.threads)

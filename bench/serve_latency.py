@@ -68,3 +68,12 @@ if __name__ == "__main__":
         print(
             f"completion of a drawn half-digit (8 completions + posterior): {median_seconds(client, '/api/complete', body, args.repeat):.3f} s"
         )
+        mask = [[0 if 8 <= y < 20 and 8 <= x < 20 else 1 for x in range(28)] for y in range(28)]
+        body = {"test_index": 0, "mask": mask, "samples": 8}  # the eraser: a 12x12 box erased in a test digit
+        print(
+            f"erase a box and regenerate it (8 completions + posterior, MCMC): {median_seconds(client, '/api/complete', body, args.repeat):.3f} s"
+        )
+        body = {"test_index": 0, "keep": "bottom", "samples": 8}
+        print(
+            f"regenerate the top half of a test digit (8 completions + posterior, MCMC): {median_seconds(client, '/api/complete', body, args.repeat):.3f} s"
+        )

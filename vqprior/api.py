@@ -334,7 +334,7 @@ class Run:
         guidance: float | None = None,
         seed: int = 0,
         keep=None,
-        sweeps: int = 4,
+        sweeps: int = 2,
     ) -> Completion:
         """Keep part of each image and sample the rest `samples` times.
 

@@ -55,7 +55,7 @@ def complete(
     erase: Annotated[
         Optional[str], typer.Option(help="Erase a box x0,y0,x1,y1 (pixels, end exclusive) and fill it in.")
     ] = None,
-    sweeps: Annotated[int, typer.Option(min=0, max=100, help="MCMC sweeps for a region that is not a top prefix.")] = 4,
+    sweeps: Annotated[int, typer.Option(min=0, max=100, help="MCMC sweeps for a region that is not a top prefix.")] = 2,
     samples: Annotated[int, typer.Option(min=1, max=64, help="Completions per image.")] = 4,
     label: Annotated[
         Optional[int], typer.Option(help="Class to complete as (default: inferred from the kept rows).")

@@ -242,7 +242,7 @@ class Service:
         else:
             keep_rows = number(body, "keep_rows", r.grid[0] // 2, 0, r.grid[0], integer=True)
         samples = number(body, "samples", 8, 1, MAX_COMPLETIONS, integer=True)
-        sweeps = number(body, "sweeps", 4, 0, 16, integer=True)
+        sweeps = number(body, "sweeps", 2, 0, 16, integer=True)
         kw = self.sampling(body)
         label = self.label(body)
 

@@ -5,7 +5,10 @@ A raster prior gives p(rest | first k codes) exactly, so a kept *prefix* is cont
 conditional p(unknown | kept) is not a product of the prior's factors, but it is proportional to the joint
 p(map) = prod_i p(z_i | z_<i), which the prior evaluates in one pass. So it is sampled by Markov chain Monte Carlo:
 
-1. start: raster order, each unknown position drawn from p(z_p | z_<p) with the kept codes in place;
+1. start: `candidates` ancestral drafts per map (raster order, each unknown position drawn from p(z_p | z_<p) with
+   the kept codes in place), one of them picked with probability proportional to the product of the *kept*
+   positions' factors p(z_k | z_<k): the importance weight of a draft against the exact conditional (sampling
+   importance resampling), so the chain starts from a draft that agrees with the later kept codes;
 2. sweeps: for each unknown position p in turn, propose z_p' ~ p(z_p | z_<p) (the prior's own conditional, which
    does not depend on z_p) and accept with probability min(1, prod_{i>p} p(z_i | z'_<i) / p(z_i | z_<i)): a
    Metropolis-Hastings step whose stationary law is exactly p(unknown | kept). One network pass per proposal.
@@ -67,8 +70,9 @@ def fill(
     log_class_prior: torch.Tensor | None = None,
     temperature: float = 1.0,
     guidance: float = 1.0,
-    sweeps: int = 4,
+    sweeps: int = 2,
     seed: int = 0,
+    candidates: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Fill the positions of codes [B, H, W] where keep [B, H, W] is False.
 
@@ -97,10 +101,7 @@ def fill(
             cond = prior.condition(labels, b) if prior.num_classes else None
             start_guidance = guidance
 
-        for p in unknown:  # 1. ancestral start, kept codes in place
-            i, j = divmod(p, width)
-            logp = _log_conditionals(prior, codes[:, : i + 1], cond, temperature, start_guidance)[:, :, i, j]
-            codes[:, i, j] = torch.where(keep[:, i, j], codes[:, i, j], _gumbel_draw(logp, gen))
+        codes = _start(prior, codes, keep, cond, unknown, temperature, start_guidance, candidates, gen)
 
         for _ in range(sweeps):
             if infer:  # 3. the class given the whole map
@@ -130,6 +131,25 @@ def fill(
         return codes.cpu(), None if labels is None else labels.cpu(), posterior
     finally:
         prior.train(was_training)
+
+
+def _start(prior, codes, keep, cond, unknown, temperature, guidance, candidates, gen):
+    """1. the chain's start: `candidates` ancestral drafts per map, one resampled by the kept codes' likelihood."""
+    b, height, width = codes.shape
+    drafts = codes.repeat_interleave(candidates, 0)
+    kept = keep.repeat_interleave(candidates, 0)
+    draft_cond = None if cond is None else cond.repeat_interleave(candidates, 0)
+    for p in unknown:
+        i, j = divmod(p, width)
+        logp = _log_conditionals(prior, drafts[:, : i + 1], draft_cond, temperature, guidance)[:, :, i, j]
+        drafts[:, i, j] = torch.where(kept[:, i, j], drafts[:, i, j], _gumbel_draw(logp, gen))
+    if candidates == 1:
+        return drafts
+    logp = _log_conditionals(prior, drafts, draft_cond, temperature, guidance)
+    factors = logp.gather(1, drafts[:, None]).squeeze(1)  # [B * candidates, H, W]
+    weight = (factors * kept).flatten(1).sum(1).view(b, candidates).double()
+    pick = torch.multinomial(torch.softmax(weight, 1).cpu(), 1, generator=gen).squeeze(1).to(codes.device)
+    return drafts.view(b, candidates, height, width)[torch.arange(b, device=codes.device), pick]
 
 
 def _decode_region(prior, codes, keep, labels, log_class_prior, temperature, guidance, seed):
