@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Prior
-from .transformer import Block
+from .transformer import Block, check_size
 
 MAX_SEQUENCES = 2048  # sequences per network pass when `logits` expands maps into one sequence per position
 
@@ -50,12 +50,7 @@ class MaskedPrior(Prior):
         num_classes: int = 0,
     ):
         super().__init__()
-        if width < 1 or depth < 1 or heads < 1 or width % heads:
-            raise ValueError(
-                f"width must be a positive multiple of heads and depth >= 1, got width {width}, heads {heads}, depth {depth}"
-            )
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_size(width, depth, heads, dropout)
         if len(grid) != 2 or min(grid) < 1:
             raise ValueError(f"grid must be [rows, columns] of the code maps, got {grid}")
         if not 1 <= decode_steps <= 4096 or choice_temperature < 0:

@@ -18,6 +18,16 @@ from torch import nn
 from .base import GumbelNoise, Prior
 
 
+def check_size(width: int, depth: int, heads: int, dropout: float) -> None:
+    """A transformer prior's size, checked where it is built (one line a user can act on)."""
+    if width < 1 or depth < 1 or heads < 1 or width % heads:
+        raise ValueError(
+            f"width must be a positive multiple of heads and depth >= 1, got width {width}, heads {heads}, depth {depth}"
+        )
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
 class Block(nn.Module):
     def __init__(self, width: int, heads: int, dropout: float, causal: bool = True):
         super().__init__()
@@ -62,12 +72,7 @@ class TransformerPrior(Prior):
         max_cols: int = 64,
     ):
         super().__init__()
-        if width < 1 or depth < 1 or heads < 1 or width % heads:
-            raise ValueError(
-                f"width must be a positive multiple of heads and depth >= 1, got width {width}, heads {heads}, depth {depth}"
-            )
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_size(width, depth, heads, dropout)
         self.codebook_size, self.num_classes = codebook_size, num_classes
         self.embed = nn.Embedding(codebook_size, width)
         self.start = nn.Parameter(torch.zeros(width))
