@@ -20,14 +20,17 @@ FromSplit = Annotated[Optional[str], typer.Option("--from", help="Use the run's 
 FromN = Annotated[int, typer.Option("--n", "-n", min=1, help="With --from: how many images.")]
 
 
-def _inputs(run, inputs, from_split, n):
+def _run_and_inputs(name, out_dir, device, trust_code, inputs, from_split, n):
+    """The finished run and the images a command works on: (run, images, labels, names)."""
+    from ..api import load
     from ..inputs import read_inputs
 
+    run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
     notices: list[str] = []
-    out = read_inputs(inputs or [], from_split, n, run.image_shape, lambda: run.data, notices)
+    images, labels, names = read_inputs(inputs or [], from_split, n, run.image_shape, lambda: run.data, notices)
     for notice in notices:
         console.print(f"[yellow]notice:[/] {escape(notice)}")
-    return out
+    return run, images, labels, names
 
 
 def _api_command(body, trust_code: bool = False) -> None:
@@ -82,15 +85,13 @@ def complete(
     def body():
         from torchvision.utils import save_image
 
-        from ..api import load
         from ..artifacts import writing_folder
 
         check_sampling(temperature, guidance)
         given = [v for v in (keep_rows, keep, keep_mask, erase) if v is not None]
         if len(given) > 1:
             raise UserError("give one of --keep-rows, --keep, --keep-mask, --erase")
-        run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
-        images, _, names = _inputs(run, inputs, from_split, n)
+        run, images, _, names = _run_and_inputs(name, out_dir, device, trust_code, inputs, from_split, n)
         region = keep
         if keep_mask is not None:
             from ..datasets.pixels import read_image
@@ -156,12 +157,10 @@ def score(
     def body():
         import csv
 
-        from ..api import load
         from ..artifacts import save_json, writing_folder
         from ..report.plots import histogram
 
-        run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
-        images, _, names = _inputs(run, inputs, from_split, n)
+        run, images, _, names = _run_and_inputs(name, out_dir, device, trust_code, inputs, from_split, n)
         result = run.score(images)
         with writing_folder(run.folder / "score", "scores") as out:
             with open(out / "scores.csv", "w", newline="") as f:
@@ -208,10 +207,8 @@ def classify(
     def body():
         import torch
 
-        from ..api import load
-
-        run = load(_run_dir_of(name, out_dir), device, trust_code=trust_code)
-        images, labels, names = _inputs(run, inputs, from_split, n)  # with --from: the split's own labels
+        # with --from: the split's own labels
+        run, images, labels, names = _run_and_inputs(name, out_dir, device, trust_code, inputs, from_split, n)
         chunks = list(range(0, len(images), 500))
         parts = [run.classify(images[i : i + 500]) for i in ConsoleReporter().track(chunks, len(chunks), "classify")]
         pred, post = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
