@@ -153,3 +153,21 @@ def test_the_masked_kind_runs_through_the_pipeline_and_the_api(tmp_path):
     assert not done.exact and done.posterior.shape == (3, 10)
     scored = run.score(images)  # the exact raster likelihood
     assert np.isfinite(scored["image_bits_bound"].numpy()).all()
+
+
+def test_scoring_and_classification_use_the_raster_likelihood_not_the_network():
+    from vqprior.api import class_log_likelihoods, class_posterior
+
+    prior = random_masked(grid=(2, 3), k=3, num_classes=2)
+    codes = torch.randint(0, 3, (5, 2, 3), generator=torch.Generator().manual_seed(1))
+    got = class_log_likelihoods(prior, codes)
+    for c in range(2):
+        exact = prior.log_prob(codes, torch.full((5,), c)).double()
+        assert torch.allclose(got[:, c], exact, atol=1e-5)
+    # the first p codes' likelihood is the sum of their raster factors alone
+    part = class_log_likelihoods(prior, codes, positions=2)
+    logits = prior.logits(codes, prior.condition(torch.zeros(5, dtype=torch.long), 5))
+    factors = -torch.nn.functional.cross_entropy(logits, codes, reduction="none").flatten(1)
+    assert torch.allclose(part[:, 0], factors[:, :2].sum(1).double(), atol=1e-5)
+    post = class_posterior(prior, codes, torch.log(torch.tensor([0.5, 0.5], dtype=torch.float64)))
+    assert torch.allclose(post.sum(1), torch.ones(5, dtype=torch.float64))

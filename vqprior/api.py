@@ -465,7 +465,10 @@ def class_log_likelihoods(prior, codes: torch.Tensor, positions: int | None = No
         chunk = codes[i : i + 500]
         for c_idx, c in enumerate(classes):
             labels = None if c is None else torch.full((len(chunk),), c, dtype=torch.long, device=device)
-            logp = -F.cross_entropy(prior(chunk, labels), chunk, reduction="none").flatten(1)
+            # the raster factors (`logits`), not `forward`: for the masked kind forward is its network, which sees
+            # every code it is given
+            logits = prior.logits(chunk, prior.condition(labels, len(chunk)))
+            logp = -F.cross_entropy(logits.float(), chunk, reduction="none").flatten(1)
             out[i : i + 500, c_idx] = logp[:, :positions].double().sum(1).cpu()
     prior.train(was_training)
     return out
