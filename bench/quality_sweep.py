@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import pin_threads  # noqa: E402
 
-from vqprior.artifacts import is_current, load_json  # noqa: E402
+from vqprior.artifacts import load_json  # noqa: E402
 from vqprior.config import load_config  # noqa: E402
 from vqprior.datasets import load_split  # noqa: E402
 from vqprior.evaluation.classifier import load_or_train_classifier  # noqa: E402
@@ -42,7 +42,7 @@ def run_stages(cfg, stages) -> dict[int, float]:
     rt = Runtime.setup(cfg.run)
     for stage in stages:
         module = STAGES[stage]
-        if not is_current(cfg.run_dir(), stage, module.fingerprint(cfg)):
+        if not cfg.run_folder().is_current(stage, module.fingerprint(cfg)):
             module.run(cfg, rt=rt)
     return {s: load_json(cfg.run_dir() / f"stage{s}" / "manifest.json")["timings_s"]["total"] for s in stages}
 
@@ -50,7 +50,7 @@ def run_stages(cfg, stages) -> dict[int, float]:
 def recon_fd_ratio(run_dir: Path) -> float:
     """FD of reconstructions of the validation slice vs that slice, over the floor (test vs validation)."""
     vq = load_vqvae(run_dir, None, torch.device("cpu"))
-    cfg_data = load_config(overrides=[]).data.model_validate(vq.saved["data"])
+    cfg_data = vq.run.data()
     fit, valid = split_holdout(load_split(cfg_data, "train"))
     test = load_split(cfg_data, "test")
     clf, _ = load_or_train_classifier(fit, test, torch.device("cpu"))

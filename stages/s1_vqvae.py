@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from vqprior.artifacts import load_weights, save_json, save_weights, write_manifest, writing_stage
+from vqprior.artifacts import load_weights, save_json, save_weights
 from vqprior.config import Config
 from vqprior.datasets import load_split, to_float
 from vqprior.errors import UserError
@@ -64,6 +64,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
     device = rt.device
+    run_folder = cfg.run_folder()
     train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     image_shape = tuple(train.images.shape[1:])
     if tuple(test.images.shape[1:]) != image_shape:
@@ -82,7 +83,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     trainer = Trainer(
         stage=1,
         runtime=rt,
-        run_dir=cfg.run_dir(),
+        checkpoint=run_folder.checkpoint(1),
         fingerprint={**fingerprint(cfg), "batch_size": batch},
         model=model,
         optimizer=torch.optim.Adam(params, lr=scaled_lr(cfg.vqvae.lr, batch)),
@@ -95,7 +96,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         lr_key="vqvae.lr",
         warmup_examples=100 * 128,
     )
-    progress = ProgressWriter(cfg.run_dir(), 1, trainer.epoch, rt.is_main, cfg.run.tensorboard)
+    progress = ProgressWriter(run_folder, 1, trainer.epoch, rt.is_main, cfg.run.tensorboard)
     for split, data in (("train", train), ("test", test)):
         if data.skipped:
             reporter.log(
@@ -132,7 +133,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     pairs, per_row = _reconstruction_grid(model, test.images, device)
 
     if rt.is_main:
-        with writing_stage(cfg.run_dir(), 1) as out:
+        with run_folder.writing_stage(1) as out:
             save_weights(out / "vqvae.safetensors", model)
             save_json(
                 out / "config.json",
@@ -146,7 +147,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
             save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
             save_image(pairs, out / "reconstructions.png", nrow=per_row, padding=2, pad_value=0.5)
             progress.finish(out, "reconstructions.gif")
-            write_manifest(
+            run_folder.write_manifest(
                 out,
                 1,
                 {},
@@ -158,4 +159,4 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         trainer.finish()
         progress.cleanup()
     rt.barrier()
-    return cfg.run_dir() / "stage1"
+    return run_folder.stage(1)

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqprior.artifacts import output_sha, write_manifest, writing_stage
 from vqprior.codes import code_dtype
 from vqprior.config import Config
 from vqprior.datasets import SPLITS, load_split, to_float
@@ -43,7 +42,7 @@ def create_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
 
 def fingerprint(cfg: Config) -> dict | None:
     """Stage 2's outputs depend only on stage 1's weights (and the data stage 1 recorded)."""
-    vqvae = output_sha(cfg.run_dir(), 1, "vqvae.safetensors")
+    vqvae = cfg.run_folder().output_sha(1, "vqvae.safetensors")
     return None if vqvae is None else {"vqvae": vqvae}
 
 
@@ -51,9 +50,10 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     started = time.perf_counter()
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
-    vq = load_vqvae(cfg.run_dir(), needed_by=2, device=rt.device)
+    run_folder = cfg.run_folder()
+    vq = load_vqvae(run_folder, needed_by=2, device=rt.device)
     # the data is the one stage 1 trained on, as recorded beside its weights
-    data_cfg = vq.data
+    data_cfg = run_folder.data()
     k = vq.model.quantizer.codebook_size
     dtype = code_dtype(k)
     reporter.log(
@@ -62,11 +62,11 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
 
     # under torchrun each process encodes one contiguous slice of every split into the same preallocated .npy
     datasets = {split: load_split(data_cfg, split) for split in SPLITS}
-    with writing_stage(cfg.run_dir(), 2) if rt.is_main else contextlib.nullcontext() as out:
+    with run_folder.writing_stage(2) if rt.is_main else contextlib.nullcontext() as out:
         out = Path(rt.share(str(out) if rt.is_main else None))
         if rt.is_main:  # everything stage 2 writes has a known size: refuse up front rather than fail half-way
             ensure_free(
-                cfg.run_dir() / "stage2",
+                run_folder.stage(2),
                 sum(len(d) * (math.prod(vq.grid) * dtype.itemsize + 8) for d in datasets.values()),
             )
         info: dict[str, dict] = {}
@@ -101,7 +101,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
                 if warning and split == "train":
                     reporter.log(f"[yellow]warning:[/] {warning}")
         if rt.is_main:
-            write_manifest(
+            run_folder.write_manifest(
                 out,
                 2,
                 {"vqvae": vq.weights},
@@ -117,4 +117,4 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
                 },
             )
     rt.barrier()
-    return cfg.run_dir() / "stage2"
+    return run_folder.stage(2)

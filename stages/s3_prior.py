@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from vqprior import components
-from vqprior.artifacts import output_sha, read_stage, save_json, save_weights, stage_dir, write_manifest, writing_stage
+from vqprior.artifacts import save_json, save_weights
 from vqprior.codes import load_code_maps
 from vqprior.config import Config
 from vqprior.datasets import to_float
@@ -27,7 +27,8 @@ CODE_FILES = ("train_codes.npy", "test_codes.npy", "train_labels.npy", "test_lab
 
 def fingerprint(cfg: Config) -> dict | None:
     """What stage 3's outputs depend on: the prior settings, the seed and stage 2's files."""
-    codes = {name: output_sha(cfg.run_dir(), 2, name) for name in CODE_FILES}
+    run_folder = cfg.run_folder()
+    codes = {name: run_folder.output_sha(2, name) for name in CODE_FILES}
     if codes["train_codes.npy"] is None:
         return None
     return {"prior": cfg.prior.model_dump(mode="json"), "seed": cfg.run.seed, "codes": codes}
@@ -51,7 +52,8 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
     device = rt.device
-    folder, manifest = read_stage(cfg.run_dir(), 2, needed_by=3)  # also refuses codes of a replaced stage-1 VQ-VAE
+    run_folder = cfg.run_folder()
+    folder, manifest = run_folder.read_stage(2, needed_by=3)  # also refuses codes of a replaced stage-1 VQ-VAE
     train_codes, train_labels = load_code_maps(folder, manifest, "train").tensors(device)
     test_codes, test_labels = load_code_maps(folder, manifest, "test").tensors(device)
     conditional = cfg.prior.conditional and train_labels is not None
@@ -69,7 +71,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     model = components.instantiate(resolved)
     check_prior(model, resolved["target"], grid)
     model.to(device)
-    vq = load_vqvae(cfg.run_dir(), needed_by=3, device=device)  # only to show each epoch's samples as images
+    vq = load_vqvae(run_folder, needed_by=3, device=device)  # only to show each epoch's samples as images
     if (vq.model.quantizer.codebook_size, tuple(vq.grid)) != (manifest["codebook_size"], grid):
         raise UserError(
             f"stage 2's manifest says K={manifest['codebook_size']} on a {grid[0]}x{grid[1]} grid but the stage-1 VQ-VAE has "
@@ -82,7 +84,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     trainer = Trainer(
         stage=3,
         runtime=rt,
-        run_dir=cfg.run_dir(),
+        checkpoint=run_folder.checkpoint(3),
         fingerprint={**fingerprint(cfg), "batch_size": batch},
         model=model,
         optimizer=torch.optim.Adam(model.parameters(), lr=scaled_lr(cfg.prior.lr, batch)),
@@ -96,7 +98,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         warmup_examples=200 * 128,
         extra_state={"ema": ema} if ema is not None else None,
     )
-    progress = ProgressWriter(cfg.run_dir(), 3, trainer.epoch, rt.is_main, cfg.run.tensorboard)
+    progress = ProgressWriter(run_folder, 3, trainer.epoch, rt.is_main, cfg.run.tensorboard)
     grid_labels = torch.arange(model.num_classes).repeat_interleave(GRID_PER_CLASS) if conditional else None
     n_params = sum(p.numel() for p in model.parameters())
     what = f"conditional on {len(class_names)} classes" if conditional else "unconditional"
@@ -153,7 +155,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     history = trainer.fit(step, [evaluate, picture], after_step=[lambda: ema.update(model)] if ema is not None else [])
 
     if rt.is_main:
-        with writing_stage(cfg.run_dir(), 3) as out:
+        with run_folder.writing_stage(3) as out:
             save_weights(out / "prior.safetensors", final)
             if ema is not None:
                 save_weights(out / "prior_last.safetensors", model)
@@ -169,8 +171,8 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
             save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
             progress.finish(out, "samples.gif")
             inputs = {Path(name).stem: folder / name for name in CODE_FILES if (folder / name).is_file()}
-            inputs["vqvae"] = stage_dir(cfg.run_dir(), 1) / "vqvae.safetensors"
-            write_manifest(
+            inputs["vqvae"] = vq.weights
+            run_folder.write_manifest(
                 out,
                 3,
                 inputs,
@@ -182,4 +184,4 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         trainer.finish()
         progress.cleanup()
     rt.barrier()
-    return cfg.run_dir() / "stage3"
+    return run_folder.stage(3)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from vqprior.artifacts import output_sha, save_json, write_manifest, writing_stage
+from vqprior.artifacts import save_json
 from vqprior.config import Config
 from vqprior.datasets import to_float
 from vqprior.errors import UserError
@@ -57,7 +57,8 @@ def check_size(cfg: Config, total: int, grid: tuple[int, int], image_shape: tupl
 
 def fingerprint(cfg: Config) -> dict | None:
     """What stage 4's outputs depend on: the sampling settings, the seed, and the trained prior and VQ-VAE."""
-    prior, vqvae = output_sha(cfg.run_dir(), 3, "prior.safetensors"), output_sha(cfg.run_dir(), 1, "vqvae.safetensors")
+    run_folder = cfg.run_folder()
+    prior, vqvae = run_folder.output_sha(3, "prior.safetensors"), run_folder.output_sha(1, "vqvae.safetensors")
     if prior is None or vqvae is None:
         return None
     return {"sample": cfg.sample.model_dump(mode="json"), "seed": cfg.run.seed, "prior": prior, "vqvae": vqvae}
@@ -95,10 +96,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     started = time.perf_counter()
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
-    prior = load_prior(
-        cfg.run_dir(), needed_by=4, device=rt.device
-    )  # refuses a prior trained on another VQ-VAE's codes
-    vq = load_vqvae(cfg.run_dir(), needed_by=4, device=rt.device)
+    run_folder = cfg.run_folder()
+    prior = load_prior(run_folder, needed_by=4, device=rt.device)  # refuses a prior trained on another VQ-VAE's codes
+    vq = load_vqvae(run_folder, needed_by=4, device=rt.device)
     check_prior_fits(prior, vq)  # and one made for another codebook size or grid
     if cfg.sample.morph:
         return _morph(cfg, prior, vq, rt, reporter, started)
@@ -127,7 +127,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     per_row = cfg.sample.per_class
     shown = torch.cat([images[r * per_row : r * per_row + min(per_row, GRID_COLUMNS)] for r in range(len(rows))])
     if rt.is_main:
-        with writing_stage(cfg.run_dir(), 4) as out:
+        with run_folder.writing_stage(4) as out:
             save_image(to_float(shown), out / "samples.png", nrow=min(per_row, GRID_COLUMNS), padding=2, pad_value=0.5)
             extra = (
                 {}
@@ -138,7 +138,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
             save_json(
                 out / "rows.json", {"rows": rows, "per_row": per_row, "shown_per_row": min(per_row, GRID_COLUMNS)}
             )
-            write_manifest(
+            run_folder.write_manifest(
                 out,
                 4,
                 {"prior": prior.weights, "vqvae": vq.weights},
@@ -148,7 +148,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
                 {"seed": seed, "count": total},
             )
     rt.barrier()
-    return cfg.run_dir() / "stage4"
+    return run_folder.stage(4)
 
 
 def _morph(cfg: Config, prior, vq, rt: Runtime, reporter: Reporter, started: float) -> Path:
@@ -174,7 +174,7 @@ def _morph(cfg: Config, prior, vq, rt: Runtime, reporter: Reporter, started: flo
     codes = torch.stack(frames, 1)  # [n, steps, h, w]
     images = decode_images(vq.model, codes.flatten(0, 1)).view(n, steps, *vq.image_shape)
     if rt.is_main:
-        with writing_stage(cfg.run_dir(), 4) as out:
+        with vq.run.writing_stage(4) as out:
             save_image(to_float(images.flatten(0, 1)), out / "morph.png", nrow=steps, padding=2, pad_value=0.5)
             gif_frames = [
                 make_grid(to_float(images[:, k]), nrow=min(n, GRID_COLUMNS), padding=2, pad_value=0.5)
@@ -187,7 +187,7 @@ def _morph(cfg: Config, prior, vq, rt: Runtime, reporter: Reporter, started: flo
             np.savez_compressed(
                 out / "samples.npz", images=images.numpy(), codes=codes.numpy(), weights_of_b=np.linspace(0, 1, steps)
             )
-            write_manifest(
+            vq.run.write_manifest(
                 out,
                 4,
                 {"prior": prior.weights, "vqvae": vq.weights},
@@ -197,4 +197,4 @@ def _morph(cfg: Config, prior, vq, rt: Runtime, reporter: Reporter, started: flo
                 {"seed": seed, "morph": [a, b], "steps": steps},
             )
     rt.barrier()
-    return cfg.run_dir() / "stage4"
+    return vq.run.stage(4)

@@ -17,11 +17,11 @@ from conftest import tiny_args
 from PIL import Image
 from typer.testing import CliRunner
 
-from vqprior.artifacts import run_lock
 from vqprior.cli import app
 from vqprior.errors import UserError
 from vqprior.models.priors import check_prior
 from vqprior.models.priors.base import Prior
+from vqprior.run_folder import run_lock
 
 runner = CliRunner()
 
@@ -164,7 +164,7 @@ def test_only_one_of_many_processes_takes_the_run_lock(tmp_path):
 
 def test_a_killed_holder_does_not_block_the_next_run(tmp_path):
     code = (
-        f"from vqprior.artifacts import run_lock\nimport os\nwith run_lock({str(tmp_path / 'r')!r}):\n    os._exit(9)"
+        f"from vqprior.run_folder import run_lock\nimport os\nwith run_lock({str(tmp_path / 'r')!r}):\n    os._exit(9)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9
     assert (tmp_path / "r" / ".lock").exists()  # the file stays, but the kernel released the lock

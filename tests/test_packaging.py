@@ -66,11 +66,11 @@ def test_the_wheel_holds_every_module_and_each_imports_from_it(tmp_path):
         "for m in pkgutil.walk_packages(vqprior.__path__, 'vqprior.'):\n"
         "    importlib.import_module(m.name)\n"
         "import vqprior.stages.s4_sample\n"
-        "from vqprior.artifacts import read_stage\n"
+        "from vqprior.run_folder import RunFolder\n"
         "from vqprior.pretrained import folder\n"
         "assert str(folder('mnist')).startswith(%r)\n"
         "for stage in (1, 2, 3, 4):\n"
-        "    read_stage(folder('mnist'), stage)\n" % (str(tmp_path / "site"), str(tmp_path / "site"))
+        "    RunFolder(folder('mnist')).read_stage(stage)\n" % (str(tmp_path / "site"), str(tmp_path / "site"))
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)

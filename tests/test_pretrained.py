@@ -10,9 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 import vqprior
-from vqprior.artifacts import read_stage
 from vqprior.cli import app
 from vqprior.pretrained import HERE, folder
+from vqprior.run_folder import RunFolder
 
 runner = CliRunner()
 pytestmark = pytest.mark.skipif(
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 def test_the_shipped_run_is_verified_plain_data_and_small():
     run_dir = folder("mnist")
     for stage in (1, 2, 3, 4):
-        read_stage(run_dir, stage)  # every output's sha256 matches its manifest
+        RunFolder(run_dir).read_stage(stage)  # every output's sha256 matches its manifest
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} <= {".json", ".safetensors", ".npy", ".npz", ".png"}
     assert not any(p.name == "prior_last.safetensors" for p in files)

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .artifacts import check_run_folder, load_json_object, read_stage
 from .components import trusting_code
 from .config import MAX_SEED, check_sampling
 from .errors import UserError
@@ -32,6 +31,7 @@ from .models.priors.base import check_decode_steps, sample
 from .models.priors.base import generate as generate_codes
 from .models.vqvae import decode_images, encode_images
 from .restore import load_prior, load_vqvae
+from .run_folder import RunFolder
 from .runtime import resolve_device
 
 LN2 = math.log(2)
@@ -71,26 +71,27 @@ class Run:
         if not isinstance(trust_code, bool):
             raise UserError(f"trust_code must be True or False, got {trust_code!r}")
         self.folder = Path(run_dir)
-        check_run_folder(self.folder)
-        if not (self.folder / "stage3").is_dir():
+        self.run_folder = RunFolder(self.folder)  # its layout and the settings its stages saved
+        self.run_folder.check()
+        if not self.run_folder.stage(3).is_dir():
             raise UserError(
                 f"{self.folder} has no trained prior (stage 3); run `vqprior run` first or point at a run folder"
             )
         self.device = resolve_device(device)
         with trusting_code(trust_code):
-            self._vq = load_vqvae(self.folder, None, self.device)
-            self._prior = load_prior(self.folder, None, self.device, vqvae=self._vq)
+            self._vq = load_vqvae(self.run_folder, None, self.device)
+            self._prior = load_prior(self.run_folder, None, self.device, vqvae=self._vq)
         self.vqvae, self.prior = self._vq.model, self._prior.model
         self.grid, self.image_shape = self._prior.grid, self._vq.image_shape
         self.class_names = self._prior.class_names
         self.num_classes = self.prior.num_classes
-        self.temperature, self.guidance = self._prior.sampling
+        self.temperature, self.guidance = self.run_folder.sampling()
         self.log_class_prior = self._class_prior()
 
     @property
     def data(self):
         """The data section stage 1 was trained on (a DataSection): where `--from test`, eval and the page read images."""
-        return self._vq.data
+        return self.run_folder.data()
 
     def test_images(self, n: int) -> torch.Tensor:
         """The first `n` test images of the run's own data, uint8 [n, C, H, W] (a one-line UserError when the data
@@ -103,7 +104,7 @@ class Run:
         """log p(class) from the training labels' frequencies."""
         if not self.num_classes:
             return None
-        folder, _ = read_stage(self.folder, 2)
+        folder, _ = self.run_folder.read_stage(2)
         path = folder / "train_labels.npy"
         try:
             labels = np.load(path, allow_pickle=False)
@@ -307,14 +308,14 @@ class Run:
 
     def decoder_sigma(self) -> float:
         """The pixel noise σ that `vqprior eval` chose on the validation slice (0.1 when the run was not evaluated)."""
-        ev = self.folder / "eval" / "eval.json"
-        if not ev.is_file():
+        evaluation = self.run_folder.evaluation()
+        if evaluation is None:
             return 0.1
-        sigma = load_json_object(ev).get("prior", {})
+        sigma = evaluation.get("prior", {})
         sigma = sigma.get("decoder_sigma") if isinstance(sigma, dict) else None
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 1e-4 <= sigma <= 1:
             raise UserError(
-                f"{ev}: prior.decoder_sigma must be a number in 0.0001..1, got {sigma!r}; run `vqprior eval` again"
+                f"{self.run_folder.eval / 'eval.json'}: prior.decoder_sigma must be a number in 0.0001..1, got {sigma!r}; run `vqprior eval` again"
             )
         return float(sigma)
 

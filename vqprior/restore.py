@@ -12,19 +12,22 @@ from pathlib import Path
 import torch
 
 from . import components
-from .artifacts import load_json_object, load_weights, read_stage
-from .config import check_sampling
+from .artifacts import load_weights
 from .errors import UserError
 from .models.priors.base import Prior
 from .models.vqvae import VQVAE, rebuild_vqvae
+from .run_folder import RunFolder, as_run_folder
 
 
 @dataclass
 class TrainedVQVAE:
     model: VQVAE
-    folder: Path
+    run: RunFolder
     manifest: dict
-    saved: dict  # stage 1's config.json: constructor arguments, data section, class names
+
+    @property
+    def folder(self) -> Path:
+        return self.run.stage(1)
 
     @property
     def weights(self) -> Path:
@@ -36,50 +39,34 @@ class TrainedVQVAE:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.saved["vqvae"]["image_shape"])
+        return tuple(self.run.saved(1)["vqvae"]["image_shape"])
 
     @property
     def class_names(self) -> list[str] | None:
-        return self.saved.get("class_names")
-
-    @property
-    def data(self):
-        """Stage 1's data section (what stage 2, eval, the page and --from read), validated into a DataSection."""
-        from pydantic import ValidationError
-
-        from .config import DataSection, format_validation_error
-
-        try:
-            return DataSection.model_validate(self.saved.get("data"))
-        except ValidationError as e:
-            raise UserError(
-                f"{self.folder / 'config.json'} has a data section that is not valid "
-                f"({format_validation_error(e)}); re-run stage 1"
-            ) from None
+        return self.run.saved(1).get("class_names")
 
 
 @dataclass
 class TrainedPrior:
     model: Prior
-    folder: Path
+    run: RunFolder
     manifest: dict
     grid: tuple[int, int]
     class_names: list[str] | None
 
     @property
+    def folder(self) -> Path:
+        return self.run.stage(3)
+
+    @property
     def weights(self) -> Path:
         return self.folder / "prior.safetensors"
 
-    @property
-    def sampling(self) -> tuple[float, float]:
-        """(temperature, guidance) saved with the prior: the defaults of generate, complete, eval and the page."""
-        return saved_sampling(self.folder / "config.json")
 
-
-def load_vqvae(run_dir: Path, needed_by: int | None, device: torch.device) -> TrainedVQVAE:
-    folder, manifest = read_stage(run_dir, 1, needed_by)
-    saved = load_json_object(folder / "config.json")
-    constructor = saved.get("vqvae") if isinstance(saved, dict) else None
+def load_vqvae(run: RunFolder | Path, needed_by: int | None, device: torch.device) -> TrainedVQVAE:
+    run = as_run_folder(run)
+    folder, manifest = run.read_stage(1, needed_by)
+    constructor = run.saved(1).get("vqvae")
     if not isinstance(constructor, dict):
         raise UserError(f"{folder / 'config.json'} has no 'vqvae' section; re-run stage 1")
     for part in ("encoder", "decoder"):
@@ -91,16 +78,17 @@ def load_vqvae(run_dir: Path, needed_by: int | None, device: torch.device) -> Tr
             f"{folder / 'config.json'} does not describe a VQ-VAE ({type(e).__name__}: {e}); re-run stage 1"
         ) from None
     load_weights(folder / "vqvae.safetensors", model)
-    return TrainedVQVAE(model.to(device).eval(), folder, manifest, saved)
+    return TrainedVQVAE(model.to(device).eval(), run, manifest)
 
 
 def load_prior(
-    run_dir: Path, needed_by: int | None, device: torch.device, vqvae: TrainedVQVAE | None = None
+    run: RunFolder | Path, needed_by: int | None, device: torch.device, vqvae: TrainedVQVAE | None = None
 ) -> TrainedPrior:
     """The trained prior; with `vqvae`, also checked to model that VQ-VAE's codes (same K and grid)."""
-    folder, manifest = read_stage(run_dir, 3, needed_by)
-    saved = load_json_object(folder / "config.json")
-    resolved = _component_section(saved, "prior", folder)
+    run = as_run_folder(run)
+    folder, manifest = run.read_stage(3, needed_by)
+    saved = run.saved(3)
+    resolved = run.component(3, "prior")
     class_names = saved.get("class_names")
     try:
         grid = tuple(int(v) for v in saved["grid"])
@@ -113,31 +101,14 @@ def load_prior(
         raise UserError(f"{folder / 'config.json'}: {resolved['target']!r} is not a vqprior prior; re-run stage 3")
     if model.num_classes != len(class_names or []):
         raise UserError(
-            f"{folder / 'config.json'}: the prior knows {model.num_classes} classes but names {len(class_names or [])}; re-run stage 3"
+            f"{folder / 'config.json'}: the prior knows {model.num_classes} classes but names "
+            f"{len(class_names or [])}; re-run stage 3"
         )
     load_weights(folder / "prior.safetensors", model)
-    prior = TrainedPrior(model.to(device).eval(), folder, manifest, grid, class_names)
+    prior = TrainedPrior(model.to(device).eval(), run, manifest, grid, class_names)
     if vqvae is not None:
         check_prior_fits(prior, vqvae)
     return prior
-
-
-def saved_sampling(config_file: Path) -> tuple[float, float]:
-    """(temperature, guidance) saved with the prior: the defaults of generate, complete, eval and the page. Checked
-    like values a user passes (a forged 1e6 guidance is refused, not used)."""
-    saved = load_json_object(config_file)
-    sample_cfg = saved.get("config", {}).get("sample", {}) if isinstance(saved.get("config", {}), dict) else None
-    if not isinstance(sample_cfg, dict):
-        raise UserError(f"{config_file}: config.sample is not a table; re-run stage 3")
-    temperature, guidance = sample_cfg.get("temperature", 1.0), sample_cfg.get("guidance", 1.0)
-    for key, value in (("temperature", temperature), ("guidance", guidance)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{config_file}: sample.{key} must be a number, got {value!r}; re-run stage 3 or stage 4")
-    try:
-        check_sampling(temperature, guidance)
-    except UserError as e:
-        raise UserError(f"{config_file} holds saved sampling settings out of range ({e}); re-run stage 3") from None
-    return float(temperature), float(guidance)
 
 
 def check_prior_fits(prior: TrainedPrior, vqvae: TrainedVQVAE) -> None:

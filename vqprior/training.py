@@ -117,7 +117,7 @@ class Trainer:
         *,
         stage: int,
         runtime: Runtime,
-        run_dir: Path,
+        checkpoint: Path,
         fingerprint: dict,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
@@ -148,7 +148,7 @@ class Trainer:
             optimizer, epochs * self.steps_per_epoch, min(warmup_steps, self.steps_per_epoch)
         )
         self.stateful = {"model": model, "optimizer": optimizer, "scheduler": self.scheduler, **(extra_state or {})}
-        self.path = Path(run_dir) / ".checkpoints" / f"stage{stage}.pt"
+        self.path = Path(checkpoint)  # the run folder's resume state for this stage
         self.order = torch.Generator().manual_seed(runtime.seed)
         self.epoch, self.step, self.history = 1, 0, []
         self.sums: dict[str, torch.Tensor] = {}

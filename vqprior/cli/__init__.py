@@ -192,7 +192,9 @@ def _run_dir_of(name: Optional[str], out_dir: str) -> Path:
     if name is not None:
         validate_run_name(name)  # the same rules as run.name
     run_dir = Path(out_dir) / (name or "mnist")
-    if not (run_dir / "stage1").is_dir():
+    from ..run_folder import RunFolder
+
+    if not RunFolder(run_dir).stage(1).is_dir():
         raise UserError(f"no finished run in {run_dir}; run `vqprior run` first (or pass --name / --out-dir)")
     return run_dir
 

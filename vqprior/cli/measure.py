@@ -46,18 +46,18 @@ def eval_run(
         if reference not in ("test", "valid"):
             raise UserError(f"--reference {reference!r}: choose test or valid")
         check_sampling(temperature, guidance)
-        from ..artifacts import run_lock
-        from ..evaluation.run_eval import evaluate_run, previous_results, setting_key, write_eval
+        from ..evaluation.run_eval import evaluate_run, setting_key, write_eval
+        from ..run_folder import RunFolder
         from ..runtime import Runtime
 
-        run_dir = _run_dir_of(name, out_dir)
+        run = RunFolder(_run_dir_of(name, out_dir))
         rt = Runtime.setup(RunSection(device=device))
-        with run_lock(run_dir):
+        with run.lock():
             result, images = evaluate_run(
-                run_dir, n, temperature, reference, rt.device, ConsoleReporter(), seed, guidance
+                run.path, n, temperature, reference, rt.device, ConsoleReporter(), seed, guidance
             )
-            kept = previous_results(run_dir)
-            folder = write_eval(run_dir, result, images, report=True)
+            kept = run.evaluations()
+            folder = write_eval(run, result, images, report=True)
         console.print(eval_table(result))
         for warning in result["warnings"]:
             console.print(f"[yellow]warning:[/] {warning}")
@@ -67,7 +67,7 @@ def eval_run(
         others = len(set(kept) - {key})
         if others:
             console.print(f"kept {others} evaluation(s) at other settings in {folder / 'results'}")
-        console.print(f"[green]report[/] -> {run_dir / 'report.html'}")
+        console.print(f"[green]report[/] -> {run.report}")
         console.print(f"[green]eval done[/] in {result['seconds']:.0f}s -> {folder / 'eval.json'}")
 
 

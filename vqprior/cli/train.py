@@ -8,7 +8,6 @@ import json
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -49,19 +48,6 @@ def _stage(stage: int):
     return importlib.import_module(STAGE_MODULES[stage])
 
 
-def finished_stage(run_dir: Path, stage: int) -> dict | None:
-    """The manifest of a finished stage in the run folder (not re-verified), or None."""
-    from ..artifacts import load_json_object
-
-    path = run_dir / f"stage{stage}" / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        return load_json_object(path)
-    except UserError:
-        return {}
-
-
 def _changes(old, new, prefix: str = "") -> list[str]:
     """'key: old -> new' for every leaf that differs between two fingerprints."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -74,13 +60,13 @@ def _changes(old, new, prefix: str = "") -> list[str]:
     return [f"{prefix[:-1]} {shown(old)} -> {shown(new)}"]
 
 
-def check_nothing_finished_is_replaced(run_dir: Path, cfg: Config) -> None:
+def check_nothing_finished_is_replaced(run_folder, cfg: Config) -> None:
     """`vqprior run` with other settings than the finished training stages in its folder would retrain them there and
     replace minutes of work: refused in one line that says what differs and how to keep or replace it."""
-    from ..artifacts import STAGE_NAMES
+    from ..run_folder import STAGE_NAMES
 
     for stage in (1, 3):
-        old = finished_stage(run_dir, stage)
+        old = run_folder.manifest(stage)
         if not old or "fingerprint" not in old:
             continue
         new = _stage(stage).fingerprint(cfg)
@@ -91,40 +77,41 @@ def check_nothing_finished_is_replaced(run_dir: Path, cfg: Config) -> None:
         if changes:
             what = (
                 "the VQ-VAE (stage 1) and the prior (stage 3)"
-                if stage == 1 and finished_stage(run_dir, 3)
+                if stage == 1 and run_folder.manifest(3)
                 else f"the {STAGE_NAMES[stage]} (stage {stage})"
             )
             raise UserError(
-                f"{run_dir} holds a finished {STAGE_NAMES[stage]} made with other settings ({'; '.join(changes[:4])}"
+                f"{run_folder.path} holds a finished {STAGE_NAMES[stage]} made with other settings ({'; '.join(changes[:4])}"
                 f"{'; ...' if len(changes) > 4 else ''}); this run would replace {what}: pass --name NEW to keep it "
                 f"and train elsewhere, or --replace to retrain in this folder"
             )
 
 
 def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool, replace: bool = False) -> None:
-    from ..artifacts import STAGE_NAMES, is_current, run_lock
+    from ..run_folder import STAGE_NAMES
     from ..runtime import Runtime
 
     rt = Runtime.setup(cfg.run)
     reporter = ConsoleReporter() if rt.is_main else Reporter()
-    run_dir = cfg.run_dir()
-    with run_lock(run_dir) if rt.is_main else contextlib.nullcontext():
+    run_folder = cfg.run_folder()
+    run_dir = run_folder.path
+    with run_folder.lock() if rt.is_main else contextlib.nullcontext():
         rt.barrier()  # under torchrun the other processes wait until rank 0 holds the run folder
         if incremental and resume == "require":
-            if not list((run_dir / ".checkpoints").glob("stage*.pt")):
+            if not run_folder.checkpoints():
                 raise UserError(f"--resume: no interrupted stage to resume in {run_dir}; run without --resume")
             resume = "auto"
         if incremental and resume != "restart" and not replace:
-            check_nothing_finished_is_replaced(run_dir, cfg)
+            check_nothing_finished_is_replaced(run_folder, cfg)
         for stage in stages:
             module = _stage(stage)
-            if incremental and resume != "restart" and is_current(run_dir, stage, module.fingerprint(cfg)):
+            if incremental and resume != "restart" and run_folder.is_current(stage, module.fingerprint(cfg)):
                 if rt.is_main:
                     console.print(
-                        f"[green]stage {stage} up to date[/] ({run_dir / f'stage{stage}'}); skipped (--restart redoes it)"
+                        f"[green]stage {stage} up to date[/] ({run_folder.stage(stage)}); skipped (--restart redoes it)"
                     )
                 continue
-            old = finished_stage(run_dir, stage) if rt.is_main else None
+            old = run_folder.manifest(stage) if rt.is_main else None
             t0 = time.perf_counter()
             kwargs = {"resume": resume} if stage in RESUMABLE else {}
             out = module.run(cfg, reporter=reporter, rt=rt, **kwargs)
@@ -139,7 +126,7 @@ def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool, 
         if incremental and rt.is_main:
             from ..report.html import write_report
 
-            evaluated = (run_dir / "eval" / "eval.json").is_file()
+            evaluated = (run_folder.eval / "eval.json").is_file()
             note = (
                 "with the last evaluation's numbers: `vqprior eval` again to score these stages"
                 if evaluated

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import read_stage
 from ..codes import load_code_maps
 from ..config import DataSection
 from ..datasets import ImageSet, load_split, to_float
@@ -105,7 +104,7 @@ def evaluate_run(
     recon_images = decode_images(vqvae, encode_images(vqvae, ref.images))
 
     # prior: NLL of the test codes, and an upper bound on the image NLL
-    folder, manifest = read_stage(run_dir, 2)
+    folder, manifest = run.run_folder.read_stage(2)
     codes, labels = load_code_maps(folder, manifest, "test").tensors(device)
     if not prior.num_classes:
         labels = None
@@ -241,22 +240,6 @@ def raise_unlabeled(data_cfg: DataSection) -> None:
     )
 
 
-def previous_results(run_dir: Path, folder: Path | None = None) -> dict[str, dict]:
-    """The run's kept evaluations, one per setting (file name -> result); unreadable ones are dropped."""
-    from ..artifacts import load_json_object
-    from ..errors import UserError
-
-    folder = folder or run_dir / "eval" / "results"
-    kept = {}
-    if folder.is_dir() and not folder.is_symlink():
-        for path in sorted(folder.glob("*.json")):
-            try:
-                kept[path.name] = load_json_object(path)
-            except (UserError, OSError):
-                continue
-    return kept
-
-
 def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int = 10, report: bool = False) -> Path:
     """<run>/eval/eval.json (the latest), results/<setting>.json (one per setting: n, temperature, guidance,
     reference, seed; a new result replaces only its own setting's) and samples.png (the first `per_class` scored samples of each class, one row each).
@@ -265,6 +248,7 @@ def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int
     from torchvision.utils import save_image
 
     from ..artifacts import save_json, write_bytes_atomic, writing_folder
+    from ..run_folder import as_run_folder
 
     labels = result["samples"].get("per_class_accuracy")
     if labels:
@@ -273,10 +257,11 @@ def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int
         shown = torch.cat([images[s : s + min(per_class, k)] for s, k in zip(starts, counts)])
     else:
         shown = images[: per_class * per_class]
-    with writing_folder(Path(run_dir) / "eval", "eval") as out:
+    run = as_run_folder(run_dir)
+    with writing_folder(run.eval, "eval") as out:
         save_json(out / "eval.json", result)
         (out / "results").mkdir()
-        for name, kept in previous_results(Path(run_dir)).items():
+        for name, kept in run.evaluations().items():
             save_json(out / "results" / name, kept)
         save_json(out / "results" / f"{setting_key(result)}.json", result)
         buffer = io.BytesIO()
@@ -285,5 +270,5 @@ def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int
         if report:
             from ..report.html import write_report
 
-            write_report(run_dir, eval_dir=out)
-    return Path(run_dir) / "eval"
+            write_report(run, eval_dir=out)
+    return run.eval

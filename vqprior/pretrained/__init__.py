@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import UserError
+from ..run_folder import RunFolder
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("mnist",)
@@ -34,7 +35,7 @@ def folder(name: str) -> Path:
     if name not in NAMES:
         raise UserError(f"no pretrained run called {name!r}; the package ships: {', '.join(NAMES)}")
     path = HERE / name
-    if not (path / "stage3" / "manifest.json").is_file():
+    if not RunFolder(path).finished(3):
         raise UserError(f"this installation has no pretrained {name} run ({path} is missing); reinstall vqprior")
     return path
 
@@ -42,7 +43,7 @@ def folder(name: str) -> Path:
 def install(name: str, out_dir: Path, run_name: str | None = None, replace: bool = False) -> Path:
     """Copy the shipped run to <out_dir>/<run_name> (default "<name>-pretrained"); an existing folder is kept unless
     `replace` (or it already is this shipped run)."""
-    from ..artifacts import read_stage, writing_folder
+    from ..artifacts import writing_folder
 
     source = folder(name)
     target = Path(out_dir) / (run_name or f"{name}-pretrained")
@@ -62,24 +63,24 @@ def install(name: str, out_dir: Path, run_name: str | None = None, replace: bool
             else:
                 shutil.copy2(item, tmp / item.name)
     for stage in (1, 2, 3, 4):
-        read_stage(target, stage)  # every manifest checks out in its new place
+        RunFolder(target).read_stage(stage)  # every manifest checks out in its new place
     return target
 
 
 def pack(run_dir: Path, dest: Path, record: dict) -> Path:
     """Write the shipped form of a finished, evaluated run to `dest` (replacing it). `record`: how it was made
     (command, seed, machine yardstick, ...), saved with its eval numbers in PRETRAINED.json."""
-    from ..artifacts import load_json_object, read_stage, save_json, writing_folder
+    from ..artifacts import load_json_object, save_json, writing_folder
 
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     for stage in (1, 2, 3, 4):
-        read_stage(run_dir, stage)
-    evaluation = run_dir / "eval" / "eval.json"
-    if not evaluation.is_file():
-        raise UserError(f"{run_dir} has no evaluation; run `vqprior eval` on it first")
+        run.read_stage(stage)
+    ev = run.evaluation()
+    if ev is None:
+        raise UserError(f"{run.path} has no evaluation; run `vqprior eval` on it first")
     with writing_folder(Path(dest), "the pretrained run") as tmp:
         for stage, keep in KEEP.items():
-            src, out = run_dir / f"stage{stage}", tmp / f"stage{stage}"
+            src, out = run.stage(stage), tmp / run.stage(stage).name
             out.mkdir()
             manifest = load_json_object(src / "manifest.json")
             dropped = sorted(set(manifest["outputs"]) - keep)
@@ -89,12 +90,12 @@ def pack(run_dir: Path, dest: Path, record: dict) -> Path:
             for name in manifest["outputs"]:
                 shutil.copy2(src / name, out / name)
             save_json(out / "manifest.json", manifest)
-        (tmp / "eval").mkdir()
+        packed = RunFolder(tmp)
+        packed.eval.mkdir()
         for name in ("eval.json", "samples.png"):
-            shutil.copy2(run_dir / "eval" / name, tmp / "eval" / name)
-        if (run_dir / "eval" / "results").is_dir():
-            shutil.copytree(run_dir / "eval" / "results", tmp / "eval" / "results")
-        ev = load_json_object(evaluation)
+            shutil.copy2(run.eval / name, packed.eval / name)
+        if run.eval_results.is_dir():
+            shutil.copytree(run.eval_results, packed.eval_results)
         save_json(
             tmp / "PRETRAINED.json",
             {
@@ -113,5 +114,5 @@ def pack(run_dir: Path, dest: Path, record: dict) -> Path:
             },
         )
     for stage in (1, 2, 3, 4):
-        read_stage(Path(dest), stage)
+        RunFolder(dest).read_stage(stage)
     return Path(dest)

@@ -8,8 +8,6 @@ import platform
 import shutil
 from pathlib import Path
 
-import torch
-
 from . import HERE, pack
 
 if __name__ == "__main__":
@@ -19,30 +17,28 @@ if __name__ == "__main__":
     ap.add_argument("--yardstick", required=True, help="bench/yardstick.py's line from the same session")
     ap.add_argument("--seconds", type=float, help="wall time of that command")
     args = ap.parse_args()
-    from ..artifacts import load_json_object, versions
+    from ..artifacts import versions
     from ..datasets.mnist import cache_dir
     from ..evaluation.run_eval import split_holdout
+    from ..run_folder import RunFolder
 
-    stage1 = load_json_object(args.run_dir / "stage1" / "manifest.json")
+    run = RunFolder(args.run_dir)
+    stage1 = run.manifest(1)
     record = {
         "command": args.command,
         "seed": stage1["config"]["run"]["seed"],
         "versions": versions(),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}; {args.yardstick}",
         "wall_seconds": args.seconds,
-        "stage_seconds": {
-            s: load_json_object(args.run_dir / f"stage{s}" / "manifest.json")["timings_s"]["total"]
-            for s in (1, 2, 3, 4)
-        },
+        "stage_seconds": {s: run.manifest(s)["timings_s"]["total"] for s in (1, 2, 3, 4)},
     }
     dest = pack(args.run_dir, HERE / "mnist", record)
     nets = HERE / "feature_nets"
     nets.mkdir(exist_ok=True)
     from ..datasets import load_split
     from ..evaluation.classifier import SPACES, data_fingerprint
-    from ..restore import load_vqvae
 
-    fit, _ = split_holdout(load_split(load_vqvae(args.run_dir, None, torch.device("cpu")).data, "train"))
+    fit, _ = split_holdout(load_split(run.data(), "train"))
     key = data_fingerprint(fit)[:24]
     for space in SPACES:
         for suffix in (".safetensors", ".json"):

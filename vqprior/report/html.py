@@ -14,9 +14,10 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
-from ..artifacts import STAGE_NAMES, check_run_folder, load_json_object, read_regular, versions, write_bytes_atomic
+from ..artifacts import load_json_object, read_regular, versions, write_bytes_atomic
 from ..codes import codes_manifest
 from ..errors import UserError
+from ..run_folder import STAGE_NAMES, RunFolder, as_run_folder
 from . import plots
 
 MAX_PICTURE_BYTES = 32 << 20
@@ -56,39 +57,38 @@ def _picture(path: Path, caption: str, skipped: list[str], scale: int = 2) -> di
     return {"data": base64.b64encode(data).decode(), "mime": mime, "caption": caption, "width": width * scale}
 
 
-def write_report(run_dir: Path, eval_dir: Path | None = None) -> Path:
+def write_report(run_dir: RunFolder | Path, eval_dir: Path | None = None) -> Path:
     """Write <run>/report.html (atomically); `eval_dir` is an evaluation folder not yet in place (vqprior eval
     renders the report before it replaces the previous evaluation, so a failure keeps both old ones)."""
-    run_dir = Path(run_dir)
-    check_run_folder(run_dir)
-    html = render_report(run_dir, eval_dir or run_dir / "eval")
-    path = run_dir / "report.html"
-    write_bytes_atomic(path, html.encode())
-    return path
+    run = as_run_folder(run_dir)
+    run.check()
+    html = render_report(run, eval_dir or run.eval)
+    write_bytes_atomic(run.report, html.encode())
+    return run.report
 
 
-def render_report(run_dir: Path, eval_dir: Path) -> str:
+def render_report(run: RunFolder, eval_dir: Path) -> str:
     env = Environment(loader=PackageLoader("vqprior.report", "."), autoescape=select_autoescape(["html", "j2"]))
     skipped: list[str] = []
-    s1, s3 = _load(run_dir / "stage1" / "metrics.json", skipped), _load(run_dir / "stage3" / "metrics.json", skipped)
+    s1, s3 = _load(run.stage(1) / "metrics.json", skipped), _load(run.stage(3) / "metrics.json", skipped)
     evaluation = _load(eval_dir / "eval.json", skipped)
 
     pictures = [
         _picture(eval_dir / "samples.png", "Samples scored by vqprior eval: one row per class", skipped),
-        _picture(run_dir / "stage4" / "samples.png", "Stage 4 samples (one row per requested class)", skipped),
-        _picture(run_dir / "stage4" / "morph.png", "Stage 4 morph strips: one class turning into another", skipped),
-        _picture(run_dir / "stage4" / "morph.gif", "The morph, step by step", skipped),
-        _picture(run_dir / "stage3" / "samples.gif", "The same seed and labels after each epoch of stage 3", skipped),
+        _picture(run.stage(4) / "samples.png", "Stage 4 samples (one row per requested class)", skipped),
+        _picture(run.stage(4) / "morph.png", "Stage 4 morph strips: one class turning into another", skipped),
+        _picture(run.stage(4) / "morph.gif", "The morph, step by step", skipped),
+        _picture(run.stage(3) / "samples.gif", "The same seed and labels after each epoch of stage 3", skipped),
         _picture(
-            run_dir / "stage1" / "reconstructions.png",
+            run.stage(1) / "reconstructions.png",
             "Test digits (odd rows) and their reconstructions (even rows)",
             skipped,
         ),
-        _picture(run_dir / "stage1" / "reconstructions.gif", "Reconstructions after each epoch of stage 1", skipped),
+        _picture(run.stage(1) / "reconstructions.gif", "Reconstructions after each epoch of stage 1", skipped),
     ]
     figures = []
     try:
-        _figures(run_dir, s1, s3, figures, skipped)
+        _figures(run, s1, s3, figures, skipped)
     except (KeyError, TypeError, ValueError, IndexError) as e:
         skipped.append(
             f"the training curves could not be drawn from the metrics files ({type(e).__name__}: {e}); re-run stage 1 or 3"
@@ -98,7 +98,7 @@ def render_report(run_dir: Path, eval_dir: Path) -> str:
 
     stages, config = [], None
     for stage in (1, 2, 3, 4):
-        m = _load(run_dir / f"stage{stage}" / "manifest.json", skipped)
+        m = _load(run.stage(stage) / "manifest.json", skipped)
         if m:
             timings = m.get("timings_s") if isinstance(m.get("timings_s"), dict) else {}
             total = timings.get("total", 0)
@@ -118,10 +118,10 @@ def render_report(run_dir: Path, eval_dir: Path) -> str:
             f"{eval_dir / 'eval.json'} is not an evaluation result of this version; run `vqprior eval` again"
         )
         evaluation = None
-    results = [r for r in _results(eval_dir) if isinstance(r.get("samples"), dict)]
+    results = [r for r in run.evaluations(eval_dir).values() if isinstance(r.get("samples"), dict)]
     page = {
-        "name": run_dir.name,
-        "folder": str(run_dir),
+        "name": run.path.name,
+        "folder": str(run.path),
         "written": time.strftime("%Y-%m-%d %H:%M"),
         "versions": versions(),
         "pictures": [p for p in pictures if p],
@@ -140,16 +140,7 @@ def render_report(run_dir: Path, eval_dir: Path) -> str:
         return template.render(eval=None, results=[], **page)
 
 
-def _results(eval_dir: Path) -> list[dict]:
-    from ..evaluation.run_eval import previous_results
-
-    folder = eval_dir / "results"
-    if not folder.is_dir() or folder.is_symlink():
-        return []
-    return list(previous_results(eval_dir.parent, folder).values())
-
-
-def _figures(run_dir: Path, s1, s3, figures: list, skipped: list[str]) -> None:
+def _figures(run: RunFolder, s1, s3, figures: list, skipped: list[str]) -> None:
     if s1:
         figures.append(
             {
@@ -192,11 +183,11 @@ def _figures(run_dir: Path, s1, s3, figures: list, skipped: list[str]) -> None:
                 ),
             }
         )
-    codes = run_dir / "stage2" / "train_codes.npy"
-    manifest2 = _load(run_dir / "stage2" / "manifest.json", skipped)
+    codes = run.stage(2) / "train_codes.npy"
+    manifest2 = _load(run.stage(2) / "manifest.json", skipped)
     if os.path.isfile(codes) and not os.path.islink(codes) and manifest2:
         try:
-            k = codes_manifest(manifest2, run_dir / "stage2").codebook_size  # validated: a forged K of 1e12 is refused
+            k = codes_manifest(manifest2, run.stage(2)).codebook_size  # validated: a forged K of 1e12 is refused
         except UserError as e:
             skipped.append(str(e))
             return

@@ -13,27 +13,25 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
+from ..artifacts import write_bytes_atomic
+
 
 class ProgressWriter:
-    def __init__(self, run_dir: Path, stage: int, first_epoch: int, enabled: bool = True, tensorboard: bool = False):
-        self.folder = Path(run_dir) / "progress" / f"stage{stage}"
+    def __init__(self, run_folder, stage: int, first_epoch: int, enabled: bool = True, tensorboard: bool = False):
+        self.folder = run_folder.progress(stage)
         self.enabled, self.stage = enabled, stage
         self.tb = None
         if not enabled:
             return
         lines = self.folder / "metrics.jsonl"
         if lines.is_file():  # epochs from the resume point on are redone: drop what a crashed run wrote for them
-            kept = [
-                line
-                for line in lines.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", 0) < first_epoch
-            ]
-            lines.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in lines.read_text(errors="replace").splitlines() if _epoch(line) < first_epoch]
+            write_bytes_atomic(lines, "".join(line + "\n" for line in kept).encode())
         for frame in self.folder.glob("epoch_*.png"):
             if int(frame.stem.split("_")[1]) >= first_epoch:
                 frame.unlink()
         if tensorboard:
-            self.tb = _tensorboard_writer(Path(run_dir) / "tensorboard")
+            self.tb = _tensorboard_writer(run_folder.tensorboard)
 
     def log(self, row: dict) -> None:
         if not self.enabled:
@@ -75,6 +73,16 @@ class ProgressWriter:
                 pass
         if self.tb is not None:
             self.tb.close()
+
+
+def _epoch(line: str) -> float:
+    """The epoch of one progress line; a line cut short by a crash (or not one of ours) counts as never written."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return float("inf")
+    epoch = row.get("epoch") if isinstance(row, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else float("inf")
 
 
 def labelled(frame: Image.Image, text: str) -> Image.Image:

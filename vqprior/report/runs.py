@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..artifacts import check_run_folder, load_json_object
+from ..artifacts import load_json_object
 from ..errors import UserError
 from ..models.quantizer import degenerate_code
+from ..run_folder import RunFolder
 
 
 def _load(path: Path) -> dict:
@@ -33,23 +34,19 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 def collect_runs(out_dir: Path) -> list[list[str]]:
     rows = []
     out_dir = Path(out_dir)
-    found = (
-        sorted(p for p in out_dir.iterdir() if p.is_dir() and (p / "stage1" / "manifest.json").is_file())
-        if out_dir.is_dir()
-        else []
-    )
-    for run in found:
+    found = sorted(p for p in out_dir.iterdir() if p.is_dir() and RunFolder(p).finished(1)) if out_dir.is_dir() else []
+    for run in map(RunFolder, found):
         try:
-            check_run_folder(run)
+            run.check()
         except UserError as e:
-            rows.append([run.name, "-", "-", "-", "-", "-", "-", "-", f"refused: {e}"])
+            rows.append([run.path.name, "-", "-", "-", "-", "-", "-", "-", f"refused: {e}"])
             continue
         m2, s3, ev = (
-            _load(run / "stage2" / "manifest.json"),
-            _load(run / "stage3" / "metrics.json"),
-            _load(run / "eval" / "eval.json"),
+            _load(run.stage(2) / "manifest.json"),
+            _load(run.stage(3) / "metrics.json"),
+            _load(run.eval / "eval.json"),
         )
-        wall = sum(_number(_load(run / f"stage{s}" / "manifest.json"), "timings_s", "total") or 0 for s in (1, 2, 3, 4))
+        wall = sum(_number(_load(run.stage(s) / "manifest.json"), "timings_s", "total") or 0 for s in (1, 2, 3, 4))
         k = _number(m2, "codebook_size")
         k = k if k is not None and 1 <= k <= 2**32 else None
         usage, perplexity = _number(m2, "splits", "train", "usage"), _number(m2, "splits", "train", "perplexity")
@@ -64,7 +61,7 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
                 setting = f"{n:.0f} · {t:g} · {g:g} ({ev.get('reference', '?')}, seed {_fmt(seed, '.0f')})"
         rows.append(
             [
-                run.name,
+                run.path.name,
                 _fmt(k, ".0f"),
                 _fmt(_number(s3, "final", "test_bits_per_map"), ".1f"),
                 _fmt(_number(ev, "samples", "fd_ratio"), ".2f", "x"),

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from torchvision.utils import make_grid
 
 from ..api import Run, load
-from ..artifacts import check_run_folder, load_json_object, read_regular
+from ..artifacts import read_regular
 from ..config import MAX_SEED
 from ..datasets.pixels import UNREADABLE, fit_to, open_image, to_uint8, why_unreadable
 from ..errors import UserError
@@ -137,18 +137,17 @@ class Service:
                 "upload_bytes": MAX_UPLOAD,
                 "keep_rows": r.grid[0],
             },
-            "report": (r.folder / "report.html").is_file(),
+            "report": r.run_folder.report.is_file(),
             "prior": type(r.prior).__name__,
             "quality": self.quality(),
         }
 
     def quality(self) -> dict | None:
         """The run's latest `vqprior eval` headline, for the page's header (None when it was not evaluated)."""
-        path = self.run.folder / "eval" / "eval.json"
-        if not path.is_file():
-            return None
         try:
-            ev = load_json_object(path)
+            ev = self.run.run_folder.evaluation()
+            if ev is None:
+                return None
             samples = ev["samples"]
             return {
                 "fd_ratio": float(samples["fd_ratio"]),
@@ -389,13 +388,13 @@ def create_app(
         return JSONResponse({"image": png(images[i : i + 1], nrow=1, scale=1, padding=0)})
 
     async def report(request: Request) -> Response:
-        path = service.run.folder / "report.html"
+        path = service.run.run_folder.report
         if not os.path.lexists(path):
             return JSONResponse(
                 {"error": "this run has no report.html yet; run `vqprior eval` or `vqprior report`"}, status_code=404
             )
         try:  # the run's own file, never a link's target
-            check_run_folder(service.run.folder)
+            service.run.run_folder.check()
             return HTMLResponse(read_regular(path, 256 << 20))
         except UserError as e:
             return JSONResponse({"error": str(e)}, status_code=403)

@@ -1,0 +1,92 @@
+"""RunFolder: the one owner of the run folder's layout and of the verified reads of what its stages saved."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vqprior.artifacts import save_json
+from vqprior.errors import UserError
+from vqprior.report.progress import ProgressWriter
+from vqprior.run_folder import RunFolder
+
+
+def finished_stage(run: RunFolder, stage: int, config: dict, inputs: dict | None = None) -> None:
+    with run.writing_stage(stage) as out:
+        save_json(out / "config.json", config)
+        run.write_manifest(out, stage, inputs or {}, {}, {"total": 1.0}, {"seed": 0})
+
+
+def test_the_layout_is_named_in_one_place(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    assert run.stage(3) == tmp_path / "r" / "stage3"
+    assert run.checkpoint(1) == tmp_path / "r" / ".checkpoints" / "stage1.pt"
+    assert run.progress(3) == tmp_path / "r" / "progress" / "stage3"
+    assert run.eval_results == tmp_path / "r" / "eval" / "results"
+    assert run.report == tmp_path / "r" / "report.html"
+    assert not run.finished(1) and run.manifest(1) is None and run.output_sha(1, "config.json") is None
+
+
+def test_saved_settings_are_read_from_verified_bytes_once_and_dropped_when_the_stage_is_rewritten(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    data = {"source": "mnist", "root": None}
+    finished_stage(run, 1, {"data": data, "class_names": ["a", "b"], "vqvae": {"target": "x", "params": {}}})
+    assert run.saved(1)["class_names"] == ["a", "b"]
+    assert run.component(1, "vqvae") == {"target": "x", "params": {}}
+    assert run.data().source == "mnist"
+    assert run.output_sha(1, "config.json") == run.manifest(1)["outputs"]["config.json"]
+
+    # a reader's second look is the first one's (no re-read); rewriting the stage through the owner drops it
+    finished_stage(run, 1, {"data": data, "class_names": ["c"]})
+    assert run.saved(1)["class_names"] == ["c"]
+    with pytest.raises(UserError, match="no valid 'vqvae'"):
+        run.component(1, "vqvae")
+
+    # a config changed behind the manifest's back is refused, by a fresh reader, in one line
+    (run.stage(1) / "config.json").write_text(json.dumps({"class_names": ["forged"]}))
+    with pytest.raises(UserError, match="changed after stage 1 wrote it"):
+        RunFolder(run.path).saved(1)
+
+
+def test_a_stage_made_from_a_replaced_earlier_stage_is_refused(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    finished_stage(run, 1, {"n": 1})
+    finished_stage(run, 2, {"n": 2}, inputs={"config": run.stage(1) / "config.json"})
+    assert run.read_stage(2)[1]["inputs"]["config"]["path"] == "stage1/config.json"
+    assert run.is_current(2, {"seed": 0}) and not run.is_current(2, {"seed": 1})
+    finished_stage(run, 1, {"n": 3})
+    with pytest.raises(UserError, match="re-run stage 2"):
+        run.read_stage(2)
+    assert not run.is_current(2, {"seed": 0})
+
+
+def test_forged_sampling_defaults_are_refused(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    finished_stage(run, 3, {"config": {"sample": {"temperature": 0.9, "guidance": 1e6}}})
+    with pytest.raises(UserError, match="out of range"):
+        run.sampling()
+    finished_stage(run, 3, {"config": {"sample": {"temperature": 0.9, "guidance": 1.5}}})
+    assert run.sampling() == (0.9, 1.5)
+
+
+def test_evaluations_skip_unreadable_results(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    assert run.evaluation() is None and run.evaluations() == {}
+    run.eval_results.mkdir(parents=True)
+    save_json(run.eval / "eval.json", {"n_samples": 10})
+    save_json(run.eval_results / "a.json", {"n_samples": 10})
+    (run.eval_results / "b.json").write_text("{not json")
+    assert run.evaluation() == {"n_samples": 10}
+    assert list(run.evaluations()) == ["a.json"]
+
+
+def test_a_progress_line_cut_short_by_a_crash_is_dropped_on_resume(tmp_path):
+    run = RunFolder(tmp_path / "r")
+    run.progress(3).mkdir(parents=True)
+    lines = run.progress(3) / "metrics.jsonl"
+    lines.write_text('{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.5}\n{"epoch": 3, "lo')
+    ProgressWriter(run, 3, first_epoch=3)
+    assert lines.read_text() == '{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.5}\n'
+    ProgressWriter(run, 3, first_epoch=2)
+    assert lines.read_text() == '{"epoch": 1, "loss": 2.0}\n'
