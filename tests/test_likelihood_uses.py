@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vqprior
-from vqprior.api import class_posterior
+from vqprior.models.priors.classes import class_posterior
 from vqprior.cli import app
 from vqprior.errors import UserError
 from vqprior.models.priors.base import sample

@@ -156,7 +156,7 @@ def test_the_masked_kind_runs_through_the_pipeline_and_the_api(tmp_path):
 
 
 def test_scoring_and_classification_use_the_raster_likelihood_not_the_network():
-    from vqprior.api import class_log_likelihoods, class_posterior
+    from vqprior.models.priors.classes import class_log_likelihoods, class_posterior
 
     prior = random_masked(grid=(2, 3), k=3, num_classes=2)
     codes = torch.randint(0, 3, (5, 2, 3), generator=torch.Generator().manual_seed(1))

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .completion import Completion
 from .components import trusting_code
-from .config import MAX_SEED, check_sampling
+from .config import Sampling, check_sampling
 from .errors import UserError
-from .models.priors.base import check_decode_steps, sample
+from .models.priors.base import check_decode_steps
 from .models.priors.base import generate as generate_codes
+from .models.priors.classes import class_log_likelihoods, class_posterior
 from .models.vqvae import decode_images, encode_images
 from .restore import load_prior, load_vqvae
 from .run_folder import RunFolder
@@ -41,25 +42,6 @@ LN2 = math.log(2)
 class Generated:
     images: torch.Tensor  # uint8 [N, C, H, W]
     codes: torch.Tensor  # long [N, h, w]
-
-
-@dataclass
-class Completion:
-    originals: torch.Tensor  # uint8 [N, C, H, W]
-    codes: torch.Tensor  # long [N, k, h, w]: k completions of each image's code map
-    images: torch.Tensor  # uint8 [N, k, C, H, W]
-    keep: torch.Tensor  # bool [N, h, w]: the code positions that were kept
-    posterior: torch.Tensor | None  # [N, classes]: p(class | kept codes), when the class was inferred
-    labels: torch.Tensor | None  # long [N, k]: the class each completion was drawn for
-    exact: bool  # True for a kept prefix of a raster kind (ancestral sampling, exact); False: MCMC or parallel decoding
-
-    def panels(self) -> torch.Tensor:
-        """uint8 [N, k + 2, C, H, W]: each original, what was kept of it (the rest grey), then its completions."""
-        from .masks import pixel_view
-
-        shown = pixel_view(self.keep, self.originals.shape[2:])[:, None]
-        kept = torch.where(shown, self.originals, torch.full_like(self.originals, 128))
-        return torch.cat([self.originals[:, None], kept[:, None], self.images], 1)
 
 
 class Run:
@@ -190,11 +172,15 @@ class Run:
             raise UserError(f"codes must be in 0..{k - 1} (K={k}), got {int(t.min())}..{int(t.max())}")
         return t
 
-    @staticmethod
-    def _sampling(temperature: float | None, guidance: float | None, seed: int) -> None:
-        check_sampling(temperature, guidance)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
-            raise UserError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    def sampling(self, temperature: float | None = None, guidance: float | None = None, seed: int = 0) -> Sampling:
+        """One call's sampling options, checked like a user's values: those given, the run's saved defaults for the
+        rest (what generate, complete, eval and the page use)."""
+        check_sampling(temperature, guidance, seed)
+        return Sampling(
+            float(self.temperature if temperature is None else temperature),
+            float(self.guidance if guidance is None else guidance),
+            int(seed),
+        )
 
     # ------------------------------------------------------------------ sampling
     def _labels(self, labels, n: int | None) -> tuple[torch.Tensor | None, int]:
@@ -244,7 +230,7 @@ class Run:
         """One image per label (int classes, or soft class weights [N, classes]); or n images from an unconditional prior.
         decode_steps: parallel decoding steps of the masked kind (default: the number saved with it,
         prior.network.params.decode_steps)."""
-        self._sampling(temperature, guidance, seed)
+        options = self.sampling(temperature, guidance, seed)
         try:
             check_decode_steps(self.prior, decode_steps)
         except ValueError as e:
@@ -255,9 +241,9 @@ class Run:
             count,
             self.grid,
             labels,
-            self.temperature if temperature is None else temperature,
-            seed,
-            guidance=self.guidance if guidance is None else guidance,
+            options.temperature,
+            options.seed,
+            guidance=options.guidance,
             decode_steps=decode_steps,
         )
         return Generated(self.decode(codes), codes)
@@ -346,140 +332,9 @@ class Run:
         Metropolis-Hastings over the prior's exact joint likelihood (vqprior.models.priors.fill); the masked kind
         fills any region with its own parallel decoding. A conditional prior without `label` infers the class from
         what is kept and reports its posterior."""
-        from .masks import code_mask
-        from .models.priors.fill import fill, is_prefix
+        from .completion import complete
 
-        self._sampling(temperature, guidance, seed)
-        if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= 64:
-            raise UserError(f"samples must be an integer in 1..64, got {samples!r}")
-        if isinstance(sweeps, bool) or not isinstance(sweeps, (int, np.integer)) or not 0 <= sweeps <= 100:
-            raise UserError(f"sweeps must be an integer in 0..100, got {sweeps!r}")
-        x = self.as_images(images)
-        height, width = self.grid
-        n = len(x)
-        if keep is not None and keep_rows is not None:
-            raise UserError("give either keep_rows (--keep-rows) or keep (--keep / --keep-mask / --erase), not both")
-        if keep is None:
-            keep_rows = height // 2 if keep_rows is None else keep_rows
-            if (
-                isinstance(keep_rows, bool)
-                or not isinstance(keep_rows, (int, np.integer))
-                or not 0 <= keep_rows <= height
-            ):
-                raise UserError(
-                    f"--keep-rows {keep_rows} is out of range: the code maps have {height} rows (0..{height})"
-                )
-            mask = torch.zeros(n, height, width, dtype=torch.bool)
-            mask[:, :keep_rows] = True
-        else:
-            mask = code_mask(keep, n, self.grid, tuple(self.image_shape[1:]))
-        label = self._completion_label(label)
-        codes = self.encode(x)
-        t = self.temperature if temperature is None else temperature
-        g = self.guidance if guidance is None else guidance
-        prefix = is_prefix(mask)
-        if prefix is not None:
-            out, posterior, labels = self._continue_prefix(codes, prefix, samples, label, t, g, seed)
-            return Completion(
-                x,
-                out,
-                self.decode(out.flatten(0, 1)).view(n, samples, *self.image_shape),
-                mask,
-                posterior,
-                labels,
-                not self.prior.parallel,
-            )
-        labels_in = None if label is None else torch.full((n * samples,), label, dtype=torch.long)
-        filled, labels, posterior = fill(
-            self.prior,
-            codes.repeat_interleave(samples, 0),
-            mask.repeat_interleave(samples, 0),
-            labels_in,
-            self.log_class_prior,
-            t,
-            g,
-            sweeps,
-            seed,
-        )
-        if posterior is not None:
-            posterior = posterior.view(n, samples, -1).mean(1)
-        out = filled.view(n, samples, height, width)
-        labels = None if labels is None else labels.view(n, samples)
-        images_out = self.decode(filled).view(n, samples, *self.image_shape)
-        return Completion(x, out, images_out, mask, posterior, labels, False)
-
-    def _completion_label(self, label):
-        if self.num_classes:
-            if label is not None and (
-                isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes
-            ):
-                raise UserError(f"--label {label} is out of range: this prior knows classes 0..{self.num_classes - 1}")
-        elif label is not None:
-            raise UserError("this run's prior is unconditional; drop --label")
-        return label
-
-    def _continue_prefix(self, codes, keep: int, samples: int, label, t: float, g: float, seed: int):
-        """Exact completions of a kept raster prefix of `keep` positions: (codes [N, k, h, w], posterior, labels)."""
-        n = len(codes)
-        posterior, labels = None, None
-        gen = torch.Generator().manual_seed(seed)
-        if self.num_classes:
-            if label is None:
-                posterior = self.posterior(codes, keep)
-                labels = torch.multinomial(posterior, samples, replacement=True, generator=gen)
-            else:
-                labels = torch.full((n, samples), label, dtype=torch.long)
-        prefix = codes.repeat_interleave(samples, 0)
-        flat_labels = None if labels is None else labels.reshape(-1)
-        out = torch.cat(
-            [
-                sample(
-                    self.prior,
-                    len(prefix[i : i + 1000]),
-                    self.grid,
-                    None if flat_labels is None else flat_labels[i : i + 1000],
-                    t,
-                    seed,
-                    first=i,
-                    prefix=prefix[i : i + 1000],
-                    keep=keep,
-                    guidance=g,
-                ).cpu()
-                for i in range(0, len(prefix), 1000)
-            ]
-        )
-        return out.view(n, samples, *self.grid), posterior, labels
-
-
-@torch.no_grad()
-def class_log_likelihoods(prior, codes: torch.Tensor, positions: int | None = None) -> torch.Tensor:
-    """log p(the first `positions` raster codes | class) in nats, for every class: [N, classes] ([N, 1] when
-    unconditional). One teacher-forced pass per class; causality makes later codes irrelevant."""
-    device = next(prior.parameters()).device
-    codes = torch.as_tensor(codes).long().to(device)
-    positions = codes.shape[1] * codes.shape[2] if positions is None else positions
-    classes = range(prior.num_classes) if prior.num_classes else [None]
-    out = torch.empty(len(codes), len(classes), dtype=torch.float64)
-    was_training = prior.training
-    prior.eval()
-    for i in range(0, len(codes), 500):
-        chunk = codes[i : i + 500]
-        for c_idx, c in enumerate(classes):
-            labels = None if c is None else torch.full((len(chunk),), c, dtype=torch.long, device=device)
-            # the raster factors (`logits`), not `forward`: for the masked kind forward is its network, which sees
-            # every code it is given
-            logits = prior.logits(chunk, prior.condition(labels, len(chunk)))
-            logp = -F.cross_entropy(logits.float(), chunk, reduction="none").flatten(1)
-            out[i : i + 500, c_idx] = logp[:, :positions].double().sum(1).cpu()
-    prior.train(was_training)
-    return out
-
-
-def class_posterior(
-    prior, codes: torch.Tensor, log_class_prior: torch.Tensor, positions: int | None = None
-) -> torch.Tensor:
-    """p(c | codes) ∝ p(codes | c) p(c): [N, classes], rows summing to 1."""
-    return torch.softmax(class_log_likelihoods(prior, codes, positions) + log_class_prior, 1)
+        return complete(self, images, keep_rows, samples, label, temperature, guidance, seed, keep, sweeps)
 
 
 def load(run_dir: str | Path = "artifacts/mnist", device: str = "auto", trust_code: bool = False) -> Run:

@@ -7,12 +7,13 @@ from what was actually used instead of re-typing hyperparameters.
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -343,8 +344,9 @@ def default_run_name(data: DataSection) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(data.root).expanduser().resolve().name).strip("-.") or "folder"
 
 
-def check_sampling(temperature: float | None, guidance: float | None) -> None:
-    """sample.temperature's and sample.guidance's ranges for values given to eval, complete, the API or the page."""
+def check_sampling(temperature: float | None, guidance: float | None, seed: int | None = None) -> None:
+    """sample.temperature's and sample.guidance's ranges (and a seed's) for values given to eval, complete, the API
+    or the page; None is "not given"."""
     values = {k: v for k, v in (("temperature", temperature), ("guidance", guidance)) if v is not None}
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -353,6 +355,18 @@ def check_sampling(temperature: float | None, guidance: float | None) -> None:
         SampleSection.model_validate(values)
     except ValidationError as e:
         raise UserError(format_validation_error(e).replace("config: sample.", "", 1)) from None
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED
+    ):
+        raise UserError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+
+
+class Sampling(NamedTuple):
+    """One call's validated sampling options (what `Run.sampling` returns)."""
+
+    temperature: float
+    guidance: float
+    seed: int
 
 
 def validate_run_name(name: str) -> str:

@@ -19,9 +19,7 @@ import torch
 from ..codes import load_code_maps
 from ..config import DataSection
 from ..datasets import ImageSet, load_split, to_float
-from ..models.priors.base import generate
 from ..models.quantizer import degenerate_code
-from ..models.vqvae import decode_images, encode_images
 from ..runtime import Reporter
 from .classifier import PRIMARY, load_spaces
 from .frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, kernel_self_term, precision_recall
@@ -89,9 +87,7 @@ def evaluate_run(
     fit, valid = split_holdout(train)
     # the floor's real set is never the one scored against; both are unseen by the feature networks
     ref, other = (test, valid) if reference == "test" else (valid, test)
-    saved_temperature, saved_guidance = run.temperature, run.guidance
-    temperature = temperature if temperature is not None else saved_temperature
-    guidance = guidance if guidance is not None else saved_guidance
+    temperature, guidance, seed = run.sampling(temperature, guidance, seed)
     spaces = load_spaces(fit, test, device, reporter)
 
     t0 = time.perf_counter()
@@ -101,7 +97,7 @@ def evaluate_run(
 
     # VQ-VAE: reconstructions of the reference images
     recon = reconstruction_metrics(vqvae, test, device)
-    recon_images = decode_images(vqvae, encode_images(vqvae, ref.images))
+    recon_images = run.decode(run.encode(ref.images))
 
     # prior: NLL of the test codes, and an upper bound on the image NLL
     folder, manifest = run.run_folder.read_stage(2)
@@ -125,8 +121,7 @@ def evaluate_run(
         sample_labels = torch.cat([torch.full((k,), c, dtype=torch.long) for c, k in enumerate(per_class)])
     else:
         sample_labels = None
-    sample_codes = generate(prior, n, run.grid, sample_labels, temperature, seed, guidance=guidance)
-    images = decode_images(vqvae, sample_codes)
+    images = run.generate(sample_labels, None if num_classes else n, temperature, guidance, seed).images
     sample_seconds = time.perf_counter() - t_sample
     fd_subset = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:n_floor].sort().values
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import GuidedNoise, GumbelNoise, Prior
+from .classes import class_posterior
 
 
 def is_prefix(keep: torch.Tensor) -> int | None:
@@ -105,7 +106,7 @@ def fill(
 
         for _ in range(sweeps):
             if infer:  # 3. the class given the whole map
-                post = _class_posterior(prior, codes, log_class_prior.to(device))
+                post = class_posterior(prior, codes, log_class_prior.cpu()).float().to(device)
                 posterior_sum = post if posterior_sum is None else posterior_sum + post
                 labels = torch.multinomial(post.cpu(), 1, generator=gen).squeeze(1).to(device)
                 cond = prior.condition(labels, b)
@@ -125,7 +126,7 @@ def fill(
                 logp = torch.where(accept[:, None, None, None], logp_new, logp)
         posterior = None
         if infer:
-            post = _class_posterior(prior, codes, log_class_prior.to(device))
+            post = class_posterior(prior, codes, log_class_prior.cpu()).float().to(device)
             posterior_sum = post if posterior_sum is None else posterior_sum + post
             posterior = (posterior_sum / (sweeps + 1)).cpu()
         return codes.cpu(), None if labels is None else labels.cpu(), posterior
@@ -172,17 +173,8 @@ def _decode_region(prior, codes, keep, labels, log_class_prior, temperature, gui
     filled = prior.decode(codes, cond, known, temperature, noise)[:b]
     posterior = None
     if infer:
-        posterior = _class_posterior(prior, filled, log_class_prior.to(device))
+        posterior = class_posterior(prior, filled, log_class_prior.cpu()).float().to(device)
         gen = torch.Generator().manual_seed(seed)
         labels = torch.multinomial(posterior.cpu(), 1, generator=gen).squeeze(1)
         posterior = posterior.cpu()
     return filled.cpu(), None if labels is None else labels.cpu(), posterior
-
-
-def _class_posterior(prior: Prior, codes: torch.Tensor, log_class_prior: torch.Tensor) -> torch.Tensor:
-    """p(c | map) ∝ p(map | c) p(c) for every map: [B, C] (one teacher-forced pass per class)."""
-    lls = []
-    for c in range(prior.num_classes):
-        logits = prior.logits(codes, prior.condition(torch.full((len(codes),), c, device=codes.device), len(codes)))
-        lls.append(-F.cross_entropy(logits.float(), codes, reduction="none").flatten(1).sum(1))
-    return torch.softmax(torch.stack(lls, 1).double() + log_class_prior.double(), 1).float()
