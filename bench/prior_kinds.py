@@ -28,7 +28,8 @@ from common import pin_threads  # noqa: E402
 from vqprior import components  # noqa: E402
 from vqprior.artifacts import load_json  # noqa: E402
 from vqprior.codes import load_code_maps  # noqa: E402
-from vqprior.config import PRIOR_KINDS, load_config  # noqa: E402
+from vqprior.config import PRIOR_KINDS  # noqa: E402
+from vqprior.config_files import load_config  # noqa: E402
 from vqprior.evaluation.run_eval import evaluate_run  # noqa: E402
 from vqprior.runtime import Runtime  # noqa: E402
 from vqprior.stages import s3_prior  # noqa: E402

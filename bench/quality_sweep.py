@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import pin_threads  # noqa: E402
 
 from vqprior.artifacts import load_json  # noqa: E402
-from vqprior.config import load_config  # noqa: E402
+from vqprior.config_files import load_config  # noqa: E402
 from vqprior.datasets import load_split  # noqa: E402
 from vqprior.evaluation.classifier import load_or_train_classifier  # noqa: E402
 from vqprior.evaluation.frechet import frechet_distance_from_stats, gaussian_stats  # noqa: E402

@@ -1,6 +1,6 @@
 import pytest
 
-from vqprior.config import load_config, presets
+from vqprior.config_files import load_config, presets
 from vqprior.errors import UserError
 
 

@@ -21,7 +21,7 @@ from vqprior.cli import app
 from vqprior.errors import UserError
 from vqprior.models.priors import check_prior
 from vqprior.models.priors.base import Prior
-from vqprior.run_folder import run_lock
+from vqprior.run_lock import run_lock
 
 runner = CliRunner()
 
@@ -87,7 +87,7 @@ def test_run_is_incremental_like_make(tmp_path):
 def test_run_after_an_interrupted_stage_3_resumes_it_without_retraining_1_and_2(tmp_path):
     from test_resume import SignalAfter
 
-    from vqprior.config import load_config
+    from vqprior.config_files import load_config
     from vqprior.stages import s3_prior
 
     assert invoke("run-stage", 1, *tiny_args(tmp_path)).exit_code == 0
@@ -163,9 +163,7 @@ def test_only_one_of_many_processes_takes_the_run_lock(tmp_path):
 
 
 def test_a_killed_holder_does_not_block_the_next_run(tmp_path):
-    code = (
-        f"from vqprior.run_folder import run_lock\nimport os\nwith run_lock({str(tmp_path / 'r')!r}):\n    os._exit(9)"
-    )
+    code = f"from vqprior.run_lock import run_lock\nimport os\nwith run_lock({str(tmp_path / 'r')!r}):\n    os._exit(9)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9
     assert (tmp_path / "r" / ".lock").exists()  # the file stays, but the kernel released the lock
     with run_lock(tmp_path / "r"):

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from vqprior.config import load_config
+from vqprior.config_files import load_config
 from vqprior.errors import UserError
 from vqprior.models.fsq import FSQ
 

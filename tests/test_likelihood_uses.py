@@ -15,10 +15,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vqprior
-from vqprior.models.priors.classes import class_posterior
 from vqprior.cli import app
 from vqprior.errors import UserError
 from vqprior.models.priors.base import sample
+from vqprior.models.priors.classes import class_posterior
 from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
 
 runner = CliRunner()

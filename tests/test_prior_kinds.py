@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_args
 
-from vqprior.config import load_config
+from vqprior.config_files import load_config
 from vqprior.errors import UserError
 from vqprior.models.priors.base import check_prior, sample
 from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
@@ -153,7 +153,8 @@ def test_prior_kind_picks_the_network_and_keeps_its_params(tmp_path):
 
 
 def test_a_config_saved_without_prior_kind_still_loads():
-    from vqprior.config import Config, validate_config
+    from vqprior.config import Config
+    from vqprior.config_files import validate_config
 
     data = Config().model_dump(mode="json")
     del data["prior"]["kind"]

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_args
 from safetensors.torch import load_file
 
-from vqprior.config import load_config
+from vqprior.config_files import load_config
 from vqprior.runtime import Reporter
 from vqprior.stages import s1_vqvae, s2_codes, s3_prior
 from vqprior.training import Interrupted

@@ -1,7 +1,7 @@
 """Run configuration as plain data.
 
 Defaults live here; a preset TOML, a user TOML (`--config`) and `--set a.b=c` overrides are applied on top,
-in that order. The resolved config is saved beside every stage's weights, so later stages rebuild models
+in that order (config_files.py). The resolved config is saved beside every stage's weights, so later stages rebuild models
 from what was actually used instead of re-typing hyperparameters.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import numbers
 import os
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -21,12 +20,6 @@ from .errors import UserError
 from .registry import BUILTINS, builtin_name
 from .registry import names as registry_names
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-PRESET_DIR = Path(__file__).parent / "presets"
 MAX_SEED = 2**63 - 1  # every generator (torch, numpy's SeedSequence) takes seeds up to here
 MAX_THREADS = 4 * (os.cpu_count() or 1)  # run.threads' upper bound on this machine
 RUN_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # a plain folder name: no path, not hidden, not "." or ".."
@@ -380,51 +373,6 @@ def validate_run_name(name: str) -> str:
     return name
 
 
-def presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
-
-
-def _read_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"config file {path} is a folder; pass a .toml file") from None
-    except PermissionError:
-        raise UserError(f"config file {path} is not readable (permission denied)") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not UTF-8 text; save it as UTF-8 TOML") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path} is not valid TOML: {e}") from None
-
-
-def _merge(base: dict, over: dict) -> dict:
-    """Deep merge; a component whose target changes is replaced whole (old params belong to the old class)."""
-    if "target" in over and over["target"] != base.get("target"):
-        return dict(over)
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _parse_override(item: str) -> dict:
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set prior.epochs=2")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # a bare word is a string
-    out: dict = value
-    for part in reversed(key.split(".")):
-        out = {part: out}
-    return out
-
-
 def format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "config"
@@ -434,46 +382,3 @@ def format_validation_error(err: ValidationError) -> str:
     got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
     message = first["msg"].removeprefix("Value error, ")  # our own validators' words, without pydantic's label
     return f"config: {where}: {message}{got_txt}; fix it in your config file or --set"
-
-
-def load_config(
-    preset: str | None = None,
-    file: str | Path | None = None,
-    overrides: list[str] | None = None,
-    values: dict | None = None,
-) -> Config:
-    """Defaults <- preset <- file <- overrides ("key=TOML value" strings, as --set takes them) <- values (a nested
-    dict, as a command's own flags give them), validated."""
-    data: dict = Config().model_dump(mode="json")
-    data["run"]["name"] = None  # named after the data source unless a preset, file or --set names it
-    layers = []
-    if preset:
-        if preset not in presets():
-            raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(presets())}")
-        layers.append(_read_toml(PRESET_DIR / f"{preset}.toml"))
-    if file:
-        layers.append(_read_toml(Path(file)))
-    layers += [_parse_override(item) for item in overrides or []]
-    layers += [values] if values else []
-    # prior.kind picks the network before any layer's network params apply, wherever it is set
-    kinds = [
-        layer["prior"]["kind"] for layer in layers if isinstance(layer.get("prior"), dict) and "kind" in layer["prior"]
-    ]
-    if kinds and kinds[-1] in PRIOR_KINDS:
-        data["prior"]["network"] = prior_network(kinds[-1]).model_dump(mode="json")
-    for layer in layers:
-        prior = layer.get("prior")
-        network = prior.get("network") if isinstance(prior, dict) else None
-        if (
-            isinstance(network, dict) and "target" in network and "kind" not in prior
-        ):  # a new network class sets its kind
-            layer = {**layer, "prior": {**prior, "kind": prior_kind(str(network["target"]))}}
-        data = _merge(data, layer)
-    return validate_config(data)
-
-
-def validate_config(data: dict) -> Config:
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        raise UserError(format_validation_error(e)) from None

@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import Config, load_config
+from ..config import Config
+from ..config_files import load_config
 from ..errors import UserError
 from ..reporter import Reporter
 from ..trust import trusting_code
