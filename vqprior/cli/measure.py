@@ -39,7 +39,7 @@ def eval_run(
 ) -> None:
     """Score a finished run: sample FD / floor, conditional accuracy, precision/recall, reconstruction, NLL.
 
-    Writes <run>/eval/eval.json, eval/results/<setting>.json and the sample grid it scored, and prints one table.
+    Writes <run>/eval/eval.json, eval/results/<setting>.json and the sheet of samples it scored, and prints one table.
 
     Example: vqprior eval --name mnist-pretrained --n 2000 --reference valid"""
     with _one_line_errors(), trusting_code(trust_code):

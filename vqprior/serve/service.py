@@ -168,7 +168,7 @@ class Service:
             out = r.generate(**args, **kw)
             # every class: one column per class, so the classes line up; one class or a mix: rows of 8
             nrow = r.num_classes if every_class else min(8, n)
-            return {"image": png(out.images, nrow=nrow), "count": n, **kw}
+            return {"image": png(out.images, nrow=nrow), "n": n, **kw}
 
         return job
 
