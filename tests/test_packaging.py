@@ -84,3 +84,58 @@ def test_a_source_checkout_runs_the_command_with_no_install_step(tmp_path):
     assert result.returncode == 0 and "stages" in result.stdout, result.stderr
     help_ = subprocess.run([sys.executable, "-m", "vqprior", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert help_.returncode == 0 and "run-stage" in help_.stdout
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """vqprior's modules and the vqprior modules each imports when it is loaded (top-level imports, not those inside
+    functions or under TYPE_CHECKING)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "vqprior"
+    names = {}
+    for path in root.rglob("*.py"):
+        if "stages" in path.relative_to(root).parts:
+            continue
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in names.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.parse(path.read_text()).body:  # module level only
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")
+                if node.level:
+                    base = base[: len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    found.add(sub if sub in names else target)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        graph[name] = {t for t in found if t in names and t != name}
+    return graph
+
+
+def test_the_import_graph_has_no_circle_and_nothing_imports_the_package_top():
+    graph = _module_imports()
+    assert "vqprior.run_folder" in graph and "vqprior.artifacts" in graph["vqprior.run_folder"]
+    up = sorted(m for m, targets in graph.items() if "vqprior" in targets and m != "vqprior")
+    assert not up, f"modules that import the package's __init__ (an arrow back up): {up}"
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(t) :] + [t]))
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])

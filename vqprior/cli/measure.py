@@ -11,7 +11,7 @@ from rich.console import Console
 from ..config import MAX_SEED, RunSection, check_sampling
 from ..errors import UserError
 from ..trust import trusting_code
-from . import ConsoleReporter, Device, Name, OutDir, Trust, _fail, _one_line_errors, _run_dir_of, app, console
+from .common import ConsoleReporter, Device, Name, OutDir, Trust, _fail, _one_line_errors, _run_dir_of, app, console
 
 
 @app.command("eval")

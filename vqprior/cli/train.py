@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import signal
 import threading
@@ -17,9 +16,8 @@ from ..config_files import load_config
 from ..errors import UserError
 from ..reporter import Reporter
 from ..trust import trusting_code
-from . import (
+from .common import (
     RESUMABLE,
-    STAGE_MODULES,
     ConfigFile,
     ConsoleReporter,
     Guidance,
@@ -46,7 +44,10 @@ from . import (
 
 
 def _stage(stage: int):
-    return importlib.import_module(STAGE_MODULES[stage])
+    # imported when a stage runs, not when the command starts (they import torch)
+    from ..stages import s1_vqvae, s2_codes, s3_prior, s4_sample
+
+    return {1: s1_vqvae, 2: s2_codes, 3: s3_prior, 4: s4_sample}[stage]
 
 
 def _changes(old, new, prefix: str = "") -> list[str]:

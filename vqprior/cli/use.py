@@ -13,7 +13,7 @@ from rich.markup import escape
 from ..config import MAX_SEED, check_sampling, validate_run_name
 from ..errors import UserError
 from ..trust import trusting_code
-from . import ConsoleReporter, Device, Name, OutDir, Trust, _one_line_errors, _run_dir_of, app, console
+from .common import ConsoleReporter, Device, Name, OutDir, Trust, _one_line_errors, _run_dir_of, app, console
 
 Inputs = Annotated[Optional[list[str]], typer.Argument(help="Image files, folders or .npz files (key 'images').")]
 FromSplit = Annotated[Optional[str], typer.Option("--from", help="Use the run's own images instead: train or test.")]
