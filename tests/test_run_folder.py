@@ -90,3 +90,26 @@ def test_a_progress_line_cut_short_by_a_crash_is_dropped_on_resume(tmp_path):
     assert lines.read_text() == '{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.5}\n'
     ProgressWriter(run, 3, first_epoch=2)
     assert lines.read_text() == '{"epoch": 1, "loss": 2.0}\n'
+
+
+def test_runs_shows_the_median_over_the_sampling_seeds_kept_at_the_latest_setting(tmp_path):
+    from vqprior.report.runs import collect_runs
+
+    run = RunFolder(tmp_path / "r")
+    finished_stage(run, 1, {})
+    run.eval_results.mkdir(parents=True)
+
+    def result(seed, fd, acc, n=10000):
+        return {"reference": "test", "n_samples": n, "temperature": 1, "guidance": 1.5, "seed": seed,
+                "samples": {"fd_ratio": fd, "conditional_accuracy": acc}}  # fmt: skip
+
+    for seed, fd, acc in ((0, 2.09, 0.990), (1, 2.16, 0.992), (2, 2.23, 0.991)):
+        save_json(run.eval_results / f"test-n10000-t1-g1.5-seed{seed}.json", result(seed, fd, acc))
+    save_json(run.eval_results / "test-n2000-t1-g1.5-seed0.json", result(0, 9.0, 0.5, n=2000))  # another setting
+    save_json(run.eval / "eval.json", result(2, 2.23, 0.991))
+    (row,) = collect_runs(tmp_path)
+    assert row[3] == "2.16x" and row[4] == "99.1%"
+    assert "median of 3 seeds, 2.09–2.23x" in row[6]
+    save_json(run.eval / "eval.json", result(0, 9.0, 0.5, n=2000))  # the latest setting has one seed: as it is
+    (row,) = collect_runs(tmp_path)
+    assert row[3] == "9.00x" and "seed 0" in row[6]

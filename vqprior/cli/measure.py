@@ -179,7 +179,7 @@ def runs(out_dir: OutDir = "artifacts") -> None:
         "FD / floor",
         "cond. acc.",
         "recon FD / floor",
-        "last eval: n · t · g",
+        "eval: n · t · g",
         "wall time",
     ):
         table.add_column(col, justify="left" if col == "run" else "right")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from statistics import median
 
 from ..artifacts import load_json_object
 from ..errors import UserError
@@ -31,6 +32,17 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def same_setting(latest: dict, kept: dict[str, dict]) -> list[dict]:
+    """The kept evaluations at the latest one's setting (reference, n, temperature, guidance), one per sampling seed."""
+    key = [latest.get(k) for k in ("reference", "n_samples", "temperature", "guidance")]
+    found = {}
+    for r in kept.values():
+        if [r.get(k) for k in ("reference", "n_samples", "temperature", "guidance")] == key:
+            if _number(r, "samples", "fd_ratio") is not None:
+                found[r.get("seed")] = r
+    return list(found.values())
+
+
 def collect_runs(out_dir: Path) -> list[list[str]]:
     rows = []
     out_dir = Path(out_dir)
@@ -54,18 +66,28 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
         if k and usage is not None and perplexity is not None and degenerate_code(usage, perplexity, int(k)):
             note = f"degenerate code ({usage:.0%} of codes used): train stage 1 longer or on more data"
         setting = "-"
+        fd, accuracy = _number(ev, "samples", "fd_ratio"), _number(ev, "samples", "conditional_accuracy")
         if ev:
             n, t, g = _number(ev, "n_samples"), _number(ev, "temperature"), _number(ev, "guidance")
             if None not in (n, t, g):
                 seed = _number(ev, "seed")
                 setting = f"{n:.0f} · {t:g} · {g:g} ({ev.get('reference', '?')}, seed {_fmt(seed, '.0f')})"
+                seeds = same_setting(ev, run.evaluations())
+                if len(seeds) > 1:  # the headline is the median over the sampling seeds kept at this setting
+                    fds = sorted(_number(r, "samples", "fd_ratio") for r in seeds)
+                    accs = sorted(a for a in (_number(r, "samples", "conditional_accuracy") for r in seeds) if a)
+                    fd, accuracy = median(fds), median(accs) if accs else accuracy
+                    setting = (
+                        f"{n:.0f} · {t:g} · {g:g} ({ev.get('reference', '?')}, median of {len(seeds)} seeds, "
+                        f"{fds[0]:.2f}–{fds[-1]:.2f}x)"
+                    )
         rows.append(
             [
                 run.path.name,
                 _fmt(k, ".0f"),
                 _fmt(_number(s3, "final", "test_bits_per_map"), ".1f"),
-                _fmt(_number(ev, "samples", "fd_ratio"), ".2f", "x"),
-                _fmt(_number(ev, "samples", "conditional_accuracy"), ".1%"),
+                _fmt(fd, ".2f", "x"),
+                _fmt(accuracy, ".1%"),
                 _fmt(_number(ev, "vqvae", "recon_fd_ratio"), ".2f", "x"),
                 setting,
                 f"{wall:.0f} s",
