@@ -31,9 +31,9 @@ from vqprior.codes import load_code_maps  # noqa: E402
 from vqprior.config import PRIOR_KINDS  # noqa: E402
 from vqprior.config_files import load_config  # noqa: E402
 from vqprior.evaluation.run_eval import evaluate_run  # noqa: E402
+from vqprior.optimizer import scaled_lr  # noqa: E402
 from vqprior.runtime import Runtime  # noqa: E402
 from vqprior.stages import s3_prior  # noqa: E402
-from vqprior.training import scaled_lr  # noqa: E402
 
 
 def seconds_per_epoch(

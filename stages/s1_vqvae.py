@@ -15,9 +15,10 @@ from vqprior.errors import UserError
 from vqprior.evaluation import reconstruction_metrics
 from vqprior.models.quantizer import code_usage, degenerate_code
 from vqprior.models.vqvae import VQVAE, build_vqvae
+from vqprior.optimizer import scaled_lr
 from vqprior.report.progress import ProgressWriter
 from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
-from vqprior.training import Trainer, scaled_lr
+from vqprior.training import Trainer
 
 
 def fingerprint(cfg: Config) -> dict:

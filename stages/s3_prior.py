@@ -16,10 +16,11 @@ from vqprior.errors import UserError
 from vqprior.evaluation import masked_bits_per_code, nll_bits_per_code
 from vqprior.models.priors import check_prior, sample
 from vqprior.models.vqvae import decode_images
+from vqprior.optimizer import WeightEMA, scaled_lr
 from vqprior.report.progress import ProgressWriter
 from vqprior.restore import load_vqvae
 from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
-from vqprior.training import Trainer, WeightEMA, scaled_lr
+from vqprior.training import Trainer
 
 GRID_PER_CLASS = 10  # the per-epoch sample grid: 10 of each class (10x10 for an unconditional prior)
 CODE_FILES = ("train_codes.npy", "test_codes.npy", "train_labels.npy", "test_labels.npy")

@@ -20,9 +20,9 @@ from vqprior.cli import app
 from vqprior.config import RunSection, VQVAESection, prior_network
 from vqprior.errors import UserError
 from vqprior.models.vqvae import build_vqvae
+from vqprior.optimizer import WeightEMA
 from vqprior.stages.s1_vqvae import vqvae_step
 from vqprior.stages.s3_prior import prior_step
-from vqprior.training import WeightEMA
 
 runner = CliRunner()
 
@@ -282,7 +282,7 @@ def test_cuda_cached_sampler_equals_naive(num_classes, guidance):
 
 @pytest.mark.cuda
 def test_cuda_training_steps_never_sync(tmp_path):
-    from vqprior.training import scaled_lr
+    from vqprior.optimizer import scaled_lr
 
     device = torch.device("cuda")
     model = small_vqvae().to(device)

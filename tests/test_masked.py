@@ -10,7 +10,8 @@ import torch
 from conftest import tiny_args
 
 from vqprior.errors import UserError
-from vqprior.models.priors.base import check_prior, generate, sample
+from vqprior.models.priors.base import generate, sample
+from vqprior.models.priors.contract import check_prior
 from vqprior.models.priors.fill import fill
 from vqprior.models.priors.masked import MaskedPrior
 

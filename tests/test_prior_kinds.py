@@ -10,11 +10,11 @@ from conftest import tiny_args
 
 from vqprior.config_files import load_config
 from vqprior.errors import UserError
-from vqprior.models.priors.base import check_prior, sample
+from vqprior.models.priors import check_prior, sample
 from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
 from vqprior.models.priors.pixel_rnn import DiagonalBiLSTM, RowLSTM, skew, unskew
 from vqprior.models.priors.transformer import TransformerPrior
-from vqprior.training import WeightEMA
+from vqprior.optimizer import WeightEMA
 
 KINDS = {
     "gated_pixelcnn": lambda k, c: GatedPixelCNN(k, channels=8, layers=6, num_classes=c),

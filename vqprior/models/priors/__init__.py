@@ -1,5 +1,6 @@
-"""Priors over code maps: the interface (`base.Prior`) and its implementations."""
+"""Priors over code maps: the interface (`base.Prior`), its contract (`contract.check_prior`) and implementations."""
 
-from .base import Prior, check_prior, sample
+from .base import Prior, sample
+from .contract import check_prior
 
 __all__ = ["Prior", "check_prior", "sample"]
