@@ -35,7 +35,7 @@ def main() -> None:
     threads = pin_threads(args.threads)
     cpu = torch.device("cpu")
     first = load_vqvae(Path(args.runs[0]), None, cpu)
-    train, test = load_split(first.data, "train"), load_split(first.data, "test")
+    train, test = load_split(first.run.data(), "train"), load_split(first.run.data(), "test")
     fit, valid = split_holdout(train)
     spaces = load_spaces(fit, test, cpu)
     refs = {}

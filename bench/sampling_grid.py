@@ -52,7 +52,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     vq = load_vqvae(Path(args.run), None, cpu)
     prior = load_prior(Path(args.run), None, cpu, vqvae=vq)
-    train, test = load_split(vq.data, "train"), load_split(vq.data, "test")
+    train, test = load_split(vq.run.data(), "train"), load_split(vq.run.data(), "test")
     fit, valid = split_holdout(train)
     spaces = load_spaces(fit, test, cpu)
     real = test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.n]]
