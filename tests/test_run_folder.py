@@ -32,14 +32,14 @@ def test_saved_settings_are_read_from_verified_bytes_once_and_dropped_when_the_s
     run = RunFolder(tmp_path / "r")
     data = {"source": "mnist", "root": None}
     finished_stage(run, 1, {"data": data, "class_names": ["a", "b"], "vqvae": {"target": "x", "params": {}}})
-    assert run.saved(1)["class_names"] == ["a", "b"]
+    assert run.saved(1)["class_names"] == ["a", "b"] and run.class_names() == ["a", "b"]
     assert run.component(1, "vqvae") == {"target": "x", "params": {}}
     assert run.data().source == "mnist"
     assert run.output_sha(1, "config.json") == run.manifest(1)["outputs"]["config.json"]
 
     # a reader's second look is the first one's (no re-read); rewriting the stage through the owner drops it
     finished_stage(run, 1, {"data": data, "class_names": ["c"]})
-    assert run.saved(1)["class_names"] == ["c"]
+    assert run.class_names() == ["c"]
     with pytest.raises(UserError, match="no valid 'vqvae'"):
         run.component(1, "vqvae")
 

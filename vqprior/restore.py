@@ -43,7 +43,7 @@ class TrainedVQVAE:
 
     @property
     def class_names(self) -> list[str] | None:
-        return self.run.saved(1).get("class_names")
+        return self.run.class_names()
 
 
 @dataclass

@@ -266,6 +266,13 @@ class RunFolder:
                 f"({format_validation_error(e)}); re-run stage 1"
             ) from None
 
+    def class_names(self) -> list[str] | None:
+        """The class names stage 1 read from the data (None for an unlabelled dataset)."""
+        names = self.saved(1).get("class_names")
+        if names is not None and not (isinstance(names, list) and all(isinstance(n, (str, int)) for n in names)):
+            raise UserError(f"{self.stage(1) / 'config.json'}: class_names must be a list of names; re-run stage 1")
+        return names
+
     def sampling(self) -> tuple[float, float]:
         """(temperature, guidance) saved with the prior: the defaults of generate, complete, eval and the page.
         Checked like values a user passes (a forged 1e6 guidance is refused, not used)."""
