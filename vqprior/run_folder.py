@@ -39,6 +39,7 @@ from .artifacts import (
     writing_folder,
 )
 from .errors import UserError
+from .run_lock import run_lock
 
 STAGE_NAMES = {1: "VQ-VAE", 2: "code maps", 3: "prior", 4: "samples"}
 MANIFEST = "manifest.json"
@@ -95,10 +96,8 @@ class RunFolder:
         check_run_folder(self.path)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
-        """Only one process writes the folder at a time (run_lock.py)."""
-        from .run_lock import run_lock
-
-        return run_lock(self.path)
+        """Only one process writes the folder at a time; what dead writers left is removed (run_lock.py)."""
+        return run_lock(self.path, (self.checkpoint(1).parent, self.eval))
 
     @contextlib.contextmanager
     def writing_stage(self, stage: int) -> Iterator[Path]:

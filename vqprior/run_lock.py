@@ -19,7 +19,7 @@ LEFTOVER = re.compile(r"^\..+\.(?:tmp|old)-(\d+)$|^\..+\.(\d+)\.tmp$")  # .stage
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path, inner: tuple[Path, ...] = ()) -> Iterator[None]:
     """Only one process writes a run folder at a time: an OS lock (flock) on `<run>/.lock`, released by the
     kernel when its process dies, so a crashed run never leaves a lock that blocks the next one."""
     run_dir = Path(run_dir)
@@ -34,7 +34,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     fd = _take_lock(path, run_dir)
     try:
         check_run_folder(run_dir)
-        remove_leftovers(run_dir)
+        remove_leftovers(run_dir, inner)
         yield
     finally:
         path.unlink(missing_ok=True)  # unlinked while still held: a waiting process re-checks the inode
@@ -43,11 +43,12 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             run_dir.rmdir()  # a run that failed before writing anything leaves no trace
 
 
-def remove_leftovers(run_dir: Path) -> list[Path]:
+def remove_leftovers(run_dir: Path, inner: tuple[Path, ...] = ()) -> list[Path]:
     """Remove the temporary files and folders of writers that died (killed, power cut) before cleaning up; the
-    caller holds the run lock, so no live writer of this folder can own them. Returns what was removed."""
+    caller holds the run lock, so no live writer of this folder can own them. `inner`: the run folder's folders that
+    writers also write into (RunFolder names them). Returns what was removed."""
     removed = []
-    for folder in (run_dir, run_dir / ".checkpoints", run_dir / "eval"):
+    for folder in [run_dir, *inner]:
         if os.path.islink(folder) or not folder.is_dir():
             continue  # never look inside a link (check_run_folder refuses one anyway)
         for p in folder.iterdir():
