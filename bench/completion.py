@@ -81,9 +81,7 @@ def main() -> None:
             t1 = time.perf_counter()
             run.complete(images[:1], keep=keep[:1], samples=8, sweeps=args.sweeps)
             times.append(time.perf_counter() - t1)
-        how = (
-            "exact" if done[0].exact else ("parallel decoding" if run.prior.parallel else f"MCMC, {args.sweeps} sweeps")
-        )
+        how = {"exact": "exact", "parallel": "parallel decoding", "mcmc": f"MCMC, {args.sweeps} sweeps"}[done[0].method]
         print(
             f"{name} | {int(keep[0].sum())}/{keep[0].numel()} | {accuracy:.1%} | {how} | {seconds:.0f} | "
             f"{statistics.median(times):.2f} s",

@@ -103,7 +103,7 @@ def test_completion_keeps_the_kept_codes_and_finds_the_class(trained):
     test = load_split(DataSection(test_limit=2000), "test")
     sevens = test.images[test.labels == 7][:20]
     done = run.complete(sevens, keep_rows=4, samples=3, seed=1)
-    assert int(done.keep[0].sum()) == 28 and done.exact
+    assert int(done.keep[0].sum()) == 28 and done.exact and done.method == "exact"
     assert done.codes.shape == (20, 3, 7, 7) and done.images.shape == (20, 3, 1, 28, 28)
     kept = run.encode(sevens).view(20, 1, -1)[:, :, :28]
     assert torch.equal(done.codes.view(20, 3, -1)[:, :, :28], kept.expand(20, 3, 28))
@@ -122,7 +122,12 @@ def test_any_region_is_filled_around_the_kept_codes(trained):
     digits = test.images[:6]
     box = erase_box("4,8,24,16", (28, 28))  # a band through the middle: kept codes above and below it
     done = run.complete(digits, keep=box, samples=2, seed=3)
-    assert not done.exact and done.keep.shape == (6, 7, 7) and int((~done.keep[0]).sum()) == 5 * 2
+    assert (
+        done.method == "mcmc"
+        and not done.exact
+        and done.keep.shape == (6, 7, 7)
+        and int((~done.keep[0]).sum()) == 5 * 2
+    )
     codes = run.encode(digits)
     for k in range(2):
         assert torch.equal(done.codes[:, k][done.keep], codes[done.keep])  # kept codes never change

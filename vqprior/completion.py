@@ -28,7 +28,13 @@ class Completion:
     keep: torch.Tensor  # bool [N, h, w]: the code positions that were kept
     posterior: torch.Tensor | None  # [N, classes]: p(class | kept codes), when the class was inferred
     labels: torch.Tensor | None  # long [N, k]: the class each completion was drawn for
-    exact: bool  # True for a kept prefix of a raster kind (ancestral sampling, exact); False: MCMC or parallel decoding
+    # how it was made: "exact" (a kept prefix of a raster kind, ancestral sampling), "mcmc" (any other region of a
+    # raster kind) or "parallel" (the masked kind's own decoding)
+    method: str
+
+    @property
+    def exact(self) -> bool:
+        return self.method == "exact"
 
     def panels(self) -> torch.Tensor:
         """uint8 [N, k + 2, C, H, W]: each original, what was kept of it (the rest grey), then its completions."""
@@ -86,7 +92,7 @@ def complete(
             mask,
             posterior,
             labels,
-            not run.prior.parallel,
+            "parallel" if run.prior.parallel else "exact",
         )
     labels_in = None if label is None else torch.full((n * samples,), label, dtype=torch.long)
     filled, labels, posterior = fill(
@@ -105,7 +111,7 @@ def complete(
     out = filled.view(n, samples, height, width)
     labels = None if labels is None else labels.view(n, samples)
     images_out = run.decode(filled).view(n, samples, *run.image_shape)
-    return Completion(x, out, images_out, mask, posterior, labels, False)
+    return Completion(x, out, images_out, mask, posterior, labels, "parallel" if run.prior.parallel else "mcmc")
 
 
 def _label(run, label):

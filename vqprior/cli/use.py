@@ -117,13 +117,11 @@ def complete(
                 keep=done.keep.numpy(),
                 **extra,
             )
-        how = (
-            "exact: a kept prefix"
-            if done.exact
-            else "parallel decoding of the masked prior"
-            if run.prior.parallel
-            else f"MCMC, {sweeps} sweeps"
-        )
+        how = {
+            "exact": "exact: a kept prefix",
+            "parallel": "parallel decoding of the masked prior",
+            "mcmc": f"MCMC, {sweeps} sweeps",
+        }[done.method]
         for i, who in enumerate(names):
             if done.posterior is not None:
                 top = done.posterior[i].topk(min(3, run.num_classes))

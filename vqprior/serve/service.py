@@ -224,7 +224,7 @@ class Service:
                 "image": png(strip, nrow=len(strip)),
                 "keep_rows": keep_rows,
                 "exact": done.exact,
-                "method": "exact" if done.exact else "parallel" if r.prior.parallel else "mcmc",
+                "method": done.method,
                 "posterior": posterior,
                 "columns": ["original", "kept"] + [f"completion {k + 1}" for k in range(samples)],
                 **kw,
