@@ -34,3 +34,9 @@ def test_the_command_line_starts_without_importing_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_help_lists_the_commands_in_the_order_of_the_work():
+    lines = [line.split()[1] for line in runner.invoke(app, ["--help"]).output.splitlines() if line.startswith("│ ")]
+    commands = [c for c in lines if c in {"run-stage", "run", "eval", "report", "runs", "complete", "serve"}]
+    assert commands == ["run-stage", "run", "eval", "report", "runs", "complete", "serve"], commands

@@ -9,7 +9,13 @@ import sys
 import typer
 from rich.markup import escape
 
-from . import measure, train, use  # noqa: F401 - importing them registers the commands on the app
+# importing the command modules registers their commands, in the order --help lists them: training, measuring, use
+# isort: off
+from . import train  # noqa: F401
+from . import measure  # noqa: F401
+from . import use  # noqa: F401
+
+# isort: on
 from .common import app, console
 
 
