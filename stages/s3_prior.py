@@ -117,6 +117,12 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         return forward(trainer.module, model, train_codes[idx], labels, None if keep is None else trainer.shard(keep))
 
     def evaluate(epoch: int, row: dict) -> None:
+        # in the training precision: under bf16 the two test passes take 3 s instead of 6 s per epoch and move the
+        # default's 169.9 bits/map by 0.01; `vqprior eval` measures the likelihood again in fp32
+        with rt.autocast():
+            _evaluate(epoch, row)
+
+    def _evaluate(epoch: int, row: dict) -> None:
         positions = grid[0] * grid[1]
         if final.parallel:  # its exact likelihood costs a pass per position: every epoch the masked loss, then both
             row["train_masked_bits_per_code"] = row["train_loss"] / 0.6931471805599453

@@ -95,6 +95,15 @@ def test_bf16_autocast_trains_both_stages_on_the_cpu(tmp_path):
 
     s3 = json.loads((tmp_path / "t" / "stage3" / "metrics.json").read_text())["epochs"]
     assert all(np.isfinite(r["train_loss"]) for r in s3) and s3[-1]["test_bits_per_code"] < np.log2(16)
+    # each epoch's test likelihood is measured in the training precision; it must agree with fp32 on the saved prior
+    import vqprior
+    from vqprior.evaluation.likelihood import nll_bits_per_code
+
+    stage2 = tmp_path / "t" / "stage2"
+    codes = torch.from_numpy(np.load(stage2 / "test_codes.npy")).long()
+    labels = torch.from_numpy(np.load(stage2 / "test_labels.npy")).long()
+    fp32 = nll_bits_per_code(vqprior.load(tmp_path / "t").prior, codes, labels)
+    assert abs(s3[-1]["test_bits_per_code"] - fp32) < 0.02
     codebook = load_file(str(tmp_path / "t" / "stage1" / "vqvae.safetensors"))["quantizer.codebook"]
     assert codebook.dtype == torch.float32 and torch.isfinite(codebook).all()
 
