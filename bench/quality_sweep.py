@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import pin_threads  # noqa: E402
 
+from vqprior import guidance  # noqa: E402
 from vqprior.artifacts import load_json  # noqa: E402
 from vqprior.config_files import load_config  # noqa: E402
 from vqprior.datasets import load_split  # noqa: E402
@@ -100,7 +101,7 @@ def main() -> None:
         print(
             f"{line} | recon FD/floor {ev['vqvae']['recon_fd_ratio']:.2f} (test recon vs test) | {ev['prior']['test_bits_per_map']:.1f} bits/map"
             f" | samples FD/floor {s['fd_ratio']:.2f} | cond acc {s.get('conditional_accuracy', float('nan')):.1%} (worst {worst[0]} {worst[1]:.1%})"
-            f" | T={ev['temperature']:g} guidance={ev['guidance']:g} | sweep step {time.perf_counter() - t0:.0f}s",
+            f" | T={ev['temperature']:g} guidance={guidance.label(guidance.check(ev['guidance']))} | sweep step {time.perf_counter() - t0:.0f}s",
             flush=True,
         )
 

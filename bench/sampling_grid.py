@@ -8,6 +8,7 @@ validation slice is the reference).
 
     .venv/bin/python bench/sampling_grid.py --run artifacts/mnist --guidance 1 1.25 1.5 2 --temperature 0.9 1
     .venv/bin/python bench/sampling_grid.py --run artifacts/masked --guidance 1.5 --decode-steps 4 8 12 49
+    .venv/bin/python bench/sampling_grid.py --run artifacts/mnist --guidance 1.5 1.25:1.75 1.25:2   # ramps
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import pin_threads  # noqa: E402
 from train_speed import matmul_gflops  # noqa: E402
 
+from vqprior import guidance  # noqa: E402
 from vqprior.datasets import load_split  # noqa: E402
 from vqprior.evaluation.classifier import load_spaces  # noqa: E402
 from vqprior.evaluation.frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, kernel_self_term  # noqa: E402
@@ -36,7 +38,9 @@ from vqprior.restore import load_prior, load_vqvae  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="artifacts/mnist")
-    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0])
+    ap.add_argument(
+        "--guidance", type=guidance.parse, nargs="+", default=[1.0, 1.25, 1.5, 2.0], help="scales, or first:last ramps"
+    )
     ap.add_argument("--temperature", type=float, nargs="+", default=[1.0])
     ap.add_argument(
         "--decode-steps", type=int, nargs="+", default=[None], help="parallel decoding steps (masked prior only)"
@@ -107,7 +111,7 @@ def main() -> None:
         if choice is not None:
             shown = f"{shown} (order Gumbel {choice:g})"
         print(
-            f"{g:g} | {t:g} | {shown} | {med['worst']:.2f}x ({lo:.2f}-{hi:.2f}) | "
+            f"{guidance.label(g)} | {t:g} | {shown} | {med['worst']:.2f}x ({lo:.2f}-{hi:.2f}) | "
             + " | ".join(f"{med[name]:.2f}x" for name in spaces)
             + f" | {med['kid']:.2f} | {med['acc']:.1%} | {sampling / args.seeds / args.n * 1000:.2f}",
             flush=True,

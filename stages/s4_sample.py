@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
+from vqprior import guidance
 from vqprior.artifacts import save_json
 from vqprior.config import Config
 from vqprior.datasets import to_float
@@ -113,7 +114,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     )
     reporter.log(
         f"stage 4: drawing {total} code maps ({how}, temperature {cfg.sample.temperature:g}, "
-        f"guidance {cfg.sample.guidance:g}, seed {seed})"
+        f"guidance {guidance.label(cfg.sample.guidance)}, seed {seed})"
     )
 
     t0 = time.perf_counter()

@@ -101,7 +101,9 @@ def test_eval_json_has_every_number_and_the_table_is_printed(evaluated_run):
     with Image.open(run_dir / "eval" / "samples.png") as grid:
         assert grid.size == (10 * 30 + 2, 10 * 30 + 2)  # 10 per class, one row per class
     assert "FD / floor" in output and "conditional accuracy" in output and "KID" in output
-    assert [f.name for f in (run_dir / "eval" / "results").iterdir()] == ["test-n200-t1-g1.5-seed0.json"]
+    # the default guidance is a ramp, written first-to-last in the setting's name
+    assert [f.name for f in (run_dir / "eval" / "results").iterdir()] == ["test-n200-t1-g1.25to2-seed0.json"]
+    assert ev["guidance"] == [1.25, 2.0] and "guidance 1.25:2" in " ".join(output.split())
 
 
 def test_each_evaluation_setting_keeps_its_own_result(evaluated_run, tmp_path):
@@ -114,15 +116,24 @@ def test_each_evaluation_setting_keeps_its_own_result(evaluated_run, tmp_path):
     assert first.exit_code == 0 and "kept 1 evaluation(s) at other settings" in first.output, first.output
     again = runner.invoke(app, [*args, "--temperature", "0.9"], catch_exceptions=False)
     assert "replaced this run's previous evaluation at the same setting" in again.output, again.output
+    ramp = runner.invoke(app, [*args, "--temperature", "0.9", "--guidance", "2:1"], catch_exceptions=False)
+    assert ramp.exit_code == 0, ramp.output
+    back = runner.invoke(app, [*args, "--temperature", "0.9"], catch_exceptions=False)  # the latest: the default
+    assert back.exit_code == 0, back.output
     names = sorted(f.name for f in (run_dir / "eval" / "results").iterdir())
-    assert names == ["test-n200-t0.9-g1.5-seed0.json", "test-n200-t1-g1.5-seed0.json"]
+    assert names == [
+        "test-n200-t0.9-g1.25to2-seed0.json",
+        "test-n200-t0.9-g2to1-seed0.json",
+        "test-n200-t1-g1.25to2-seed0.json",
+    ]
+    assert json.loads((run_dir / "eval" / "results" / names[1]).read_text())["guidance"] == [2, 1]
     assert json.loads((run_dir / "eval" / "eval.json").read_text())["temperature"] == 0.9
     html = (run_dir / "report.html").read_text()
     assert "Every setting this run was evaluated at" in html and "worst of 3 feature spaces" in html
     from vqprior.report.runs import collect_runs
 
     (row,) = collect_runs(tmp_path)
-    assert "200 · 0.9 · 1.5 (test, seed 0)" in row
+    assert "200 · 0.9 · 1.25:2 (test, seed 0)" in row
     assert any(cell.startswith("degenerate code") for cell in row)  # 600 training images, one epoch: flagged
 
 

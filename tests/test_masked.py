@@ -68,7 +68,7 @@ def test_the_raster_likelihood_is_causal_normalised_and_works_on_the_first_rows(
     assert torch.allclose(model.logits(codes, cond).flatten(2)[:, :, 2], direct)
 
 
-@pytest.mark.parametrize("guidance", [1.0, 1.5])
+@pytest.mark.parametrize("guidance", [1.0, 1.5, (1.0, 2.5)])
 def test_parallel_decoding_is_deterministic_and_independent_of_the_batch_size(guidance):
     model = random_masked()
     labels = torch.arange(200) % 2
@@ -77,6 +77,9 @@ def test_parallel_decoding_is_deterministic_and_independent_of_the_batch_size(gu
     c = generate(model, 200, (2, 3), labels, seed=4, batch_size=200, guidance=guidance, decode_steps=3)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert int(a.min()) >= 0 and int(a.max()) < 3
+    if isinstance(guidance, tuple):  # a ramp reaches the parallel decoder's whole-map logits
+        flat = generate(model, 200, (2, 3), labels, seed=3, batch_size=200, guidance=guidance[0], decode_steps=3)
+        assert not torch.equal(a, flat)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 6, 9])

@@ -99,14 +99,15 @@ def test_incremental_sampler_draws_exactly_the_naive_samples(kind, num_classes, 
         assert len(naive.unique()) > 3
 
 
+@pytest.mark.parametrize("guidance", [1.5, (1.0, 2.5)])
 @pytest.mark.parametrize("kind", ["row_lstm", "diagonal_bilstm", "transformer"])
-def test_incremental_sampler_continues_a_prefix_and_guides_exactly(kind):
+def test_incremental_sampler_continues_a_prefix_and_guides_exactly(kind, guidance):
     model = random_prior(kind, num_classes=4)
     labels = torch.tensor([0, 1, 2, 3])
     prefix = torch.randint(0, 16, (4, 7, 7))
     for keep in (1, 7, 17, 48):
-        naive = sample(model, 4, (7, 7), labels, seed=3, method="naive", prefix=prefix, keep=keep, guidance=1.5)
-        cached = sample(model, 4, (7, 7), labels, seed=3, method="cached", prefix=prefix, keep=keep, guidance=1.5)
+        naive = sample(model, 4, (7, 7), labels, seed=3, method="naive", prefix=prefix, keep=keep, guidance=guidance)
+        cached = sample(model, 4, (7, 7), labels, seed=3, method="cached", prefix=prefix, keep=keep, guidance=guidance)
         assert torch.equal(naive, cached)
         assert torch.equal(cached.view(4, -1)[:, :keep], prefix.view(4, -1)[:, :keep])
 

@@ -158,3 +158,49 @@ def test_guidance_zero_is_the_null_condition_and_one_is_plain_sampling():
     assert torch.equal(sample(model, 8, (7, 7), labels, seed=2, guidance=1.0), sample(model, 8, (7, 7), labels, seed=2))
     null = torch.zeros(8, 10, dtype=torch.float64)  # the all-zero soft label is the null condition
     assert torch.equal(sample(model, 8, (7, 7), labels, seed=2, guidance=0.0), sample(model, 8, (7, 7), null, seed=2))
+
+
+@pytest.mark.parametrize("ramp", [(1.0, 3.0), (3.0, 0.5)])
+@pytest.mark.parametrize("grid", [(7, 7), (5, 4)])
+def test_a_guidance_ramp_is_drawn_alike_by_both_samplers_and_runs_from_first_to_last(ramp, grid):
+    model = random_prior(10)
+    labels = torch.arange(8) % 10
+    cached = sample(model, 8, grid, labels, seed=2, method="cached", guidance=ramp)
+    assert torch.equal(sample(model, 8, grid, labels, seed=2, method="naive", guidance=ramp), cached)
+    first, last = (sample(model, 8, grid, labels, seed=2, guidance=g) for g in ramp)
+    assert not torch.equal(cached, first) and not torch.equal(cached, last)
+    assert torch.equal(cached[:, 0, 0], first[:, 0, 0])  # position 0 is drawn at the first scale
+    # the last position, every other one given: drawn at the last scale
+    end = grid[0] * grid[1] - 1
+    given = sample(model, 8, grid, labels, seed=2, prefix=cached, keep=end, guidance=ramp)
+    at_last = sample(model, 8, grid, labels, seed=2, prefix=cached, keep=end, guidance=ramp[1])
+    assert torch.equal(given, at_last)
+
+
+def test_a_flat_ramp_is_the_constant_scale_bit_for_bit():
+    model = random_prior(10)
+    labels = torch.arange(8) % 10
+    assert torch.equal(
+        sample(model, 8, (7, 7), labels, seed=2, guidance=(2.0, 2.0)),
+        sample(model, 8, (7, 7), labels, seed=2, guidance=2.0),
+    )
+    assert torch.equal(
+        sample(model, 8, (7, 7), labels, seed=2, guidance=[1, 1]), sample(model, 8, (7, 7), labels, seed=2)
+    )
+
+
+def test_guided_logits_of_whole_maps_and_of_their_first_rows_get_each_positions_scale():
+    from vqprior.guidance import scales
+    from vqprior.models.priors.base import GuidedNoise
+
+    logits = torch.randn(4, 3, 4, 5, dtype=torch.float64)  # a doubled batch of 2 maps, K=3, a 4x5 grid
+    mixer = GuidedNoise(None, (0.5, 2.5), (4, 5))
+    cond, uncond = logits.chunk(2)
+    s = torch.tensor(scales((0.5, 2.5), 20), dtype=torch.float64).view(4, 5)
+    expected = uncond + s * (cond - uncond)
+    assert torch.allclose(mixer.mix(logits), expected)
+    assert torch.allclose(mixer.mix(logits[:, :, :2]), expected[:, :, :2])  # the first rows keep their positions
+    assert torch.allclose(mixer.mix(logits.flatten(2)), expected.flatten(2))  # [B, K, H * W]
+    assert torch.allclose(mixer.mix(logits[:, :, 1, 3], position=8), expected[:, :, 1, 3])
+    with pytest.raises(ValueError, match="which position"):
+        mixer.mix(logits[:, :, 1, 3])

@@ -92,6 +92,19 @@ def test_generate_a_grid_of_one_class_of_every_class_and_a_mix(client):
     assert decoded(morph["image"]).size[0] == (5 * 30 + 2) * 3
 
 
+def test_guidance_ramps_are_shown_and_taken(client):
+    from vqprior.config import GUIDANCE_DEFAULT
+
+    assert client.get("/api/info").json()["guidance"] == GUIDANCE_DEFAULT  # the run's saved default, a ramp
+    ask = {"label": 3, "n": 8, "seed": 1}
+    ramp = client.post("/api/generate", json={**ask, "guidance": [1, 3]})
+    flat = client.post("/api/generate", json={**ask, "guidance": 1})
+    assert ramp.status_code == flat.status_code == 200 and ramp.json()["image"] != flat.json()["image"]
+    # the region fill (Metropolis-Hastings over the guided conditionals) takes a ramp too
+    erase = {"test_index": 5, "keep": "bottom", "samples": 2, "label": 3, "guidance": [1, 3]}
+    assert client.post("/api/complete", json=erase).status_code == 200
+
+
 def test_complete_a_drawing_and_a_test_digit(client):
     out = client.post("/api/complete", json={"image": data_url(stroke()), "keep_rows": 3, "samples": 4}).json()
     assert decoded(out["image"]).size[0] == (6 * 30 + 2) * 3  # original, kept part, 4 completions
@@ -132,6 +145,8 @@ BAD = [
     ("/api/generate", {"temperature": -1}, "temperature"),
     ("/api/generate", {"temperature": "hot"}, "temperature must be a number"),
     ("/api/generate", {"guidance": 1e9}, "guidance"),
+    ("/api/generate", {"guidance": [1, 2, 3]}, "[first, last]"),
+    ("/api/generate", {"guidance": [1, "x"]}, "guidance must be a number"),
     ("/api/generate", {"seed": -1}, "seed"),
     ("/api/generate", {"label": 12}, "label must be in 0..9"),
     ("/api/generate", {"label": True}, "label must be an integer"),

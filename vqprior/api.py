@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import guidance as guidance_values
 from .completion import Completion
 from .components import trusting_code
 from .config import Sampling, check_sampling
 from .errors import UserError
+from .guidance import Guidance
 from .models.priors.base import check_decode_steps
 from .models.priors.base import generate as generate_codes
 from .models.priors.classes import class_log_likelihoods, class_posterior
@@ -172,13 +174,13 @@ class Run:
             raise UserError(f"codes must be in 0..{k - 1} (K={k}), got {int(t.min())}..{int(t.max())}")
         return t
 
-    def sampling(self, temperature: float | None = None, guidance: float | None = None, seed: int = 0) -> Sampling:
+    def sampling(self, temperature: float | None = None, guidance: Guidance | None = None, seed: int = 0) -> Sampling:
         """One call's sampling options, checked like a user's values: those given, the run's saved defaults for the
         rest (what generate, complete, eval and the page use)."""
         check_sampling(temperature, guidance, seed)
         return Sampling(
             float(self.temperature if temperature is None else temperature),
-            float(self.guidance if guidance is None else guidance),
+            guidance_values.check(self.guidance if guidance is None else guidance),
             int(seed),
         )
 
@@ -223,7 +225,7 @@ class Run:
         labels=None,
         n: int | None = None,
         temperature: float | None = None,
-        guidance: float | None = None,
+        guidance: Guidance | None = None,
         seed: int = 0,
         decode_steps: int | None = None,
     ) -> Generated:
@@ -318,7 +320,7 @@ class Run:
         samples: int = 4,
         label: int | None = None,
         temperature: float | None = None,
-        guidance: float | None = None,
+        guidance: Guidance | None = None,
         seed: int = 0,
         keep=None,
         sweeps: int = 2,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .guidance import Guidance
 from .models.priors.base import sample
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def complete(
     samples: int,
     label: int | None,
     temperature: float | None,
-    guidance: float | None,
+    guidance: Guidance | None,
     seed: int,
     keep,
     sweeps: int,

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import guidance as guidance_values
 from .artifacts import (
     MAX_JSON_BYTES,
     check_run_folder,
@@ -272,7 +273,7 @@ class RunFolder:
             raise UserError(f"{self.stage(1) / 'config.json'}: class_names must be a list of names; re-run stage 1")
         return names
 
-    def sampling(self) -> tuple[float, float]:
+    def sampling(self) -> tuple[float, float | tuple[float, float]]:
         """(temperature, guidance) saved with the prior: the defaults of generate, complete, eval and the page.
         Checked like values a user passes (a forged 1e6 guidance is refused, not used)."""
         from .config import check_sampling
@@ -283,14 +284,13 @@ class RunFolder:
         if not isinstance(sample_cfg, dict):
             raise UserError(f"{where}: config.sample is not a table; re-run stage 3")
         temperature, guidance = sample_cfg.get("temperature", 1.0), sample_cfg.get("guidance", 1.0)
-        for key, value in (("temperature", temperature), ("guidance", guidance)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"{where}: sample.{key} must be a number, got {value!r}; re-run stage 3 or stage 4")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise UserError(f"{where}: sample.temperature must be a number, got {temperature!r}; re-run stage 3")
         try:
             check_sampling(temperature, guidance)
         except UserError as e:
             raise UserError(f"{where} holds saved sampling settings out of range ({e}); re-run stage 3") from None
-        return float(temperature), float(guidance)
+        return float(temperature), guidance_values.check(guidance)
 
     def evaluation(self) -> dict | None:
         """The latest evaluation (eval/eval.json), or None when the run was not evaluated."""

@@ -116,7 +116,7 @@ def _flag_values(
     temperature: Optional[float],
     seed: Optional[int],
     sampler: Optional[str],
-    guidance: Optional[float] = None,
+    guidance: Optional[str] = None,
 ) -> dict:
     """The command's own flags as config values (a layer applied after --set, so a flag wins), validated with the
     rest of the config."""
@@ -130,9 +130,13 @@ def _flag_values(
             sample["mix"] = {str(int(c)): float(w) for c, w in (item.split(":") for item in mix.split(","))}
         except ValueError:
             raise UserError(f"--mix {mix!r}: expected class:weight pairs, e.g. --mix 3:0.5,8:0.5") from None
-    for key, value in (("per_class", n), ("temperature", temperature), ("seed", seed), ("guidance", guidance)):
+    for key, value in (("per_class", n), ("temperature", temperature), ("seed", seed)):
         if value is not None:
             sample[key] = value
+    if guidance is not None:
+        from .. import guidance as guidance_values
+
+        sample["guidance"] = guidance_values.to_json(guidance_flag(guidance))
     if sampler is not None:
         sample["sampler"] = sampler
     return {k: v for k, v in (("run", run), ("sample", sample)) if v}
@@ -155,7 +159,32 @@ PerClass = Annotated[
     Optional[int], typer.Option("--per-class", help="Stage 4: images per requested class (strips for --morph).")
 ]
 Temp = Annotated[Optional[float], typer.Option(help="Stage 4: sampling temperature (> 0).")]
-Guidance = Annotated[Optional[float], typer.Option(help="Stage 4: classifier-free guidance scale (1 = none).")]
+GUIDANCE_HELP = "classifier-free guidance scale (1 = none), or first:last, a ramp over the raster positions"
+Guidance = Annotated[Optional[str], typer.Option(help=f"Stage 4: {GUIDANCE_HELP}.")]
+
+
+def guidance_flag(text: Optional[str]):
+    """--guidance's value (`1.5` or `1.25:2`) as a number or a (first, last) pair; None when not given."""
+    if text is None:
+        return None
+    from .. import guidance
+
+    try:
+        return guidance.parse(text)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def guidance_label(value) -> str:
+    """A guidance value read back from JSON, as the command line writes it."""
+    from .. import guidance
+
+    try:
+        return guidance.label(guidance.check(value))
+    except ValueError:
+        return "?"
+
+
 Morph = Annotated[
     Optional[str], typer.Option(help="Stage 4: strips that move from one class to another, e.g. --morph 4:9.")
 ]

@@ -11,7 +11,21 @@ from rich.console import Console
 from ..config import MAX_SEED, RunSection, check_sampling
 from ..errors import UserError
 from ..trust import trusting_code
-from .common import ConsoleReporter, Device, Name, OutDir, Trust, _fail, _one_line_errors, _run_dir_of, app, console
+from .common import (
+    GUIDANCE_HELP,
+    ConsoleReporter,
+    Device,
+    Name,
+    OutDir,
+    Trust,
+    _fail,
+    _one_line_errors,
+    _run_dir_of,
+    app,
+    console,
+    guidance_flag,
+    guidance_label,
+)
 
 
 @app.command("eval")
@@ -28,7 +42,7 @@ def eval_run(
         Optional[float], typer.Option(help="Sampling temperature (default: the run's sample.temperature).")
     ] = None,
     guidance: Annotated[
-        Optional[float], typer.Option(help="Guidance scale (default: the run's sample.guidance).")
+        Optional[str], typer.Option(help=f"The {GUIDANCE_HELP} (default: the run's sample.guidance).")
     ] = None,
     reference: Annotated[
         str, typer.Option(help="Score against the 'test' split, or the held-out 'valid' slice (for tuning).")
@@ -45,6 +59,7 @@ def eval_run(
     with _one_line_errors(), trusting_code(trust_code):
         if reference not in ("test", "valid"):
             raise UserError(f"--reference {reference!r}: choose test or valid")
+        guidance = guidance_flag(guidance)
         check_sampling(temperature, guidance)
         from ..evaluation.run_eval import evaluate_run, setting_key, write_eval
         from ..run_folder import RunFolder
@@ -77,7 +92,7 @@ def eval_table(result: dict):
     s, v, p, f = result["samples"], result["vqvae"], result["prior"], result["floor"]
     table = Table(
         title=f"{result['run']}: {result['n_samples']} samples at temperature {result['temperature']:g}, guidance "
-        f"{result['guidance']:g}, vs the {result['reference']} split"
+        f"{guidance_label(result['guidance'])}, vs the {result['reference']} split"
     )
     table.add_column("what")
     table.add_column("value", justify="right")

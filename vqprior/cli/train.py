@@ -157,7 +157,7 @@ def _guarded(
     resume,
     restart,
     incremental: bool = False,
-    guidance: Optional[float] = None,
+    guidance: Optional[str] = None,
     trust_code: bool = False,
     replace: bool = False,
 ) -> None:

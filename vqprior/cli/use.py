@@ -13,7 +13,19 @@ from rich.markup import escape
 from ..config import MAX_SEED, check_sampling, validate_run_name
 from ..errors import UserError
 from ..trust import trusting_code
-from .common import ConsoleReporter, Device, Name, OutDir, Trust, _one_line_errors, _run_dir_of, app, console
+from .common import (
+    GUIDANCE_HELP,
+    ConsoleReporter,
+    Device,
+    Name,
+    OutDir,
+    Trust,
+    _one_line_errors,
+    _run_dir_of,
+    app,
+    console,
+    guidance_flag,
+)
 
 Inputs = Annotated[Optional[list[str]], typer.Argument(help="Image files, folders or .npz files (key 'images').")]
 FromSplit = Annotated[Optional[str], typer.Option("--from", help="Use the run's own images instead: train or test.")]
@@ -67,8 +79,7 @@ def complete(
         Optional[float], typer.Option(help="Sampling temperature (> 0; default: the run's sample.temperature).")
     ] = None,
     guidance: Annotated[
-        Optional[float],
-        typer.Option(help="Classifier-free guidance scale (1 = none; default: the run's sample.guidance)."),
+        Optional[str], typer.Option(help=f"The {GUIDANCE_HELP} (default: the run's sample.guidance).")
     ] = None,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Sampling seed.")] = 0,
     trust_code: Trust = False,
@@ -87,7 +98,8 @@ def complete(
 
         from ..artifacts import writing_folder
 
-        check_sampling(temperature, guidance)
+        scale = guidance_flag(guidance)
+        check_sampling(temperature, scale)
         given = [v for v in (keep_rows, keep, keep_mask, erase) if v is not None]
         if len(given) > 1:
             raise UserError("give one of --keep-rows, --keep, --keep-mask, --erase")
@@ -102,7 +114,7 @@ def complete(
             from ..masks import erase_box
 
             region = erase_box(erase, tuple(run.image_shape[1:]))
-        done = run.complete(images, keep_rows, samples, label, temperature, guidance, seed, keep=region, sweeps=sweeps)
+        done = run.complete(images, keep_rows, samples, label, temperature, scale, seed, keep=region, sweeps=sweeps)
         rows = done.panels().flatten(0, 1)
         with writing_folder(run.folder / "complete", "completions") as out:
             save_image(rows.float() / 255, out / "completions.png", nrow=samples + 2, padding=2, pad_value=0.5)

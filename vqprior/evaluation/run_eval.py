@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
+from .. import guidance as guidance_values
 from ..codes import load_code_maps
 from ..config import DataSection
 from ..datasets import ImageSet, load_split, to_float
+from ..guidance import Guidance
 from ..models.quantizer import degenerate_code
 from ..runtime import Reporter
 from .classifier import PRIMARY, load_spaces
@@ -71,7 +73,7 @@ def evaluate_run(
     device: torch.device = torch.device("cpu"),
     reporter: Reporter = Reporter(),
     seed: int = 0,
-    guidance: float | None = None,
+    guidance: Guidance | None = None,
 ) -> tuple[dict, torch.Tensor]:
     """Every metric of a finished run, and the uint8 sample images it scored."""
     started = time.perf_counter()
@@ -166,7 +168,7 @@ def evaluate_run(
         "reference": reference,
         "n_samples": n,
         "temperature": temperature,
-        "guidance": guidance,
+        "guidance": guidance_values.to_json(guidance),
         "seed": seed,
         "classifier": spaces[PRIMARY][1],
         "feature_nets": {name: info for name, (_, info) in spaces.items()},
@@ -221,7 +223,8 @@ def evaluate_run(
 def setting_key(result: dict) -> str:
     """One file name per evaluation setting: results of other settings are kept beside it."""
     return (
-        f"{result['reference']}-n{result['n_samples']}-t{result['temperature']:g}-g{result['guidance']:g}"
+        f"{result['reference']}-n{result['n_samples']}-t{result['temperature']:g}"
+        f"-g{guidance_values.label(guidance_values.check(result['guidance'])).replace(':', 'to')}"
         f"-seed{result['seed']}"
     )
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from statistics import median
 
+from .. import guidance
 from ..artifacts import load_json_object
 from ..errors import UserError
 from ..models.quantizer import degenerate_code
@@ -26,6 +27,14 @@ def _number(obj, *keys) -> float | None:
     for key in keys:
         obj = obj.get(key) if isinstance(obj, dict) else None
     return float(obj) if isinstance(obj, (int, float)) and not isinstance(obj, bool) else None
+
+
+def _guidance(ev: dict) -> str | None:
+    """An evaluation's guidance as the command line writes it (1.5, or 1.25:1.75 for a ramp); None when unreadable."""
+    try:
+        return guidance.label(guidance.check(ev.get("guidance")))
+    except ValueError:
+        return None
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -68,17 +77,17 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
         setting = "-"
         fd, accuracy = _number(ev, "samples", "fd_ratio"), _number(ev, "samples", "conditional_accuracy")
         if ev:
-            n, t, g = _number(ev, "n_samples"), _number(ev, "temperature"), _number(ev, "guidance")
+            n, t, g = _number(ev, "n_samples"), _number(ev, "temperature"), _guidance(ev)
             if None not in (n, t, g):
                 seed = _number(ev, "seed")
-                setting = f"{n:.0f} · {t:g} · {g:g} ({ev.get('reference', '?')}, seed {_fmt(seed, '.0f')})"
+                setting = f"{n:.0f} · {t:g} · {g} ({ev.get('reference', '?')}, seed {_fmt(seed, '.0f')})"
                 seeds = same_setting(ev, run.evaluations())
                 if len(seeds) > 1:  # the headline is the median over the sampling seeds kept at this setting
                     fds = sorted(_number(r, "samples", "fd_ratio") for r in seeds)
                     accs = sorted(a for a in (_number(r, "samples", "conditional_accuracy") for r in seeds) if a)
                     fd, accuracy = median(fds), median(accs) if accs else accuracy
                     setting = (
-                        f"{n:.0f} · {t:g} · {g:g} ({ev.get('reference', '?')}, median of {len(seeds)} seeds, "
+                        f"{n:.0f} · {t:g} · {g} ({ev.get('reference', '?')}, median of {len(seeds)} seeds, "
                         f"{fds[0]:.2f}–{fds[-1]:.2f}x)"
                     )
         rows.append(

@@ -61,6 +61,16 @@ def number(body: dict, key: str, default, lo, hi, integer: bool = False):
     return int(value) if integer else float(value)
 
 
+def guidance_value(body: dict, default):
+    """A number, or [first, last]: a ramp over the raster positions (`vqprior.guidance`)."""
+    value = body.get("guidance", default)
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise BadRequest(f"guidance must be a number or [first, last], got {_short(value)}")
+        return tuple(number({"guidance": v}, "guidance", None, 0, 100) for v in value)
+    return number(body, "guidance", default, 0, 100)
+
+
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -128,7 +138,7 @@ class Service:
     def sampling(self, body: dict) -> dict:
         return {
             "temperature": number(body, "temperature", self.run.temperature, 0.01, 100),
-            "guidance": number(body, "guidance", self.run.guidance, 0, 100),
+            "guidance": guidance_value(body, self.run.guidance),
             "seed": number(body, "seed", 0, 0, MAX_SEED, integer=True),
         }
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import guidance as guidance_values
+
 SEED_BLOCK = 50  # maps per noise generator; batches of maps are cut at multiples of this
 
 
@@ -86,7 +88,7 @@ class Prior(nn.Module):
         height, width = codes.shape[1:]
         for p in range(start, height * width):
             i, j = divmod(p, width)
-            codes[:, i, j] = noise.draw(self.logits(codes[:, : i + 1], cond)[:, :, i, j], temperature)
+            codes[:, i, j] = noise.draw(self.logits(codes[:, : i + 1], cond)[:, :, i, j], temperature, p)
         return codes
 
 
@@ -114,8 +116,9 @@ class GumbelNoise:
         )
         return u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
 
-    def draw(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Codes [B, ...] = argmax(logits / T + Gumbel) over dim 1 for logits [B, K, ...]."""
+    def draw(self, logits: torch.Tensor, temperature: float, position: int | None = None) -> torch.Tensor:
+        """Codes [B, ...] = argmax(logits / T + Gumbel) over dim 1 for logits [B, K, ...]. `position` (the raster
+        position drawn, when logits [B, K] are one position's) matters only to a guidance ramp."""
         gumbel = self.gumbel(*logits.shape[1:], dtype=logits.dtype, device=logits.device)
         scaled = logits if temperature == 1.0 else logits / temperature
         return gumbel.add_(scaled).argmax(1)
@@ -128,14 +131,38 @@ class GumbelNoise:
 class GuidedNoise:
     """Classifier-free guidance on top of GumbelNoise: the sampler runs a doubled batch (rows with the class,
     then the same rows with the null condition), and each position is drawn once from
-    uncond + scale * (cond - uncond) and written to both halves."""
+    uncond + scale * (cond - uncond) and written to both halves. The scale is one number, or a ramp over the raster
+    positions of the grid (`vqprior.guidance`): then a sampler that draws one position passes its `position`, and
+    logits of whole maps ([B, K, H, W] or [B, K, H * W]) get each position's scale."""
 
-    def __init__(self, noise: GumbelNoise, scale: float):
-        self.noise, self.scale = noise, scale
+    def __init__(self, noise: GumbelNoise, guidance, grid: tuple[int, int]):
+        self.noise, self.guidance, self.grid = noise, guidance, tuple(grid)
+        self.positions = self.grid[0] * self.grid[1]
 
-    def draw(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    def _scale(self, logits: torch.Tensor, position: int | None):
+        if guidance_values.is_constant(self.guidance):
+            return guidance_values.ends(self.guidance)[0]
+        if position is not None:
+            return guidance_values.scale_at(self.guidance, position, self.positions)
+        s = torch.tensor(
+            guidance_values.scales(self.guidance, self.positions), dtype=logits.dtype, device=logits.device
+        )
+        if logits.dim() >= 4 and logits.shape[-1] == self.grid[1] and logits.shape[-2] <= self.grid[0]:
+            return s.view(self.grid)[: logits.shape[-2]]  # whole maps, or their first rows
+        if logits.dim() >= 3 and logits.shape[-1] == self.positions:
+            return s
+        raise ValueError(
+            "this prior's sampler does not say which position it draws, so a guidance ramp cannot be applied; "
+            "use one guidance number"
+        )
+
+    def mix(self, logits: torch.Tensor, position: int | None = None) -> torch.Tensor:
+        """uncond + scale * (cond - uncond) from the doubled batch's two halves: [B, K, ...]."""
         cond, uncond = logits.chunk(2)
-        code = self.noise.draw(uncond + self.scale * (cond - uncond), temperature)
+        return uncond + self._scale(logits, position) * (cond - uncond)
+
+    def draw(self, logits: torch.Tensor, temperature: float, position: int | None = None) -> torch.Tensor:
+        code = self.noise.draw(self.mix(logits, position), temperature)
         return torch.cat([code, code])
 
     def gumbel(self, *shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -143,8 +170,7 @@ class GuidedNoise:
         return torch.cat([g, g])
 
     def guide(self, logits: torch.Tensor) -> torch.Tensor:
-        cond, uncond = logits.chunk(2)
-        guided = uncond + self.scale * (cond - uncond)
+        guided = self.mix(logits)
         return torch.cat([guided, guided])
 
 
@@ -160,7 +186,7 @@ def sample(
     first: int = 0,
     prefix: torch.Tensor | None = None,
     keep: int = 0,
-    guidance: float = 1.0,
+    guidance: float | tuple[float, float] = 1.0,
     decode_steps: int | None = None,
 ) -> torch.Tensor:
     """Draw `count` code maps [count, H, W] (maps first..first+count-1 of the job with this seed).
@@ -169,14 +195,14 @@ def sample(
     prefix/keep: continue maps whose first `keep` raster positions are given in prefix [count, H, W].
     method: "cached" uses the prior's own exact incremental sampler; "naive" the reference above.
     guidance: classifier-free guidance scale for a conditional prior trained with label dropout
-    (1 = plain conditional sampling; the null condition is the all-zero class vector).
+    (1 = plain conditional sampling; the null condition is the all-zero class vector), or a ramp (first, last)
+    over the raster positions (`vqprior.guidance`).
     decode_steps: parallel decoding steps for a kind that decodes in parallel (None: its own default); with method
     "naive" such a kind draws one position at a time in raster order from its exact raster likelihood instead.
     """
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    if not (math.isfinite(guidance) and guidance >= 0):
-        raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+    guidance = guidance_values.check(guidance)
     if method not in ("cached", "naive"):
         raise ValueError(f"unknown sampler {method!r}; choose cached or naive")
     check_decode_steps(prior, decode_steps)
@@ -191,11 +217,11 @@ def sample(
             raise ValueError(f"keep={keep} needs prefix codes of shape [{count}, {height}, {width}]")
         codes.view(count, -1)[:, :keep] = prefix.to(device).view(count, -1)[:, :keep]
     noise = GumbelNoise(seed, first, count, device)
-    if guidance != 1.0 and cond is not None:
+    if not guidance_values.is_plain(guidance) and cond is not None:
         cond, codes, noise = (
             torch.cat([cond, torch.zeros_like(cond)]),
             torch.cat([codes, codes]),
-            GuidedNoise(noise, guidance),
+            GuidedNoise(noise, guidance, grid),
         )
     was_training = prior.training
     prior.eval()
@@ -220,7 +246,7 @@ def generate(
     batch_size: int = 1000,
     method: str = "cached",
     track=None,
-    guidance: float = 1.0,
+    guidance: float | tuple[float, float] = 1.0,
     first: int = 0,
     decode_steps: int | None = None,
 ) -> torch.Tensor:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ... import guidance as guidance_values
+from ...guidance import Guidance
 from .base import GuidedNoise, GumbelNoise, Prior
 from .classes import class_posterior
 
@@ -45,13 +47,18 @@ def is_prefix(keep: torch.Tensor) -> int | None:
 
 
 def _log_conditionals(
-    prior: Prior, codes: torch.Tensor, cond: torch.Tensor | None, temperature: float, guidance: float
+    prior: Prior,
+    codes: torch.Tensor,
+    cond: torch.Tensor | None,
+    temperature: float,
+    guidance: Guidance,
+    grid: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """log p(z_i = k | z_<i) for every position and code: [B, K, H, W] (tempered, guided when asked)."""
-    if cond is not None and guidance != 1.0:
+    """log p(z_i = k | z_<i) for every position and code: [B, K, H, W] (tempered, guided when asked). codes may be
+    the first rows of maps on `grid` (a guidance ramp runs over the whole grid's positions)."""
+    if cond is not None and not guidance_values.is_plain(guidance):
         both = prior.logits(torch.cat([codes, codes]), torch.cat([cond, torch.zeros_like(cond)]))
-        c, u = both.chunk(2)
-        logits = u + guidance * (c - u)
+        logits = GuidedNoise(None, guidance, grid or codes.shape[1:]).mix(both)
     else:
         logits = prior.logits(codes, cond)
     return F.log_softmax(logits.float() / temperature, 1)
@@ -70,7 +77,7 @@ def fill(
     labels: torch.Tensor | None,
     log_class_prior: torch.Tensor | None = None,
     temperature: float = 1.0,
-    guidance: float = 1.0,
+    guidance: Guidance = 1.0,
     sweeps: int = 2,
     seed: int = 0,
     candidates: int = 16,
@@ -142,7 +149,8 @@ def _start(prior, codes, keep, cond, unknown, temperature, guidance, candidates,
     draft_cond = None if cond is None else cond.repeat_interleave(candidates, 0)
     for p in unknown:
         i, j = divmod(p, width)
-        logp = _log_conditionals(prior, drafts[:, : i + 1], draft_cond, temperature, guidance)[:, :, i, j]
+        logp = _log_conditionals(prior, drafts[:, : i + 1], draft_cond, temperature, guidance, (height, width))
+        logp = logp[:, :, i, j]
         drafts[:, i, j] = torch.where(kept[:, i, j], drafts[:, i, j], _gumbel_draw(logp, gen))
     if candidates == 1:
         return drafts
@@ -163,12 +171,12 @@ def _decode_region(prior, codes, keep, labels, log_class_prior, temperature, gui
         cond = prior.condition(labels, b) if prior.num_classes else None
     noise = GumbelNoise(seed, 0, b, device)
     known = keep
-    if cond is not None and guidance != 1.0 and not infer:
+    if cond is not None and not guidance_values.is_plain(guidance) and not infer:
         cond, codes, known, noise = (
             torch.cat([cond, torch.zeros_like(cond)]),
             torch.cat([codes, codes]),
             torch.cat([keep, keep]),
-            GuidedNoise(noise, guidance),
+            GuidedNoise(noise, guidance, codes.shape[1:]),
         )
     filled = prior.decode(codes, cond, known, temperature, noise)[:b]
     posterior = None

@@ -89,7 +89,7 @@ def draw_cached(
                 logits = F.linear(
                     F.linear(out.relu(), head[1].weight, head[1].bias).relu_(), head[3].weight, head[3].bias
                 )
-                code = noise.draw(logits, temperature)
+                code = noise.draw(logits, temperature, i * width + j)
                 codes[:, i, j] = code
             h_cols[0].append(model.embed(code))
         if i + 1 == height:

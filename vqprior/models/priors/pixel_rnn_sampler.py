@@ -42,7 +42,7 @@ def _place(codes, i, j, start, model, features, noise, temperature) -> torch.Ten
     """The code at (i, j): given when before `start`, else drawn from the logits of `features` and written."""
     if i * codes.shape[2] + j < start:
         return codes[:, i, j]
-    code = noise.draw(_head(model, features), temperature)
+    code = noise.draw(_head(model, features), temperature, i * codes.shape[2] + j)
     codes[:, i, j] = code
     return code
 

@@ -139,5 +139,5 @@ class TransformerPrior(Prior):
                 scores = (q @ k_cache[:, :, : p + 1].transpose(-1, -2)) * (q.shape[-1] ** -0.5)
                 x = blk.finish(x, scores.softmax(-1) @ v_cache[:, :, : p + 1])
             if p >= start:
-                flat[:, p] = noise.draw(self.head(self.norm(x[:, 0])), temperature)
+                flat[:, p] = noise.draw(self.head(self.norm(x[:, 0])), temperature, p)
         return codes
