@@ -271,7 +271,7 @@ class SampleSection(Section):
     # softmax temperature: < 1 sharper and safer, > 1 more varied; 0.95 raised FD/floor from 1.97 to 2.32 (guidance 1.5)
     temperature: float = Field(1.0, ge=0.01, le=100, allow_inf_nan=False)
     # classifier-free guidance: logits = uncond + s * (cond - uncond); 1 = plain conditional sampling. A pair
-    # [first, last] moves s linearly over the raster positions. A ramp beat every constant s on the validation slice
+    # [first, last] moves s linearly over the raster positions. A ramp beat the best constant s on the validation slice
     # in all three feature spaces (docs/sampling.md): guidance on the first rows narrows the strokes a digit starts
     # with more than its class needs; late in the map it sharpens what the class fixes
     guidance: float | list[float] = GUIDANCE_DEFAULT
