@@ -147,6 +147,7 @@ BAD = [
     ("/api/generate", {"guidance": 1e9}, "guidance"),
     ("/api/generate", {"guidance": [1, 2, 3]}, "[first, last]"),
     ("/api/generate", {"guidance": [1, "x"]}, "guidance must be a number"),
+    ("/api/generate", {"guidance": "1.25:x"}, "guidance must be a number"),  # what the page sends for a typo
     ("/api/generate", {"seed": -1}, "seed"),
     ("/api/generate", {"label": 12}, "label must be in 0..9"),
     ("/api/generate", {"label": True}, "label must be an integer"),
