@@ -101,7 +101,7 @@ def main() -> None:
         print(
             f"{line} | recon FD/floor {ev['vqvae']['recon_fd_ratio']:.2f} (test recon vs test) | {ev['prior']['test_bits_per_map']:.1f} bits/map"
             f" | samples FD/floor {s['fd_ratio']:.2f} | cond acc {s.get('conditional_accuracy', float('nan')):.1%} (worst {worst[0]} {worst[1]:.1%})"
-            f" | T={ev['temperature']:g} guidance={guidance.label(guidance.check(ev['guidance']))} | sweep step {time.perf_counter() - t0:.0f}s",
+            f" | T={ev['temperature']:g} guidance={guidance.read_label(ev['guidance'])} | sweep step {time.perf_counter() - t0:.0f}s",
             flush=True,
         )
 

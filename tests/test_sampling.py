@@ -191,16 +191,16 @@ def test_a_flat_ramp_is_the_constant_scale_bit_for_bit():
 
 def test_guided_logits_of_whole_maps_and_of_their_first_rows_get_each_positions_scale():
     from vqprior.guidance import scales
-    from vqprior.models.priors.base import GuidedNoise
+    from vqprior.models.priors.base import guided_logits
 
     logits = torch.randn(4, 3, 4, 5, dtype=torch.float64)  # a doubled batch of 2 maps, K=3, a 4x5 grid
-    mixer = GuidedNoise(None, (0.5, 2.5), (4, 5))
+    ramp, grid = (0.5, 2.5), (4, 5)
     cond, uncond = logits.chunk(2)
-    s = torch.tensor(scales((0.5, 2.5), 20), dtype=torch.float64).view(4, 5)
+    s = torch.tensor(scales(ramp, 20), dtype=torch.float64).view(4, 5)
     expected = uncond + s * (cond - uncond)
-    assert torch.allclose(mixer.mix(logits), expected)
-    assert torch.allclose(mixer.mix(logits[:, :, :2]), expected[:, :, :2])  # the first rows keep their positions
-    assert torch.allclose(mixer.mix(logits.flatten(2)), expected.flatten(2))  # [B, K, H * W]
-    assert torch.allclose(mixer.mix(logits[:, :, 1, 3], position=8), expected[:, :, 1, 3])
+    assert torch.allclose(guided_logits(logits, ramp, grid), expected)
+    assert torch.allclose(guided_logits(logits[:, :, :2], ramp, grid), expected[:, :, :2])  # first rows keep places
+    assert torch.allclose(guided_logits(logits.flatten(2), ramp, grid), expected.flatten(2))  # [B, K, H * W]
+    assert torch.allclose(guided_logits(logits[:, :, 1, 3], ramp, grid, position=8), expected[:, :, 1, 3])
     with pytest.raises(ValueError, match="which position"):
-        mixer.mix(logits[:, :, 1, 3])
+        guided_logits(logits[:, :, 1, 3], ramp, grid)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import guidance as guidance_values
 from .errors import UserError
 from .registry import BUILTINS, builtin_name
 from .registry import names as registry_names
@@ -279,9 +280,7 @@ class SampleSection(Section):
     @field_validator("guidance", mode="before")
     @classmethod
     def _guidance(cls, value: Any) -> Any:
-        from . import guidance
-
-        return guidance.to_json(guidance.check(value))
+        return guidance_values.to_json(guidance_values.check(value))
 
     # seed for sampling; None = run.seed. Same seed, same images.
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
@@ -348,11 +347,11 @@ def default_run_name(data: DataSection) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(data.root).expanduser().resolve().name).strip("-.") or "folder"
 
 
-def check_sampling(temperature: float | None, guidance=None, seed: int | None = None) -> None:
+def check_sampling(
+    temperature: float | None, guidance: guidance_values.Guidance | None = None, seed: int | None = None
+) -> None:
     """sample.temperature's and sample.guidance's ranges (and a seed's) for values given to eval, complete, the API
     or the page; None is "not given"."""
-    from . import guidance as guidance_values
-
     if guidance is not None:
         try:
             guidance_values.check(guidance)
@@ -360,7 +359,7 @@ def check_sampling(temperature: float | None, guidance=None, seed: int | None = 
             raise UserError(str(e)) from None
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
         raise UserError(f"temperature must be a number, got {temperature!r}")
-    values = {k: v for k, v in (("temperature", temperature), ("guidance", guidance)) if v is not None}
+    values = {"temperature": temperature} if temperature is not None else {}  # guidance: checked above
     try:
         SampleSection.model_validate(values)
     except ValidationError as e:

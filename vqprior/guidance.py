@@ -16,17 +16,17 @@ MAX_GUIDANCE = 100.0
 Guidance = float | tuple[float, float]
 
 
-def check(value, key: str = "guidance") -> Guidance:
+def check(value) -> Guidance:
     """The value as a float or a (first, last) tuple of floats, each finite and in 0..100; ValueError otherwise."""
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or isinstance(value[0], (list, tuple)) or isinstance(value[1], (list, tuple)):
-            raise ValueError(f"{key} must be a number or a pair [first, last], got {list(value)!r}")
-        return (check(value[0], key), check(value[1], key))
+            raise ValueError(f"guidance must be a number or a pair [first, last], got {list(value)!r}")
+        return (check(value[0]), check(value[1]))
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{key} must be a number or a pair [first, last], got {value!r}")
+        raise ValueError(f"guidance must be a number or a pair [first, last], got {value!r}")
     value = float(value)
     if not (math.isfinite(value) and 0 <= value <= MAX_GUIDANCE):
-        raise ValueError(f"{key} must be a finite number in 0..{MAX_GUIDANCE:g}, got {value:g}")
+        raise ValueError(f"guidance must be a finite number in 0..{MAX_GUIDANCE:g}, got {value:g}")
     return value
 
 
@@ -61,6 +61,14 @@ def label(value: Guidance) -> str:
     """`1.5`, or `1.25:2` for a ramp (what the command line takes back)."""
     first, last = ends(value)
     return f"{first:g}" if first == last else f"{first:g}:{last:g}"
+
+
+def read_label(value) -> str | None:
+    """A guidance value read back from JSON (an evaluation, a saved config) as its label; None when unreadable."""
+    try:
+        return label(check(value))
+    except ValueError:
+        return None
 
 
 def parse(text: str) -> Guidance:

@@ -175,16 +175,6 @@ def guidance_flag(text: Optional[str]):
         raise UserError(str(e)) from None
 
 
-def guidance_label(value) -> str:
-    """A guidance value read back from JSON, as the command line writes it."""
-    from .. import guidance
-
-    try:
-        return guidance.label(guidance.check(value))
-    except ValueError:
-        return "?"
-
-
 Morph = Annotated[
     Optional[str], typer.Option(help="Stage 4: strips that move from one class to another, e.g. --morph 4:9.")
 ]

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from .. import guidance
 from ..config import MAX_SEED, RunSection, check_sampling
 from ..errors import UserError
 from ..trust import trusting_code
@@ -24,7 +25,6 @@ from .common import (
     app,
     console,
     guidance_flag,
-    guidance_label,
 )
 
 
@@ -92,7 +92,7 @@ def eval_table(result: dict):
     s, v, p, f = result["samples"], result["vqvae"], result["prior"], result["floor"]
     table = Table(
         title=f"{result['run']}: {result['n_samples']} samples at temperature {result['temperature']:g}, guidance "
-        f"{guidance_label(result['guidance'])}, vs the {result['reference']} split"
+        f"{guidance.read_label(result['guidance']) or '?'}, vs the {result['reference']} split"
     )
     table.add_column("what")
     table.add_column("value", justify="right")

@@ -29,14 +29,6 @@ def _number(obj, *keys) -> float | None:
     return float(obj) if isinstance(obj, (int, float)) and not isinstance(obj, bool) else None
 
 
-def _guidance(ev: dict) -> str | None:
-    """An evaluation's guidance as the command line writes it (1.5, or 1.25:1.75 for a ramp); None when unreadable."""
-    try:
-        return guidance.label(guidance.check(ev.get("guidance")))
-    except ValueError:
-        return None
-
-
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
@@ -77,7 +69,7 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
         setting = "-"
         fd, accuracy = _number(ev, "samples", "fd_ratio"), _number(ev, "samples", "conditional_accuracy")
         if ev:
-            n, t, g = _number(ev, "n_samples"), _number(ev, "temperature"), _guidance(ev)
+            n, t, g = _number(ev, "n_samples"), _number(ev, "temperature"), guidance.read_label(ev.get("guidance"))
             if None not in (n, t, g):
                 seed = _number(ev, "seed")
                 setting = f"{n:.0f} · {t:g} · {g} ({ev.get('reference', '?')}, seed {_fmt(seed, '.0f')})"

@@ -137,29 +137,9 @@ class GuidedNoise:
 
     def __init__(self, noise: GumbelNoise, guidance, grid: tuple[int, int]):
         self.noise, self.guidance, self.grid = noise, guidance, tuple(grid)
-        self.positions = self.grid[0] * self.grid[1]
-
-    def _scale(self, logits: torch.Tensor, position: int | None):
-        if guidance_values.is_constant(self.guidance):
-            return guidance_values.ends(self.guidance)[0]
-        if position is not None:
-            return guidance_values.scale_at(self.guidance, position, self.positions)
-        s = torch.tensor(
-            guidance_values.scales(self.guidance, self.positions), dtype=logits.dtype, device=logits.device
-        )
-        if logits.dim() >= 4 and logits.shape[-1] == self.grid[1] and logits.shape[-2] <= self.grid[0]:
-            return s.view(self.grid)[: logits.shape[-2]]  # whole maps, or their first rows
-        if logits.dim() >= 3 and logits.shape[-1] == self.positions:
-            return s
-        raise ValueError(
-            "this prior's sampler does not say which position it draws, so a guidance ramp cannot be applied; "
-            "use one guidance number"
-        )
 
     def mix(self, logits: torch.Tensor, position: int | None = None) -> torch.Tensor:
-        """uncond + scale * (cond - uncond) from the doubled batch's two halves: [B, K, ...]."""
-        cond, uncond = logits.chunk(2)
-        return uncond + self._scale(logits, position) * (cond - uncond)
+        return guided_logits(logits, self.guidance, self.grid, position)
 
     def draw(self, logits: torch.Tensor, temperature: float, position: int | None = None) -> torch.Tensor:
         code = self.noise.draw(self.mix(logits, position), temperature)
@@ -172,6 +152,31 @@ class GuidedNoise:
     def guide(self, logits: torch.Tensor) -> torch.Tensor:
         guided = self.mix(logits)
         return torch.cat([guided, guided])
+
+
+def guided_logits(logits: torch.Tensor, guidance, grid: tuple[int, int], position: int | None = None) -> torch.Tensor:
+    """uncond + scale * (cond - uncond) from a doubled batch's two halves (with the class, then without): [B, K, ...].
+    A ramp's scale depends on the raster position: `position` for one position's logits [2B, K]; logits of whole
+    maps ([2B, K, H, W], their first rows, or [2B, K, H * W]) get each position's own."""
+    cond, uncond = logits.chunk(2)
+    return uncond + _scale(logits, guidance, tuple(grid), position) * (cond - uncond)
+
+
+def _scale(logits: torch.Tensor, guidance, grid: tuple[int, int], position: int | None):
+    positions = grid[0] * grid[1]
+    if guidance_values.is_constant(guidance):
+        return guidance_values.ends(guidance)[0]
+    if position is not None:
+        return guidance_values.scale_at(guidance, position, positions)
+    s = torch.tensor(guidance_values.scales(guidance, positions), dtype=logits.dtype, device=logits.device)
+    if logits.dim() >= 4 and logits.shape[-1] == grid[1] and logits.shape[-2] <= grid[0]:
+        return s.view(grid)[: logits.shape[-2]]  # whole maps, or their first rows
+    if logits.dim() >= 3 and logits.shape[-1] == positions:
+        return s
+    raise ValueError(
+        "this prior's sampler does not say which position it draws, so a guidance ramp cannot be applied; "
+        "use one guidance number"
+    )
 
 
 @torch.no_grad()

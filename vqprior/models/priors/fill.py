@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ... import guidance as guidance_values
 from ...guidance import Guidance
-from .base import GuidedNoise, GumbelNoise, Prior
+from .base import GuidedNoise, GumbelNoise, Prior, guided_logits
 from .classes import class_posterior
 
 
@@ -58,7 +58,7 @@ def _log_conditionals(
     the first rows of maps on `grid` (a guidance ramp runs over the whole grid's positions)."""
     if cond is not None and not guidance_values.is_plain(guidance):
         both = prior.logits(torch.cat([codes, codes]), torch.cat([cond, torch.zeros_like(cond)]))
-        logits = GuidedNoise(None, guidance, grid or codes.shape[1:]).mix(both)
+        logits = guided_logits(both, guidance, grid or codes.shape[1:])
     else:
         logits = prior.logits(codes, cond)
     return F.log_softmax(logits.float() / temperature, 1)
