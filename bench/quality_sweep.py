@@ -3,7 +3,8 @@
 Each --try is a name and --set style overrides; configurations with the same VQ-VAE settings share stages
 1 and 2 (the run folder is named after them, and `vqprior run` skips what is up to date). One line per
 configuration: K, prior size, epochs, wall time per stage, reconstruction FD / floor, bits per map,
-sample FD / floor, conditional accuracy (and its worst class).
+sample FD / floor, conditional accuracy (and its worst class). Every configuration trains with data.holdout=true:
+the models never see the validation slice that scores them.
 
     .venv/bin/python bench/quality_sweep.py --try "base" --try "k256 vqvae.codebook_size=256"
     .venv/bin/python bench/quality_sweep.py --stage1-only --try "bce vqvae.likelihood=bce"
@@ -75,7 +76,8 @@ def main() -> None:
     )
     for spec in args.tries:
         name, *sets = spec.split()
-        cfg = load_config(overrides=sets + [f'run.out_dir="{args.out}"'])
+        # the models never see the validation slice they are scored on (an override can still turn it off)
+        cfg = load_config(overrides=["data.holdout=true", *sets, f'run.out_dir="{args.out}"'])
         vq_key = hashlib.sha256(
             json.dumps(
                 [cfg.data.model_dump(mode="json"), cfg.vqvae.model_dump(mode="json"), cfg.run.seed], sort_keys=True

@@ -10,7 +10,7 @@ from torchvision.utils import save_image
 
 from vqprior.artifacts import load_weights, save_json, save_weights
 from vqprior.config import Config
-from vqprior.datasets import load_split, to_float
+from vqprior.datasets import load_split, to_float, training_split
 from vqprior.errors import UserError
 from vqprior.evaluation import reconstruction_metrics
 from vqprior.models.quantizer import code_usage, degenerate_code
@@ -23,7 +23,7 @@ from vqprior.training import Trainer
 
 def fingerprint(cfg: Config) -> dict:
     """What stage 1's outputs depend on."""
-    return {"data": cfg.data.model_dump(mode="json"), "vqvae": cfg.vqvae.fingerprint(), "seed": cfg.run.seed}
+    return {"data": cfg.data.fingerprint(), "vqvae": cfg.vqvae.fingerprint(), "seed": cfg.run.seed}
 
 
 def _load_component_weights(model: VQVAE, cfg: Config) -> None:
@@ -66,7 +66,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     rt.seed_all()
     device = rt.device
     run_folder = cfg.run_folder()
-    train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
+    train, test = training_split(cfg.data), load_split(cfg.data, "test")
     image_shape = tuple(train.images.shape[1:])
     if tuple(test.images.shape[1:]) != image_shape:
         raise UserError(

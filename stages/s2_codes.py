@@ -14,7 +14,7 @@ import torch
 
 from vqprior.codes import code_dtype
 from vqprior.config import Config
-from vqprior.datasets import SPLITS, load_split, to_float
+from vqprior.datasets import SPLITS, load_split, to_float, training_split
 from vqprior.errors import disk_full, ensure_free
 from vqprior.models.quantizer import code_usage, degenerate_code
 from vqprior.restore import load_vqvae
@@ -61,7 +61,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     )
 
     # under torchrun each process encodes one contiguous slice of every split into the same preallocated .npy
-    datasets = {split: load_split(data_cfg, split) for split in SPLITS}
+    datasets = {
+        split: training_split(data_cfg) if split == "train" else load_split(data_cfg, split) for split in SPLITS
+    }
     with run_folder.writing_stage(2) if rt.is_main else contextlib.nullcontext() as out:
         out = Path(rt.share(str(out) if rt.is_main else None))
         if rt.is_main:  # everything stage 2 writes has a known size: refuse up front rather than fail half-way

@@ -36,7 +36,10 @@ NOT_RUN = [
     (r"^vqprior run( |$)", "trains for minutes (tests/test_foundation.py runs the pipeline on tiny settings)"),
     (r"^vqprior run-stage [123]", "trains for minutes"),
     (r"^vqprior serve", "serves until stopped (tests/test_serve.py drives the page)"),
-    (r"--name (my-run|diagonal|own-prior|quick|rowlstm|transformer|masked)\b", "needs a run that a block above trains"),
+    (
+        r"--name (my-run|diagonal|own-prior|quick|rowlstm|transformer|masked|cand)\b",
+        "needs a run that a block above trains",
+    ),
 ]
 CAPS = {"--n": 200}  # a cheap variant of commands that score many images
 

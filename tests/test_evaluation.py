@@ -137,6 +137,30 @@ def test_each_evaluation_setting_keeps_its_own_result(evaluated_run, tmp_path):
     assert any(cell.startswith("degenerate code") for cell in row)  # 600 training images, one epoch: flagged
 
 
+def test_holdout_keeps_the_validation_slice_out_of_training_and_eval_says_when_it_was_not(evaluated_run, tmp_path):
+    import shutil
+
+    from vqprior.evaluation.run_eval import SEEN_VALIDATION
+
+    # the shared run learned from all 600 training images, its validation slice (the last 100) included
+    run_dir = tmp_path / "t"
+    shutil.copytree(evaluated_run[0], run_dir)
+    valid = ["--n", 200, "--device", "cpu", "--reference", "valid"]
+    seen = runner.invoke(app, ["eval", "--name", "t", "--out-dir", str(tmp_path), *valid], catch_exceptions=False)
+    assert seen.exit_code == 0 and "--set data.holdout=true" in " ".join(seen.output.split()), seen.output
+    assert SEEN_VALIDATION in json.loads((run_dir / "eval" / "eval.json").read_text())["warnings"]
+    assert len(np.load(run_dir / "stage2" / "train_codes.npy")) == 600
+    # with data.holdout stages 1-3 learn from the first 500 only, and scoring on the slice carries no such warning
+    made = runner.invoke(app, ["run", *tiny_args(tmp_path, "h"), "--set", "data.holdout=true", "--per-class", 1])
+    assert made.exit_code == 0 and "on 500 images" in made.output, made.output
+    assert len(np.load(tmp_path / "h" / "stage2" / "train_codes.npy")) == 500
+    assert len(np.load(tmp_path / "h" / "stage2" / "test_codes.npy")) == 200
+    fair = runner.invoke(app, ["eval", "--name", "h", "--out-dir", str(tmp_path), *valid], catch_exceptions=False)
+    assert fair.exit_code == 0 and "data.holdout" not in fair.output, fair.output
+    ev = json.loads((tmp_path / "h" / "eval" / "eval.json").read_text())
+    assert ev["reference"] == "valid" and SEEN_VALIDATION not in ev["warnings"]
+
+
 def test_kernel_distance_is_the_unbiased_mmd_and_near_zero_for_one_distribution():
     from vqprior.evaluation.frechet import kernel_distance
 

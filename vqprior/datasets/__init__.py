@@ -14,7 +14,9 @@ from .imageset import ImageSet, to_float
 
 SPLITS = ("train", "test")
 
-__all__ = ["SPLITS", "ImageSet", "load_split", "to_float"]
+__all__ = ["SPLITS", "ImageSet", "load_split", "split_holdout", "to_float", "training_split"]
+
+HOLDOUT = 10_000  # the validation slice: held-out real training images, never seen by the feature networks
 
 
 def load_split(cfg: DataSection, split: str) -> ImageSet:
@@ -41,3 +43,15 @@ def load_split(cfg: DataSection, split: str) -> ImageSet:
             f"the {split} split of data.source={cfg.source!r} is empty; point data.root at a folder with images"
         )
     return data.limit(cfg.train_limit if split == "train" else cfg.test_limit)
+
+
+def split_holdout(train: ImageSet) -> tuple[ImageSet, ImageSet]:
+    """(fit, valid): the last min(10,000, 1/6) of the training split is held out as the validation slice."""
+    h = min(HOLDOUT, len(train) // 6)
+    return train.slice(0, len(train) - h), train.slice(len(train) - h, len(train))
+
+
+def training_split(cfg: DataSection) -> ImageSet:
+    """The images stages 1-3 learn from: the training split, without its validation slice when data.holdout is on."""
+    train = load_split(cfg, "train")
+    return split_holdout(train)[0] if cfg.holdout else train
