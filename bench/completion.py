@@ -23,9 +23,8 @@ from common import pin_threads  # noqa: E402
 from train_speed import matmul_gflops  # noqa: E402
 
 import vqprior  # noqa: E402
-from vqprior.datasets import load_split  # noqa: E402
+from vqprior.datasets import load_split, split_holdout  # noqa: E402
 from vqprior.evaluation.classifier import load_spaces  # noqa: E402
-from vqprior.evaluation.run_eval import split_holdout  # noqa: E402
 from vqprior.masks import region  # noqa: E402
 
 

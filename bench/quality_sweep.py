@@ -27,10 +27,10 @@ from common import pin_threads  # noqa: E402
 from vqprior import guidance  # noqa: E402
 from vqprior.artifacts import load_json  # noqa: E402
 from vqprior.config_files import load_config  # noqa: E402
-from vqprior.datasets import load_split  # noqa: E402
+from vqprior.datasets import load_split, split_holdout  # noqa: E402
 from vqprior.evaluation.classifier import load_or_train_classifier  # noqa: E402
 from vqprior.evaluation.frechet import frechet_distance_from_stats, gaussian_stats  # noqa: E402
-from vqprior.evaluation.run_eval import evaluate_run, split_holdout  # noqa: E402
+from vqprior.evaluation.run_eval import evaluate_run  # noqa: E402
 from vqprior.models.vqvae import decode_images, encode_images  # noqa: E402
 from vqprior.restore import load_vqvae  # noqa: E402
 from vqprior.runtime import Runtime  # noqa: E402

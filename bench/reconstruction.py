@@ -18,11 +18,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import pin_threads  # noqa: E402
 from train_speed import matmul_gflops  # noqa: E402
 
-from vqprior.datasets import load_split  # noqa: E402
+from vqprior.datasets import load_split, split_holdout  # noqa: E402
 from vqprior.evaluation import reconstruction_metrics  # noqa: E402
 from vqprior.evaluation.classifier import load_spaces  # noqa: E402
 from vqprior.evaluation.frechet import frechet_distance_from_stats, gaussian_stats  # noqa: E402
-from vqprior.evaluation.run_eval import split_holdout  # noqa: E402
 from vqprior.models.vqvae import decode_images, encode_images  # noqa: E402
 from vqprior.restore import load_vqvae  # noqa: E402
 

@@ -26,10 +26,10 @@ from common import pin_threads  # noqa: E402
 from train_speed import matmul_gflops  # noqa: E402
 
 from vqprior import guidance  # noqa: E402
-from vqprior.datasets import load_split  # noqa: E402
+from vqprior.datasets import load_split, split_holdout  # noqa: E402
 from vqprior.evaluation.classifier import load_spaces  # noqa: E402
 from vqprior.evaluation.frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, kernel_self_term  # noqa: E402
-from vqprior.evaluation.run_eval import SEEN_VALIDATION, class_counts, split_holdout  # noqa: E402
+from vqprior.evaluation.run_eval import SEEN_VALIDATION, class_counts  # noqa: E402
 from vqprior.models.priors.base import generate  # noqa: E402
 from vqprior.models.vqvae import decode_images  # noqa: E402
 from vqprior.restore import load_prior, load_vqvae  # noqa: E402
@@ -56,9 +56,10 @@ def main() -> None:
     cpu = torch.device("cpu")
     vq = load_vqvae(Path(args.run), None, cpu)
     prior = load_prior(Path(args.run), None, cpu, vqvae=vq)
-    train, test = load_split(vq.run.data(), "train"), load_split(vq.run.data(), "test")
+    data = vq.run.data()
+    train, test = load_split(data, "train"), load_split(data, "test")
     fit, valid = split_holdout(train)
-    if not vq.run.data().holdout:
+    if not data.holdout:
         print(f"# warning: {SEEN_VALIDATION}", flush=True)
     spaces = load_spaces(fit, test, cpu)
     real = test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.n]]

@@ -204,8 +204,7 @@ def test_a_collapsed_code_is_flagged_with_what_to_change():
 
 def test_feature_classifier_is_cached_per_dataset(evaluated_run, monkeypatch):
     from vqprior.config import DataSection
-    from vqprior.datasets import load_split
-    from vqprior.evaluation.run_eval import split_holdout
+    from vqprior.datasets import load_split, split_holdout
 
     cfg = DataSection(train_limit=600, test_limit=200)
     fit, _ = split_holdout(load_split(cfg, "train"))

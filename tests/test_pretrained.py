@@ -39,9 +39,8 @@ def test_the_shipped_run_is_verified_plain_data_and_small():
 def test_it_generates_digits_the_shipped_classifier_reads_as_their_class():
     import vqprior.evaluation.classifier as classifier_module
     from vqprior.config import DataSection
-    from vqprior.datasets import load_split
+    from vqprior.datasets import load_split, split_holdout
     from vqprior.evaluation.classifier import load_or_train_classifier, train_classifier
-    from vqprior.evaluation.run_eval import split_holdout
 
     run = vqprior.load("pretrained:mnist", device="cpu")
     labels = torch.arange(10).repeat_interleave(20)

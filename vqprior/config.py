@@ -108,7 +108,7 @@ class DataSection(Section):
     test_limit: int | None = Field(None, gt=0)
     # true: stages 1-3 never see the validation slice (the last min(10,000, 1/6) training images, after train_limit),
     # so `vqprior eval --reference valid` scores digits the models did not learn from: turn it on to choose settings.
-    # Off, the models train on that slice too and its scores reward fitting seen digits (docs/evaluation.md)
+    # Off, the models train on that slice too and its scores can favour fitting seen digits (docs/evaluation.md)
     holdout: bool = False
 
     def fingerprint(self) -> dict:

@@ -30,8 +30,8 @@ from .reconstruction import reconstruction_metrics
 
 # the validation slice is only a fair judge of models that never trained on it
 SEEN_VALIDATION = (
-    "this run's models trained on the validation slice (data.holdout is off), so these scores reward fitting digits "
-    "they saw; to choose settings, train with --set data.holdout=true"
+    "this run's models trained on the validation slice (data.holdout is off), so these scores can favour fitting "
+    "digits they saw; to choose settings, train with --set data.holdout=true"
 )
 
 

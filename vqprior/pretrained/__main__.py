@@ -19,7 +19,6 @@ if __name__ == "__main__":
     args = ap.parse_args()
     from ..artifacts import versions
     from ..datasets.mnist import cache_dir
-    from ..evaluation.run_eval import split_holdout
     from ..run_folder import RunFolder
 
     run = RunFolder(args.run_dir)
@@ -35,7 +34,7 @@ if __name__ == "__main__":
     dest = pack(args.run_dir, HERE / "mnist", record)
     nets = HERE / "feature_nets"
     nets.mkdir(exist_ok=True)
-    from ..datasets import load_split
+    from ..datasets import load_split, split_holdout
     from ..evaluation.classifier import SPACES, data_fingerprint
 
     fit, _ = split_holdout(load_split(run.data(), "train"))
