@@ -194,6 +194,38 @@ def test_sigterm_during_stage_2_or_4_leaves_no_lock_or_temporary_folder(tmp_path
     assert not (run_dir / ".lock").exists() and not list(run_dir.glob(".stage*"))
 
 
+def test_sigterm_is_caught_only_after_every_import(tmp_path):
+    """A SIGTERM that lands inside an extension module's import (triton's, which torchvision pulls in) came out as an
+    ImportError that torch swallows, and the run went on as if never signalled: the handler waits for the imports."""
+    code = (
+        "import signal, sys\n"
+        "from vqprior.cli import main, train\n"
+        "def check(*args, **kwargs):\n"
+        "    print(signal.getsignal(signal.SIGTERM) is train._terminate, 'torchvision' in sys.modules,"
+        " 'vqprior.stages.s4_sample' in sys.modules)\n"
+        "train._run_stages = check\n"
+        f"sys.argv = ['vqprior', 'run-stage', '4', *{tiny_args(tmp_path, 'imports')!r}]\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_an_interrupt_wrapped_by_class_creation_is_one_line():
+    import typer
+
+    from vqprior.cli.common import _one_line_errors
+
+    class Interrupting:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt  # Python 3.11 raises it as a RuntimeError caused by the KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as e, _one_line_errors("interrupted"):
+        type("Created", (), {"field": Interrupting()})
+    assert e.value.exit_code == 130
+
+
 def test_ctrl_c_during_the_epoch_end_evaluation_is_honoured(tmp_path, monkeypatch):
     from test_resume import assert_same, config, weights
 

@@ -101,6 +101,10 @@ def _one_line_errors(interrupted: str = "interrupted; nothing was written") -> I
         _fail(str(e), getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         _fail(interrupted, 130)
+    except RuntimeError as e:
+        if isinstance(e.__cause__, KeyboardInterrupt):  # Python wraps one raised inside __set_name__ (class creation)
+            _fail(interrupted, 130)
+        raise
     except OSError as e:
         message = os_error_message(e)
         if message is None:

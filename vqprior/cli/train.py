@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Annotated, Optional
 
 import typer
@@ -161,23 +162,21 @@ def _guarded(
     trust_code: bool = False,
     replace: bool = False,
 ) -> None:
-    from ..runtime import lost_peer, process_place
+    with (
+        _one_line_errors(
+            "interrupted; the stage that was running left its last checkpoint (if any) and wrote no outputs"
+        ),
+        trusting_code(trust_code),
+    ):
+        if resume and restart:
+            raise UserError("--resume and --restart contradict each other; pass one")
+        cfg = load_config(
+            preset, config, sets, values=_flag_values(name, labels, mix, n, temperature, seed, sampler, guidance)
+        )
+        _stage(1)  # every import (torch, torchvision, triton) done before SIGTERM is caught: see _sigterm_unwinds
+        from ..runtime import lost_peer, process_place
 
-    previous = (
-        signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
-    )
-    try:
-        with (
-            _one_line_errors(
-                "interrupted; the stage that was running left its last checkpoint (if any) and wrote no outputs"
-            ),
-            trusting_code(trust_code),
-        ):
-            if resume and restart:
-                raise UserError("--resume and --restart contradict each other; pass one")
-            cfg = load_config(
-                preset, config, sets, values=_flag_values(name, labels, mix, n, temperature, seed, sampler, guidance)
-            )
+        with _sigterm_unwinds():
             try:
                 _run_stages(
                     stages, cfg, "require" if resume else "restart" if restart else "auto", incremental, replace
@@ -187,9 +186,22 @@ def _guarded(
                 if world > 1 and (lost := lost_peer(e, rank)) is not None:
                     raise lost from None
                 raise
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the stages run, SIGTERM unwinds like Ctrl-C, so the run lock and temporary stage folders are cleaned up.
+    Installed only after the imports: a KeyboardInterrupt raised inside an extension module's import can come out as
+    an ImportError that a library swallows (the run then ignored the signal) or as a RuntimeError (a traceback).
+    Before this point a SIGTERM simply ends the process, which has written nothing and holds no lock yet."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous)
 
 
 RunOutDir = Annotated[
