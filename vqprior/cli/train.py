@@ -173,7 +173,8 @@ def _guarded(
         cfg = load_config(
             preset, config, sets, values=_flag_values(name, labels, mix, n, temperature, seed, sampler, guidance)
         )
-        _stage(1)  # every import (torch, torchvision, triton) done before SIGTERM is caught: see _sigterm_unwinds
+        # _stage imports all four stage modules (torch, torchvision, triton) before SIGTERM is caught: _sigterm_unwinds
+        _stage(1)
         from ..runtime import lost_peer, process_place
 
         with _sigterm_unwinds():
