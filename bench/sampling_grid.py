@@ -81,7 +81,9 @@ def main() -> None:
         + " | ".join(spaces)
         + " | KID x1000 cnn | cond. acc. | sampling s / 1,000 maps"
     )
-    labels = torch.cat([torch.full((k,), c) for c, k in enumerate(class_counts(args.n, prior.model.num_classes))])
+    labels = torch.cat(
+        [torch.full((k,), c) for c, k in enumerate(class_counts(args.n, train.labels, prior.model.num_classes))]
+    )
     settings = [
         (g, t, s, c)
         for g in args.guidance

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from vqprior.cli import app
 from vqprior.evaluation import classifier as classifier_module
 from vqprior.evaluation.frechet import frechet_distance, frechet_distance_from_stats, precision_recall
+from vqprior.evaluation.run_eval import class_counts
 
 runner = CliRunner()
 
@@ -57,6 +58,17 @@ def test_precision_recall_of_a_collapsed_generator():
     assert same_p > 0.85 and same_r > 0.85
 
 
+def test_samples_are_drawn_at_the_training_labels_class_frequencies():
+    labels = torch.tensor([0] * 6 + [1] * 3 + [2])  # 60%, 30%, 10%, and no class 3
+    assert class_counts(10, labels, 4) == [6, 3, 1, 0]
+    assert class_counts(7, labels, 4) == [4, 2, 1, 0]  # 4.2, 2.1, 0.7: the largest remainder gets the last one
+    assert class_counts(1000, labels, 4) == [600, 300, 100, 0]
+    mnist_like = torch.randint(0, 10, (6000,), generator=torch.Generator().manual_seed(0))
+    counts = class_counts(10_000, mnist_like, 10)
+    frequencies = torch.bincount(mnist_like, minlength=10) / 6000
+    assert sum(counts) == 10_000 and all(abs(k - 10_000 * f) < 1 for k, f in zip(counts, frequencies.tolist()))
+
+
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
@@ -86,6 +98,12 @@ def test_eval_json_has_every_number_and_the_table_is_printed(evaluated_run):
     assert ev["floor"]["real_images"] == 100
     assert s["fd"] == spaces["cnn"]["fd"] and s["kid"] == spaces["cnn"]["kid"]
     assert 0 <= s["conditional_accuracy"] <= 1 and set(s["per_class_accuracy"]) == {str(d) for d in range(10)}
+    # the samples' classes come at the training split's frequencies, as the real images' do
+    from vqprior.api import Run
+    from vqprior.datasets import load_split
+
+    train_labels = load_split(Run(run_dir, "cpu").data, "train").labels
+    assert list(s["class_counts"].values()) == class_counts(200, train_labels, 10) != [20] * 10
     assert 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1
     assert isinstance(ev["warnings"], list)
     v, p = ev["vqvae"], ev["prior"]

@@ -35,7 +35,11 @@ def eval_run(
     n: Annotated[
         int,
         typer.Option(
-            "--n", "-n", min=100, max=100_000, help="Samples to draw and score in all, spread evenly over classes."
+            "--n",
+            "-n",
+            min=100,
+            max=100_000,
+            help="Samples to draw and score, at the training split's class frequencies.",
         ),
     ] = 10_000,
     temperature: Annotated[

@@ -35,9 +35,17 @@ SEEN_VALIDATION = (
 )
 
 
-def class_counts(n: int, num_classes: int) -> list[int]:
-    """n spread evenly over the classes (the first n % C classes get one more)."""
-    return [n // num_classes + (c < n % num_classes) for c in range(num_classes)]
+def class_counts(n: int, labels: torch.Tensor, num_classes: int) -> list[int]:
+    """n spread over the classes in the proportions of `labels` (the training split's), by largest remainder.
+
+    Why not evenly: the Fréchet distance compares the samples with real images, whose classes come at the data's
+    own frequencies (MNIST's test split is 11.35% ones and 8.92% fives); samples spread evenly would differ from any
+    real set by their class mix alone, which the floor (real against real) never does."""
+    exact = torch.bincount(labels, minlength=num_classes).double() * n / len(labels)
+    counts = exact.floor().long()
+    rest = n - int(counts.sum())
+    counts[torch.argsort(exact - counts, descending=True, stable=True)[:rest]] += 1
+    return counts.tolist()
 
 
 def pixel_bits(images: torch.Tensor, means: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -117,7 +125,7 @@ def evaluate_run(
     t_sample = time.perf_counter()
     num_classes = prior.num_classes
     if num_classes:
-        per_class = class_counts(n, num_classes)
+        per_class = class_counts(n, train.labels, num_classes)
         sample_labels = torch.cat([torch.full((k,), c, dtype=torch.long) for c, k in enumerate(per_class)])
     else:
         sample_labels = None
@@ -207,8 +215,11 @@ def evaluate_run(
     if num_classes:
         correct = primary_preds == sample_labels
         result["samples"]["conditional_accuracy"] = float(correct.double().mean())
+        result["samples"]["class_counts"] = dict(zip(map(str, run.class_names), per_class))
         result["samples"]["per_class_accuracy"] = {
-            str(name): float(correct[sample_labels == c].double().mean()) for c, name in enumerate(run.class_names)
+            str(name): float(correct[sample_labels == c].double().mean())
+            for c, name in enumerate(run.class_names)
+            if per_class[c]
         }
     else:
         classes = spaces[PRIMARY][1]["num_classes"]
@@ -240,7 +251,8 @@ def raise_unlabeled(data_cfg: DataSection) -> None:
 
 def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int = 10, report: bool = False) -> Path:
     """<run>/eval/eval.json (the latest), results/<setting>.json (one per setting: n, temperature, guidance,
-    reference, seed; a new result replaces only its own setting's) and samples.png (the first `per_class` scored samples of each class, one row each).
+    reference, seed; a new result replaces only its own setting's) and samples.png (the first `per_class` scored
+    samples of each class, one row each).
     With `report`, report.html is rendered from the new evaluation before it replaces the previous one: a failure
     (a full disk, say) keeps the previous evaluation and report whole."""
     from torchvision.utils import save_image
@@ -248,11 +260,13 @@ def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int
     from ..artifacts import save_json, write_bytes_atomic, writing_folder
     from ..run_folder import as_run_folder
 
-    labels = result["samples"].get("per_class_accuracy")
-    if labels:
-        counts = class_counts(result["n_samples"], len(labels))
-        starts = [sum(counts[:c]) for c in range(len(labels))]
-        shown = torch.cat([images[s : s + min(per_class, k)] for s, k in zip(starts, counts)])
+    counts = list(result["samples"].get("class_counts", {}).values())
+    if counts:
+        starts = [sum(counts[:c]) for c in range(len(counts))]
+        blank = torch.zeros_like(images[:per_class])  # a class with fewer samples than a row keeps its row
+        shown = torch.cat(
+            [torch.cat([images[s : s + min(per_class, k)], blank])[:per_class] for s, k in zip(starts, counts)]
+        )
     else:
         shown = images[: per_class * per_class]
     run = as_run_folder(run_dir)
