@@ -1,7 +1,9 @@
 """A custom encoder/decoder pair: one stride-2 step, so 28x28 digits become 14x14 code maps.
 
 Run the whole pipeline with it:
-    vqprior run --config examples/half_res.toml --name half-res
+    vqprior run --config examples/half_res.toml --name half-res --trust-code
+
+(--trust-code: the classes below are code of your own, not vqprior built-ins, and run as you.)
 """
 
 import torch

@@ -110,6 +110,15 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         f"stage 1: VQ-VAE on {len(train)} images {list(image_shape)} -> {grid[0]}x{grid[1]} codes, K={k}, "
         f"{describe(rt, batch)}"
     )
+    if train.class_names:
+        counts = torch.bincount(train.labels, minlength=len(train.class_names)).tolist()
+        reporter.log(
+            f"  classes (index name: training images): "
+            f"{', '.join(f'{i} {n}: {c}' for i, (n, c) in enumerate(zip(train.class_names, counts)))}; "
+            f"--label takes a name or an index"
+        )
+    else:
+        reporter.log("  no classes (images without class subfolders): the prior will be unconditional")
     images = train.images.to(device)  # uint8 on the training device: a step indexes it there, no host copy
     forward = maybe_compile(vqvae_step, rt.compile, reporter, "VQ-VAE step")
 
@@ -128,7 +137,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
         progress.log(row)
 
     history = trainer.fit(step, [evaluate])
-    warning = degenerate_code(history[-1]["test_usage"], history[-1]["test_perplexity"], k)
+    warning = degenerate_code(history[-1]["test_usage"], history[-1]["test_perplexity"], k, cfg.data.source)
     if warning:
         reporter.log(f"[yellow]warning:[/] {warning}")
     pairs, per_row = _reconstruction_grid(model, test.images, device)

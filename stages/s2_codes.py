@@ -99,7 +99,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
                 reporter.log(
                     f"  {split}: {len(data)} maps, codes used {usage['usage']:.0%}, perplexity {usage['perplexity']:.1f}"
                 )
-                warning = degenerate_code(usage["usage"], usage["perplexity"], k)
+                warning = degenerate_code(usage["usage"], usage["perplexity"], k, data_cfg.source)
                 if warning and split == "train":
                     reporter.log(f"[yellow]warning:[/] {warning}")
         if rt.is_main:

@@ -12,13 +12,15 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from vqprior import guidance
-from vqprior.artifacts import save_json
+from vqprior.artifacts import save_json, write_bytes_atomic
+from vqprior.class_names import name_of, resolve, resolve_all
 from vqprior.config import Config
 from vqprior.datasets import to_float
 from vqprior.errors import UserError
 from vqprior.models.priors.base import SEED_BLOCK, generate
 from vqprior.models.vqvae import decode_images
 from vqprior.report.progress import write_gif
+from vqprior.report.sheets import labelled_sheet
 from vqprior.restore import check_prior_fits, load_prior, load_vqvae
 from vqprior.runtime import Reporter, Runtime
 from vqprior.soft_labels import class_mix, class_morph
@@ -26,22 +28,21 @@ from vqprior.soft_labels import class_mix, class_morph
 GRID_COLUMNS = 32  # the PNG shows at most this many images per row; the .npz has all
 
 
-def requested_labels(cfg: Config, num_classes: int) -> tuple[torch.Tensor | None, list[str]]:
-    """Labels for every image to draw (int [N] or soft weights [N, classes]) and one caption per grid row."""
+def requested_labels(cfg: Config, class_names: list[str] | None) -> tuple[torch.Tensor | None, list[str]]:
+    """Labels for every image to draw (int [N] or soft weights [N, classes]) and one caption per grid row: each
+    requested class by name or index (vqprior.class_names), refused in one line before any model is loaded."""
     s = cfg.sample
+    num_classes = len(class_names or [])
     if not num_classes:
         if s.labels or s.mix:
             raise UserError("the prior is unconditional (its codes had no labels); drop --label/--mix")
         return None, ["unconditional"]
-    for c in [*s.labels, *s.mix]:
-        if not 0 <= c < num_classes:
-            raise UserError(f"label {c} is out of range: this prior knows classes 0..{num_classes - 1}")
     if s.mix:
-        return class_mix(num_classes, s.mix).repeat(s.per_class, 1), [
-            " + ".join(f"{w:g}*{c}" for c, w in s.mix.items())
-        ]
-    classes = s.labels or list(range(num_classes))
-    return torch.tensor(classes).repeat_interleave(s.per_class), [str(c) for c in classes]
+        weights = [(resolve(c, class_names, "--mix class"), w) for c, w in s.mix.items()]
+        caption = " + ".join(f"{w:g} {name_of(c, class_names)}" for c, w in weights)
+        return class_mix(num_classes, weights).repeat(s.per_class, 1), [caption]
+    classes = resolve_all(s.labels, class_names, "--label") if s.labels else list(range(num_classes))
+    return torch.tensor(classes).repeat_interleave(s.per_class), [name_of(c, class_names) for c in classes]
 
 
 def check_size(cfg: Config, total: int, grid: tuple[int, int], image_shape: tuple[int, ...], what: str) -> None:
@@ -98,12 +99,17 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
     run_folder = cfg.run_folder()
+    run_folder.read_stage(3, needed_by=4)
+    class_names = run_folder.saved(3).get("class_names")  # checked against the prior when it is loaded
+    if cfg.sample.morph:  # a class that is not there is refused before the models load (seconds)
+        ends = resolve_all(cfg.sample.morph, class_names, "--morph class")
+    else:
+        labels, rows = requested_labels(cfg, class_names)
     prior = load_prior(run_folder, needed_by=4, device=rt.device)  # refuses a prior trained on another VQ-VAE's codes
     vq = load_vqvae(run_folder, needed_by=4, device=rt.device)
     check_prior_fits(prior, vq)  # and one made for another codebook size or grid
     if cfg.sample.morph:
-        return _morph(cfg, prior, vq, rt, reporter, started)
-    labels, rows = requested_labels(cfg, prior.model.num_classes)
+        return _morph(cfg, prior, vq, rt, reporter, started, ends)
     total = cfg.sample.per_class * len(rows)
     check_size(cfg, total, prior.grid, vq.image_shape, f"--per-class {cfg.sample.per_class} x {len(rows)} row(s)")
     seed = cfg.run.seed if cfg.sample.seed is None else cfg.sample.seed
@@ -129,7 +135,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     shown = torch.cat([images[r * per_row : r * per_row + min(per_row, GRID_COLUMNS)] for r in range(len(rows))])
     if rt.is_main:
         with run_folder.writing_stage(4) as out:
-            save_image(to_float(shown), out / "samples.png", nrow=min(per_row, GRID_COLUMNS), padding=2, pad_value=0.5)
+            write_bytes_atomic(out / "samples.png", labelled_sheet(shown, min(per_row, GRID_COLUMNS), rows))
             extra = (
                 {}
                 if labels is None
@@ -152,19 +158,15 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     return run_folder.stage(4)
 
 
-def _morph(cfg: Config, prior, vq, rt: Runtime, reporter: Reporter, started: float) -> Path:
+def _morph(cfg: Config, prior, vq, rt: Runtime, reporter: Reporter, started: float, ends: list[int]) -> Path:
     """Strips whose soft label moves from class a to class b; every step of a strip uses the same noise."""
-    a, b = cfg.sample.morph
+    a, b = ends
     num_classes = prior.model.num_classes
-    if not num_classes:
-        raise UserError("--morph needs a class-conditional prior; this one is unconditional")
-    for c in (a, b):
-        if not 0 <= c < num_classes:
-            raise UserError(f"--morph class {c} is out of range: this prior knows classes 0..{num_classes - 1}")
     seed = cfg.run.seed if cfg.sample.seed is None else cfg.sample.seed
     n, steps = cfg.sample.per_class, cfg.sample.morph_steps
     check_size(cfg, n * steps, prior.grid, vq.image_shape, f"--per-class {n} strips x {steps} steps")
-    reporter.log(f"stage 4: {n} morphs from class {a} to {b} in {steps} steps (seed {seed})")
+    names = prior.class_names
+    reporter.log(f"stage 4: {n} morphs from {name_of(a, names)} to {name_of(b, names)} in {steps} steps (seed {seed})")
     frames = []
     for row in class_morph(num_classes, a, b, steps):
         weights = row.repeat(n, 1)

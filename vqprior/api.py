@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import guidance as guidance_values
+from .class_names import name_of, resolve_all
 from .completion import Completion
 from .components import trusting_code
 from .config import Sampling, check_sampling
@@ -36,6 +37,7 @@ from .models.vqvae import decode_images, encode_images
 from .restore import load_prior, load_vqvae
 from .run_folder import RunFolder
 from .runtime import resolve_device
+from .soft_labels import class_morph
 
 LN2 = math.log(2)
 
@@ -44,6 +46,18 @@ LN2 = math.log(2)
 class Generated:
     images: torch.Tensor  # uint8 [N, C, H, W]
     codes: torch.Tensor  # long [N, h, w]
+    captions: list[str] | None = None  # one per row of the sheet `save` writes (the class of each row)
+    per_row: int | None = None  # images per row of that sheet (default: as many as fit in 32)
+    labels: torch.Tensor | None = None  # the classes (or soft weights) the images were drawn for
+    class_names: list[str] | None = None
+
+    def save(self, path: str | Path, replace: bool = False) -> Path:
+        """Write the images to `path`: .png a sheet (one row per class, its name on the left), .npz the arrays
+        (images, codes, labels, class_names). An existing file is kept unless `replace`; the file appears whole
+        or not at all."""
+        from .generated_files import save_generated
+
+        return save_generated(self, Path(path), replace)
 
 
 class Run:
@@ -196,6 +210,10 @@ class Run:
             raise UserError(
                 f"this run's prior is class-conditional: pass labels (classes 0..{self.num_classes - 1}, or soft weights)"
             )
+        if isinstance(labels, str):
+            labels = [labels]
+        if isinstance(labels, (list, tuple)) and any(isinstance(c, str) for c in labels):
+            labels = resolve_all(labels, self.class_names, "label")  # names ("seven") or indices
         try:
             t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
         except (TypeError, ValueError, RuntimeError) as e:
@@ -229,7 +247,8 @@ class Run:
         seed: int = 0,
         decode_steps: int | None = None,
     ) -> Generated:
-        """One image per label (int classes, or soft class weights [N, classes]); or n images from an unconditional prior.
+        """One image per label (classes by name or index, e.g. ["seven", "seven", 1], or soft class weights
+        [N, classes]); or n images from an unconditional prior.
         decode_steps: parallel decoding steps of the masked kind (default: the number saved with it,
         prior.network.params.decode_steps)."""
         options = self.sampling(temperature, guidance, seed)
@@ -248,7 +267,32 @@ class Run:
             guidance=options.guidance,
             decode_steps=decode_steps,
         )
-        return Generated(self.decode(codes), codes)
+        return Generated(self.decode(codes), codes, labels=labels, class_names=self.class_names)
+
+    def morph(
+        self,
+        a,
+        b,
+        steps: int = 9,
+        n: int = 4,
+        temperature: float | None = None,
+        guidance: Guidance | None = None,
+        seed: int = 0,
+    ) -> Generated:
+        """`n` strips of `steps` images whose soft label moves from class `a` to class `b` (by name or index); every
+        step of a strip uses the same noise, so only the class changes along it. Images come strip by strip."""
+        if not self.num_classes:
+            raise UserError("morph needs a class-conditional prior; this one is unconditional")
+        a, b = resolve_all([a, b], self.class_names, "morph class")
+        for what, value, low, high in (("steps", steps, 2, 100), ("n", n, 1, 10_000)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+                raise UserError(f"{what} must be an integer in {low}..{high}, got {value!r}")
+        weights = class_morph(self.num_classes, a, b, steps)
+        frames = [self.generate(row.repeat(n, 1), None, temperature, guidance, seed) for row in weights]
+        images = torch.stack([f.images for f in frames], 1).flatten(0, 1)  # [n * steps, C, H, W], strip by strip
+        codes = torch.stack([f.codes for f in frames], 1).flatten(0, 1)
+        caption = f"{name_of(a, self.class_names)} to {name_of(b, self.class_names)}"
+        return Generated(images, codes, [caption] * n, steps, weights.repeat(n, 1), self.class_names)
 
     # ------------------------------------------------------------------ likelihoods
     def class_log_likelihoods(self, codes: torch.Tensor, positions: int | None = None) -> torch.Tensor:

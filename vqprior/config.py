@@ -279,10 +279,10 @@ class SampleSection(Section):
     # refuse a stage 4 that would draw more maps than this in all (it prints the size and time it would take):
     # a typo in per_class should not start hours of work and tens of GB; raise it to confirm a big job
     limit: int = Field(100_000, ge=1)
-    # classes to draw; empty = every class (conditional prior only)
-    labels: list[int] = Field(default_factory=list)
+    # classes to draw, by name or index (["seven", "one"] or [7, 1]: vqprior/class_names.py); empty = every class
+    labels: list[int | str] = Field(default_factory=list)
     # soft label: class weights summing to 1, e.g. {"3" = 0.5, "8" = 0.5} draws digits between a 3 and an 8
-    mix: dict[int, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
+    mix: dict[int | str, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
     # softmax temperature: < 1 sharper and safer, > 1 more varied; 0.95 raised FD/floor from 1.97 to 2.32 (guidance 1.5)
     temperature: float = Field(1.0, ge=0.01, le=100, allow_inf_nan=False)
     # classifier-free guidance: logits = uncond + s * (cond - uncond); 1 = plain conditional sampling. A pair
@@ -299,7 +299,7 @@ class SampleSection(Section):
     # seed for sampling; None = run.seed. Same seed, same images.
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     # class morph: [a, b] draws n strips whose soft label moves from a to b in morph_steps steps, one noise per strip
-    morph: list[int] = Field(default_factory=list, max_length=2)
+    morph: list[int | str] = Field(default_factory=list, max_length=2)
     morph_steps: int = Field(9, ge=2, le=100)
     # cached: incremental, computes only what each new code changes; naive: full pass per code (reference)
     sampler: Literal["cached", "naive"] = "cached"
@@ -403,11 +403,26 @@ def validate_run_name(name: str) -> str:
     return name
 
 
+def _did_you_mean(loc: tuple) -> str:
+    """' (did you mean prior.epochs?)' for a mistyped key of a config section."""
+    import difflib
+
+    model: Any = Config
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        model = getattr(field, "annotation", None) if field is not None else None
+        if not isinstance(model, type) or not issubclass(model, BaseModel):
+            return ""
+    keys = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    return f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?)" if close else ""
+
+
 def format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
-        return f"config: unknown key '{where}'; check the spelling (see README, 'Configuration')"
+        return f"config: unknown key '{where}'{_did_you_mean(first['loc'])}; check the spelling (see docs/configuration.md)"
     got = first.get("input")
     got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
     message = first["msg"].removeprefix("Value error, ")  # our own validators' words, without pydantic's label

@@ -39,6 +39,34 @@ def _read_toml(path: Path) -> dict:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
 
 
+def paths_from(layer: dict, folder: Path) -> dict:
+    """A config file's relative paths (data.root, a component's file target or weights) read from the file's own
+    folder, as a reader of the file expects, not from wherever vqprior runs; --set paths stay relative to the
+    current folder. Absolute and ~ paths are left as they are."""
+
+    def place(path: str) -> str:
+        p = Path(path)
+        return path if p.is_absolute() or path.startswith("~") else str(folder / p)
+
+    def walk(node):
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items()}
+        target = out.get("target")
+        if isinstance(target, str) and ":" in target and target.rpartition(":")[0].endswith(".py"):
+            where, _, name = target.rpartition(":")
+            out["target"] = f"{place(where)}:{name}"
+        if isinstance(out.get("weights"), str):
+            out["weights"] = place(out["weights"])
+        return out
+
+    layer = walk(layer)
+    data = layer.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str):
+        layer["data"] = {**data, "root": place(data["root"])}
+    return layer
+
+
 def _merge(base: dict, over: dict) -> dict:
     """Deep merge; a component whose target changes is replaced whole (old params belong to the old class)."""
     if "target" in over and over["target"] != base.get("target"):
@@ -80,7 +108,7 @@ def load_config(
             raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(presets())}")
         layers.append(_read_toml(PRESET_DIR / f"{preset}.toml"))
     if file:
-        layers.append(_read_toml(Path(file)))
+        layers.append(paths_from(_read_toml(Path(file)), Path(file).parent))
     layers += [_parse_override(item) for item in overrides or []]
     layers += [values] if values else []
     # prior.kind picks the network before any layer's network params apply, wherever it is set

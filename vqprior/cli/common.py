@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..errors import UserError, os_error_message
 from ..reporter import Reporter
 
 T = TypeVar("T")
+PIPED_WIDTH = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 120
 RESUMABLE = {1, 3}
 
 app = typer.Typer(
@@ -28,7 +30,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, highlight=False)
+# lines never wrap (a piped or logged "next: vqprior ..." command stays one line that can be copied); tables are
+# laid out for the terminal's width, or 120 columns when output goes to a file or a pipe
+console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else PIPED_WIDTH)
 
 
 def _print_version(value: bool) -> None:
@@ -114,7 +118,7 @@ def _one_line_errors(interrupted: str = "interrupted; nothing was written") -> I
 
 def _flag_values(
     name: Optional[str],
-    labels: list[int],
+    labels: list[str],
     mix: Optional[str],
     n: Optional[int],
     temperature: Optional[float],
@@ -128,12 +132,9 @@ def _flag_values(
     if name is not None:
         run["name"] = name
     if labels:
-        sample["labels"] = list(labels)
+        sample["labels"] = [label_value(c) for c in labels]
     if mix is not None:
-        try:
-            sample["mix"] = {str(int(c)): float(w) for c, w in (item.split(":") for item in mix.split(","))}
-        except ValueError:
-            raise UserError(f"--mix {mix!r}: expected class:weight pairs, e.g. --mix 3:0.5,8:0.5") from None
+        sample["mix"] = mix_flag(mix)
     for key, value in (("per_class", n), ("temperature", temperature), ("seed", seed)):
         if value is not None:
             sample[key] = value
@@ -156,7 +157,8 @@ Name = Annotated[
     typer.Option(help="Run name: outputs go to <run.out_dir>/<name>/ (default: the data source, e.g. mnist)."),
 ]
 Labels = Annotated[
-    list[int], typer.Option("--label", "-l", help="Stage 4: class to draw (repeatable; default all classes).")
+    list[str],
+    typer.Option("--label", "-l", help="Class to draw, by name or index (repeatable; default every class)."),
 ]
 Mix = Annotated[Optional[str], typer.Option(help="Stage 4: draw between classes, e.g. --mix 3:0.5,8:0.5.")]
 PerClass = Annotated[
@@ -165,6 +167,36 @@ PerClass = Annotated[
 Temp = Annotated[Optional[float], typer.Option(help="Stage 4: sampling temperature (> 0).")]
 GUIDANCE_HELP = "classifier-free guidance scale (1 = none), or first:last, a ramp over the raster positions"
 Guidance = Annotated[Optional[str], typer.Option(help=f"Stage 4: {GUIDANCE_HELP}.")]
+
+
+def label_value(text: str) -> int | str:
+    """A --label as given: an index (digits) or a class name; both are resolved against the run's classes."""
+    text = str(text).strip()
+    return int(text) if text.isdigit() and len(text) < 10 else text
+
+
+def mix_flag(text: str) -> dict:
+    """--mix seven:0.5,one:0.5 (or 7:0.5,1:0.5) as {class: weight}."""
+    mix = {}
+    for item in text.split(","):
+        name, sep, weight = item.rpartition(":")
+        try:
+            if not sep or not name.strip():
+                raise ValueError(item)
+            mix[label_value(name)] = float(weight)
+        except ValueError:
+            raise UserError(
+                f"--mix {text!r}: expected class:weight pairs, e.g. --mix 3:0.5,8:0.5 or --mix seven:0.5,one:0.5"
+            ) from None
+    return mix
+
+
+def morph_flag(text: str) -> list[int | str]:
+    """--morph four:nine (or 4:9) as the two classes."""
+    ends = [label_value(c) for c in text.split(":")]
+    if len(ends) != 2 or "" in ends:
+        raise UserError(f"--morph {text!r}: expected two classes, e.g. --morph 4:9 or four:nine")
+    return ends
 
 
 def guidance_flag(text: Optional[str]):
@@ -203,15 +235,40 @@ Restart = Annotated[bool, typer.Option("--restart", help="Discard checkpoints an
 Sampler = Annotated[Optional[str], typer.Option(help="Stage 4: cached (fast, default) or naive (reference).")]
 
 
-def _run_dir_of(name: Optional[str], out_dir: str) -> Path:
-    if name is not None:
-        validate_run_name(name)  # the same rules as run.name
-    run_dir = Path(out_dir) / (name or "mnist")
+def finished_runs(out_dir: str | Path, stage: int = 3) -> list[str]:
+    """The names of the run folders under `out_dir` whose stage `stage` has finished, sorted."""
     from ..run_folder import RunFolder
 
-    if not RunFolder(run_dir).stage(1).is_dir():
-        raise UserError(f"no finished run in {run_dir}; run `vqprior run` first (or pass --name / --out-dir)")
-    return run_dir
+    root = Path(out_dir)
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and RunFolder(p).finished(stage))
+    except OSError:
+        return []
+
+
+NO_RUN = "`vqprior pretrained mnist` copies the shipped MNIST run there (seconds), `vqprior run` trains one (minutes)"
+
+
+def _run_dir_of(name: Optional[str], out_dir: str, stage: int = 3) -> Path:
+    """The run a command works on: --name's, else the one finished run under --out-dir; otherwise one line that lists
+    the runs found (or says how to get one). `stage`: the last stage the command needs (3, the prior, for most)."""
+    from ..run_folder import RunFolder
+
+    found = finished_runs(out_dir, stage)
+    there = f"runs in {out_dir}: {', '.join(found)}" if found else f"no finished runs in {out_dir}: {NO_RUN}"
+    if name is not None:
+        validate_run_name(name)  # the same rules as run.name
+        run_dir = Path(out_dir) / name
+        if not RunFolder(run_dir).finished(stage):
+            what = "no finished run" if not RunFolder(run_dir).finished(1) else f"no finished stage {stage} in the run"
+            raise UserError(f"{what} {name!r} in {out_dir}; {there}")
+        return run_dir
+    if len(found) == 1:
+        console.print(f"run: {Path(out_dir) / found[0]} (the one run in {out_dir}; --name picks another)")
+        return Path(out_dir) / found[0]
+    if not found:
+        raise UserError(f"no finished run in {out_dir}: {NO_RUN}; or pass --out-dir")
+    raise UserError(f"{len(found)} {there}; pick one with --name (e.g. --name {found[0]})")
 
 
 OutDir = Annotated[str, typer.Option("--out-dir", help="Folder that holds the runs.")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +15,7 @@ from ..errors import UserError
 from ..trust import trusting_code
 from .common import (
     GUIDANCE_HELP,
+    PIPED_WIDTH,
     ConsoleReporter,
     Device,
     Name,
@@ -66,6 +68,7 @@ def eval_run(
         guidance = guidance_flag(guidance)
         check_sampling(temperature, guidance)
         from ..evaluation.run_eval import evaluate_run, setting_key, write_eval
+        from ..evaluation.verdict import comparable, reasons
         from ..run_folder import RunFolder
         from ..runtime import Runtime
 
@@ -76,11 +79,21 @@ def eval_run(
                 run.path, n, temperature, reference, rt.device, ConsoleReporter(), seed, guidance
             )
             kept = run.evaluations()
-            folder = write_eval(run, result, images, report=True)
+            folder, kept_because = write_eval(run, result, images, report=True)
         console.print(eval_table(result))
         for warning in result["warnings"]:
             console.print(f"[yellow]warning:[/] {warning}")
         key = f"{setting_key(result)}.json"
+        if not comparable(result):
+            console.print(f"[bold red]not comparable:[/] {'; '.join(reasons(result))}", soft_wrap=True)
+        if kept_because is not None:
+            headline = run.evaluation()
+            console.print(
+                f"the headline stays the evaluation of {headline['n_samples']:,} samples "
+                f"({headline['samples']['fd_ratio']:.2f}x, eval/eval.json): {kept_because}; this one is in "
+                f"eval/results/{key}",
+                soft_wrap=True,
+            )
         if key in kept:
             console.print(f"replaced this run's previous evaluation at the same setting (eval/results/{key})")
         others = len(set(kept) - {key})
@@ -101,13 +114,20 @@ def eval_table(result: dict):
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_column("meaning")
+    from ..evaluation.verdict import comparable
+
     by_space = " · ".join(f"{k} {v['fd_ratio']:.2f}x" for k, v in result["spaces"].items())
-    rows = [
+    headline = (
         (
             "samples FD / floor",
             f"{s['fd_ratio']:.2f}x",
             f"worst of {len(result['spaces'])} feature spaces ({by_space}); floor = {f['real_images']} real vs real",
-        ),
+        )
+        if comparable(result)
+        else ("samples FD / floor", "not comparable", "no headline: the reasons follow the table")
+    )
+    rows = [
+        headline,
         (
             "KID x 1000",
             " / ".join(f"{v['kid'] * 1000:.2f}" for v in result["spaces"].values()),
@@ -171,7 +191,7 @@ def report(name: Name = None, out_dir: OutDir = "artifacts") -> None:
     with _one_line_errors():
         from ..report.html import write_report
 
-        path = write_report(_run_dir_of(name, out_dir))
+        path = write_report(_run_dir_of(name, out_dir, stage=1))
         console.print(f"[green]report[/] -> {path}")
 
 
@@ -202,7 +222,7 @@ def runs(out_dir: OutDir = "artifacts") -> None:
         "wall time",
     ):
         table.add_column(col, justify="left" if col == "run" else "right")
-    console_ = Console(highlight=False)
+    console_ = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else PIPED_WIDTH)
     for r in rows:
         table.add_row(*r[:-1])
     console_.print(table)

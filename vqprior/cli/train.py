@@ -41,6 +41,8 @@ from .common import (
     _one_line_errors,
     app,
     console,
+    finished_runs,
+    morph_flag,
 )
 
 
@@ -106,6 +108,15 @@ def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool, 
             resume = "auto"
         if incremental and resume != "restart" and not replace:
             check_nothing_finished_is_replaced(run_folder, cfg)
+        first = stages[0]
+        if not incremental and first > 1 and not run_folder.finished(first - 1):
+            others = [n for n in finished_runs(run_folder.path.parent, first - 1) if n != run_folder.path.name]
+            if others:  # the run that exists, rather than training one
+                raise UserError(
+                    f"stage {first} needs stage {first - 1} ({STAGE_NAMES[first - 1]}), which {run_dir} does not have; "
+                    f"runs that do: {', '.join(others)}: pass --name {others[0]} (or `vqprior run-stage {first - 1}` "
+                    f"to train this one)"
+                )
         for stage in stages:
             module = _stage(stage)
             if incremental and resume != "restart" and run_folder.is_current(stage, module.fingerprint(cfg)):
@@ -254,11 +265,9 @@ def run_stage(
             "--label/--mix/--per-class/--temperature/--seed/--sampler/--guidance/--morph/--steps apply to stage 4 only; use --set for other stages"
         )
     if morph is not None:
-        try:
-            a, b = (int(c) for c in morph.split(":"))
-        except ValueError:
-            _fail(f"--morph {morph!r}: expected two classes, e.g. --morph 4:9")
-        set_ = [*set_, f"sample.morph=[{a}, {b}]"] + ([f"sample.morph_steps={steps}"] if steps is not None else [])
+        with _one_line_errors():
+            ends = json.dumps(morph_flag(morph))
+        set_ = [*set_, f"sample.morph={ends}"] + ([f"sample.morph_steps={steps}"] if steps is not None else [])
     elif steps is not None:
         _fail("--steps goes with --morph")
     if stage not in RESUMABLE and (resume or restart):

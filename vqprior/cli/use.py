@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -249,7 +250,7 @@ def serve(
 ) -> None:
     """A local page over a finished run: generate, mix, morph, complete or repair a digit, score an image.
 
-    Needs the serve extra (pip install 'vqprior[serve]').
+    Needs the serve extra (pip install 'vqprior\\[serve]').
 
     Example: vqprior serve --pretrained"""
     with _one_line_errors("stopped"), trusting_code(trust_code):
@@ -274,9 +275,22 @@ def serve(
                 probe.bind((host, port))
             except OSError as e:
                 raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
+        console.print(f"loading {run_dir} (the models, its test images and the page's thresholds) ...")
+        started = time.perf_counter()
         web = create_app(run_dir, device, trust_code, hosts=allowed_hosts(host))
-        console.print(f"[green]serving[/] {run_dir} at [bold]http://{host}:{port}/[/] (Ctrl-C stops)")
-        uvicorn.run(web, host=host, port=port, log_level="warning")
+        config = uvicorn.Config(web, host=host, port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        ready = server.startup
+
+        async def startup_then_say_so(*args, **kwargs):  # the URL once the socket listens, not before
+            await ready(*args, **kwargs)
+            console.print(
+                f"[green]serving[/] {run_dir} at [bold]http://{host}:{port}/[/] "
+                f"(ready in {time.perf_counter() - started:.0f} s; Ctrl-C stops)"
+            )
+
+        server.startup = startup_then_say_so
+        server.run()
 
 
 @app.command("pretrained")
@@ -290,7 +304,7 @@ def pretrained_run(
 
     It was made by the default `vqprior run` on MNIST and evaluated by `vqprior eval` (PRETRAINED.json says how).
 
-    Then: vqprior run-stage 4 --name mnist-pretrained --label 3
+    Then: vqprior generate --label 3 --out 3s.png
 
     Example: vqprior pretrained mnist"""
     with _one_line_errors():
@@ -307,6 +321,6 @@ def pretrained_run(
             f"{ev['conditional_accuracy']:.1%}, {ev['test_bits_per_map']:.1f} bits/map)"
         )
         console.print(
-            f"next: vqprior run-stage 4 --name {target.name} --label 3 | vqprior serve --name {target.name} | "
+            f"next: vqprior generate --name {target.name} --label 3 --out 3s.png | vqprior serve --name {target.name} | "
             f"python -c \"import vqprior; vqprior.load('{target}')\""
         )

@@ -9,7 +9,6 @@ the held-out validation slice instead, for choosing settings without looking at 
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from .classifier import PRIMARY, load_spaces
 from .frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, kernel_self_term, precision_recall
 from .likelihood import nll_bits_per_code
 from .reconstruction import reconstruction_metrics
+from .verdict import sample_defects, verdict
 
 # the validation slice is only a fair judge of models that never trained on it
 SEEN_VALIDATION = (
@@ -135,7 +135,7 @@ def evaluate_run(
 
     scores, primary_preds = {}, None
     for name, (net, info) in spaces.items():
-        ref_feats, _ = net.features_and_predictions(ref.images)
+        ref_feats, ref_preds = net.features_and_predictions(ref.images)
         ref_stats, ref_term = gaussian_stats(ref_feats), kernel_self_term(ref_feats)
         floor_feats = net.features_and_predictions(floor_real)[0]
         full_floor = frechet_distance_from_stats(
@@ -161,6 +161,7 @@ def evaluate_run(
             "recon_fd_ratio": recon_fd / full_floor,  # reconstructions of all the reference images: the full floor
             "full_floor_fd": full_floor,
             "classifier_test_accuracy": info["test_accuracy"],
+            "reference_accuracy": float((ref_preds == ref.labels).double().mean()),
         }
         if num_classes:
             scores[name]["conditional_accuracy"] = float((preds == sample_labels).double().mean())
@@ -208,8 +209,15 @@ def evaluate_run(
             "seconds": sample_seconds,
         },
     }
-    warning = degenerate_code(recon["usage"], recon["perplexity"], vqvae.quantizer.codebook_size)
+    warning = degenerate_code(recon["usage"], recon["perplexity"], vqvae.quantizer.codebook_size, data_cfg.source)
     result["warnings"] = [warning] if warning else []
+    result["verdict"] = verdict(
+        {k: v["reference_accuracy"] for k, v in scores.items()},
+        reference,
+        main["recall"],
+        warning,
+        sample_defects(images),
+    )
     if reference == "valid" and not data_cfg.holdout:
         result["warnings"].append(SEEN_VALIDATION)
     if num_classes:
@@ -249,16 +257,20 @@ def raise_unlabeled(data_cfg: DataSection) -> None:
     )
 
 
-def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int = 10, report: bool = False) -> Path:
-    """<run>/eval/eval.json (the latest), results/<setting>.json (one per setting: n, temperature, guidance,
-    reference, seed; a new result replaces only its own setting's) and samples.png (the first `per_class` scored
-    samples of each class, one row each).
+def write_eval(
+    run_dir: Path, result: dict, images: torch.Tensor, per_class: int = 10, report: bool = False
+) -> tuple[Path, str | None]:
+    """Store one evaluation: results/<setting>.json and results/<setting>.png (one per setting: n, temperature,
+    guidance, reference, seed; a new result replaces only its own setting's), and, when it may be the run's
+    headline, eval.json and samples.png (the first `per_class` scored samples of each class, one row each).
+    Returns (the eval folder, why the previous headline was kept or None): a result that is not comparable or has
+    fewer samples never replaces a comparable headline (verdict.why_not_headline).
     With `report`, report.html is rendered from the new evaluation before it replaces the previous one: a failure
     (a full disk, say) keeps the previous evaluation and report whole."""
-    from torchvision.utils import save_image
-
     from ..artifacts import save_json, write_bytes_atomic, writing_folder
+    from ..report.sheets import labelled_sheet
     from ..run_folder import as_run_folder
+    from .verdict import why_not_headline
 
     counts = list(result["samples"].get("class_counts", {}).values())
     if counts:
@@ -267,20 +279,33 @@ def write_eval(run_dir: Path, result: dict, images: torch.Tensor, per_class: int
         shown = torch.cat(
             [torch.cat([images[s : s + min(per_class, k)], blank])[:per_class] for s, k in zip(starts, counts)]
         )
+        captions = list(result["samples"]["class_counts"])
     else:
-        shown = images[: per_class * per_class]
+        shown, captions = images[: per_class * per_class], None
     run = as_run_folder(run_dir)
+    headline = run.evaluation()
+    kept_because = why_not_headline(headline, result)
+    sheet = labelled_sheet(shown, per_class, captions)
+    key = setting_key(result)
     with writing_folder(run.eval, "eval") as out:
-        save_json(out / "eval.json", result)
         (out / "results").mkdir()
         for name, kept in run.evaluations().items():
             save_json(out / "results" / name, kept)
-        save_json(out / "results" / f"{setting_key(result)}.json", result)
-        buffer = io.BytesIO()
-        save_image(to_float(shown), buffer, format="png", nrow=per_class, padding=2, pad_value=0.5)
-        write_bytes_atomic(out / "samples.png", buffer.getvalue())
+            picture = run.eval_results / f"{Path(name).stem}.png"
+            if picture.is_file() and not picture.is_symlink() and name != f"{key}.json":
+                write_bytes_atomic(out / "results" / picture.name, picture.read_bytes())
+        save_json(out / "results" / f"{key}.json", result)
+        write_bytes_atomic(out / "results" / f"{key}.png", sheet)
+        if kept_because is None:
+            save_json(out / "eval.json", result)
+            write_bytes_atomic(out / "samples.png", sheet)
+        else:
+            save_json(out / "eval.json", headline)
+            old_sheet = run.eval / "samples.png"
+            if old_sheet.is_file() and not old_sheet.is_symlink():
+                write_bytes_atomic(out / "samples.png", old_sheet.read_bytes())
         if report:
             from ..report.html import write_report
 
             write_report(run, eval_dir=out)
-    return run.eval
+    return run.eval, kept_because

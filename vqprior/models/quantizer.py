@@ -150,12 +150,14 @@ def code_usage(counts: torch.Tensor) -> dict[str, float]:
     return {"perplexity": float(entropy.exp()), "usage": float((counts > 0).double().mean())}
 
 
-def degenerate_code(usage: float, perplexity: float, codebook_size: int) -> str | None:
+def degenerate_code(usage: float, perplexity: float, codebook_size: int, source: str = "mnist") -> str | None:
     """A warning when the code is too poor to make good samples from (a run trained on too little data or for too
-    short a time collapses onto a few codes and decodes to grey blobs), or None."""
+    short a time collapses onto a few codes and decodes to grey blobs), or None. `source` (data.source) picks the
+    advice on more data: a folder grows by adding images, the other sources by lifting data.train_limit."""
     if usage >= 0.25 and perplexity >= codebook_size / 8:
         return None
+    more = "more images in the folder (data.root)" if source == "folder" else "more images (data.train_limit)"
     return (
         f"degenerate code: the VQ-VAE uses {usage:.0%} of its {codebook_size} codes (perplexity {perplexity:.1f}); its "
-        f"samples will be blobs. Train it longer (vqvae.epochs) or on more images (data.train_limit)"
+        f"samples will be blobs. Train it longer (vqvae.epochs) or on {more}"
     )

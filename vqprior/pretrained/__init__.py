@@ -42,19 +42,25 @@ def folder(name: str) -> Path:
 
 def install(name: str, out_dir: Path, run_name: str | None = None, replace: bool = False) -> Path:
     """Copy the shipped run to <out_dir>/<run_name> (default "<name>-pretrained"); an existing folder is kept unless
-    `replace` (or it already is this shipped run)."""
+    `replace` (or it already is an intact copy of this shipped run: every stage's manifest the same and every file
+    checking out against it). The copy is made under the run lock, so no command is writing the folder meanwhile."""
     from ..artifacts import writing_folder
 
     source = folder(name)
+    package = HERE.parent
+    where = Path(out_dir).expanduser().resolve()
+    if where == package or package in where.parents:
+        raise UserError(
+            f"--out-dir {out_dir} is inside the installed vqprior package, which is never written; choose another"
+        )
     target = Path(out_dir) / (run_name or f"{name}-pretrained")
     if target.exists() and not replace:
-        same = (target / "PRETRAINED.json").is_file() and (target / "PRETRAINED.json").read_bytes() == (
-            source / "PRETRAINED.json"
-        ).read_bytes()
-        if same:
+        if is_copy_of(target, source):
             return target
-        raise UserError(f"{target} exists and is not this pretrained run; pass --name NEW or --replace")
-    with writing_folder(target, "the pretrained run") as tmp:
+        raise UserError(
+            f"{target} exists and is not an intact copy of this pretrained run; pass --name NEW or --replace"
+        )
+    with RunFolder(target).lock(), writing_folder(target, "the pretrained run") as tmp:
         for item in sorted(source.iterdir()):
             if item.name.startswith(("_", ".")) or item.suffix == ".py":
                 continue
@@ -62,9 +68,26 @@ def install(name: str, out_dir: Path, run_name: str | None = None, replace: bool
                 shutil.copytree(item, tmp / item.name)
             else:
                 shutil.copy2(item, tmp / item.name)
-    for stage in (1, 2, 3, 4):
-        RunFolder(target).read_stage(stage)  # every manifest checks out in its new place
+        for stage in (1, 2, 3, 4):
+            RunFolder(tmp).read_stage(stage)  # every manifest checks out in its new place, before it is in place
     return target
+
+
+def is_copy_of(target: Path, source: Path) -> bool:
+    """`target` holds the shipped run unchanged: the same PRETRAINED.json and stage manifests, every listed file intact."""
+    try:
+        if (target / "PRETRAINED.json").read_bytes() != (source / "PRETRAINED.json").read_bytes():
+            return False
+        run = RunFolder(target)
+        for stage in (1, 2, 3, 4):
+            if (run.stage(stage) / "manifest.json").read_bytes() != (
+                RunFolder(source).stage(stage) / "manifest.json"
+            ).read_bytes():
+                return False
+            run.read_stage(stage)
+    except (OSError, UserError):
+        return False
+    return True
 
 
 def pack(run_dir: Path, dest: Path, record: dict) -> Path:

@@ -9,6 +9,7 @@ from statistics import median
 from .. import guidance
 from ..artifacts import load_json_object
 from ..errors import UserError
+from ..evaluation.verdict import comparable, reasons
 from ..models.quantizer import degenerate_code
 from ..run_folder import RunFolder
 
@@ -39,7 +40,7 @@ def same_setting(latest: dict, kept: dict[str, dict]) -> list[dict]:
     found = {}
     for r in kept.values():
         if [r.get(k) for k in ("reference", "n_samples", "temperature", "guidance")] == key:
-            if _number(r, "samples", "fd_ratio") is not None:
+            if _number(r, "samples", "fd_ratio") is not None and comparable(r):
                 found[r.get("seed")] = r
     return list(found.values())
 
@@ -82,12 +83,15 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
                         f"{n:.0f} · {t:g} · {g} ({ev.get('reference', '?')}, median of {len(seeds)} seeds, "
                         f"{fds[0]:.2f}–{fds[-1]:.2f}x)"
                     )
+        fd_text = _fmt(fd, ".2f", "x")
+        if ev and not comparable(ev):
+            fd_text, note = "not comparable", f"not comparable: {'; '.join(reasons(ev))}"
         rows.append(
             [
                 run.path.name,
                 _fmt(k, ".0f"),
                 _fmt(_number(s3, "final", "test_bits_per_map"), ".1f"),
-                _fmt(fd, ".2f", "x"),
+                fd_text,
                 _fmt(accuracy, ".1%"),
                 _fmt(_number(ev, "vqvae", "recon_fd_ratio"), ".2f", "x"),
                 setting,

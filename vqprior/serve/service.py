@@ -120,7 +120,9 @@ class Service:
         }
 
     def quality(self) -> dict | None:
-        """The run's latest `vqprior eval` headline, for the page's header (None when it was not evaluated)."""
+        """The run's `vqprior eval` headline, for the page's header (None when it was not evaluated)."""
+        from ..evaluation.verdict import comparable, reasons
+
         try:
             ev = self.run.run_folder.evaluation()
             if ev is None:
@@ -131,6 +133,8 @@ class Service:
                 "spaces": len(ev.get("spaces", {})) or 1,
                 "conditional_accuracy": samples.get("conditional_accuracy"),
                 "n": int(ev["n_samples"]),
+                "comparable": comparable(ev),
+                "reasons": reasons(ev),
             }
         except (UserError, KeyError, TypeError, ValueError):
             return None
