@@ -37,6 +37,10 @@ NOT_RUN = [
     (r"^vqprior run-stage [123]", "trains for minutes"),
     (r"^vqprior serve", "serves until stopped (tests/test_serve.py drives the page)"),
     (
+        r"^vqprior pretrained mnist$",
+        "copies the shipped run (tests/test_pretrained.py); here the commands below work on the one run there is",
+    ),
+    (
         r"--name (my-run|diagonal|own-prior|quick|rowlstm|transformer|masked|cand)\b",
         "needs a run that a block above trains",
     ),

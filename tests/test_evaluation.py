@@ -117,7 +117,8 @@ def test_eval_json_has_every_number_and_the_table_is_printed(evaluated_run):
     assert 0 < p["image_nll_bound_bits_per_dim"] < 8
     assert 0 <= ev["classifier"]["test_accuracy"] <= 1
     with Image.open(run_dir / "eval" / "samples.png") as grid:
-        assert grid.size == (10 * 30 + 2, 10 * 30 + 2)  # 10 per class, one row per class
+        width, height = grid.size  # 10 per class, one row per class, the class names in a column on the left
+        assert height == 10 * 30 + 2 and 10 * 30 + 2 < width < 10 * 30 + 2 + 40
     assert "FD / floor" in output and "conditional accuracy" in output and "KID" in output
     # the default guidance is a ramp, written first-to-last in the setting's name
     assert [f.name for f in (run_dir / "eval" / "results").iterdir()] == ["test-n200-t1-g1.25to2-seed0.json"]
@@ -138,7 +139,7 @@ def test_each_evaluation_setting_keeps_its_own_result(evaluated_run, tmp_path):
     assert ramp.exit_code == 0, ramp.output
     back = runner.invoke(app, [*args, "--temperature", "0.9"], catch_exceptions=False)  # the latest: the default
     assert back.exit_code == 0, back.output
-    names = sorted(f.name for f in (run_dir / "eval" / "results").iterdir())
+    names = sorted(f.name for f in (run_dir / "eval" / "results").iterdir() if f.suffix == ".json")
     assert names == [
         "test-n200-t0.9-g1.25to2-seed0.json",
         "test-n200-t0.9-g2to1-seed0.json",
@@ -147,7 +148,7 @@ def test_each_evaluation_setting_keeps_its_own_result(evaluated_run, tmp_path):
     assert json.loads((run_dir / "eval" / "results" / names[1]).read_text())["guidance"] == [2, 1]
     assert json.loads((run_dir / "eval" / "eval.json").read_text())["temperature"] == 0.9
     html = (run_dir / "report.html").read_text()
-    assert "Every setting this run was evaluated at" in html and "worst of 3 feature spaces" in html
+    assert "Every setting this run was evaluated at" in html and "not comparable" in html  # the tiny run: degenerate
     from vqprior.report.runs import collect_runs
 
     (row,) = collect_runs(tmp_path)
@@ -245,7 +246,9 @@ def test_runs_lists_the_run_with_its_numbers(evaluated_run):
     assert result.exit_code == 0
     line = next(line for line in result.output.splitlines() if line.strip().startswith("│ t "))
     ev = json.loads((run_dir / "eval" / "eval.json").read_text())
-    assert f"{ev['samples']['fd_ratio']:.2f}x" in line and "16" in line
+    # the tiny run's code is degenerate: its evaluation is no headline, and the table says so instead of a figure
+    assert not ev["verdict"]["comparable"] and "not comparable" in line and "16" in line
+    assert f"{ev['samples']['fd_ratio']:.2f}x" not in line
 
 
 def _browser():
