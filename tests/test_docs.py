@@ -36,6 +36,7 @@ NOT_RUN = [
     (r"^vqprior run( |$)", "trains for minutes (tests/test_foundation.py runs the pipeline on tiny settings)"),
     (r"^vqprior run-stage [123]", "trains for minutes"),
     (r"^vqprior serve", "serves until stopped (tests/test_serve.py drives the page)"),
+    (r"--label seven", "needs the folder run of the block above, whose classes are named (it trains for minutes)"),
     (
         r"^vqprior pretrained mnist$",
         "copies the shipped run (tests/test_pretrained.py); here the commands below work on the one run there is",
