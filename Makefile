@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 EVAL_ARGS ?=
+# the run `make run` trains and evaluates (named, so eval finds it beside other runs such as the pretrained copy)
+NAME   ?= mnist
 
 .PHONY: run test bench clean pretrained
 
@@ -15,10 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	@t0=$$(date +%s); $(BIN)/vqprior run $(ARGS) && t1=$$(date +%s) && $(BIN)/vqprior eval $(EVAL_ARGS) && t2=$$(date +%s) && \
+	@t0=$$(date +%s); $(BIN)/vqprior run --name $(NAME) $(ARGS) && t1=$$(date +%s) && $(BIN)/vqprior eval --name $(NAME) $(EVAL_ARGS) && t2=$$(date +%s) && \
 	echo && echo "make run: vqprior run $$((t1 - t0)) s, vqprior eval $$((t2 - t1)) s" && \
-	echo "report: artifacts/mnist/report.html (open it in a browser)" && \
-	echo "the page: $(BIN)/vqprior serve   then open http://127.0.0.1:7860/"
+	echo "report: artifacts/$(NAME)/report.html (open it in a browser)" && \
+	echo "the page: $(BIN)/vqprior serve --name $(NAME)   then open http://127.0.0.1:7860/"
 
 # rebuild the pretrained MNIST run shipped in the package (vqprior/pretrained/) from a default run on this machine
 pretrained: $(STAMP)

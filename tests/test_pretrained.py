@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 import vqprior
@@ -80,3 +81,33 @@ def test_the_command_copies_it_as_a_named_run_that_every_command_uses(tmp_path):
     (tmp_path / "other").mkdir()
     refused = runner.invoke(app, ["pretrained", "mnist", "--out-dir", str(tmp_path), "--name", "other"])
     assert refused.exit_code != 0 and "--replace" in refused.output
+
+
+def test_the_one_minute_path_needs_no_name_and_generate_never_overwrites(tmp_path, monkeypatch):
+    """README's path: copy the shipped run, then generate with no --name (the one run there is) into a file."""
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["pretrained", "mnist"], catch_exceptions=False).exit_code == 0
+    made = runner.invoke(app, ["generate", "--label", "3", "--per-class", "4", "--out", "3s.png", "--device", "cpu"])
+    assert made.exit_code == 0 and "mnist-pretrained" in made.output and "3s.png" in made.output, made.output
+    with Image.open(tmp_path / "3s.png") as sheet:
+        assert sheet.size[1] == 2 * (28 + 2 * 2) and sheet.size[0] > 2 * (4 * 30 + 2)  # one labelled row, scaled 2x
+    before = (tmp_path / "3s.png").read_bytes()
+    again = runner.invoke(app, ["generate", "--label", "3", "--seed", "1", "--out", "3s.png", "--device", "cpu"])
+    assert again.exit_code == 2 and "--replace" in again.output and (tmp_path / "3s.png").read_bytes() == before
+    arrays = runner.invoke(app, ["generate", "--label", "3", "--per-class", "2", "--out", "x.npz", "--device", "cpu"])
+    assert arrays.exit_code == 0, arrays.output
+    saved = np.load(tmp_path / "x.npz")
+    assert saved["images"].shape == (2, 1, 28, 28) and saved["labels"].tolist() == [3, 3]
+    assert saved["class_names"].tolist() == [str(d) for d in range(10)]
+    # a second run: no --name is ambiguous, so the runs are listed
+    assert runner.invoke(app, ["pretrained", "mnist", "--name", "second"]).exit_code == 0
+    listed = runner.invoke(app, ["generate", "--label", "3"])
+    assert listed.exit_code == 2 and "mnist-pretrained, second" in listed.output and "--name" in listed.output
+    # a copy that was changed is not taken for the shipped run, and the package is never a target
+    (tmp_path / "artifacts" / "second" / "stage1" / "metrics.json").write_text("{}")
+    changed = runner.invoke(app, ["pretrained", "mnist", "--name", "second"])
+    assert changed.exit_code == 2 and "not an intact copy" in changed.output
+    from vqprior.pretrained import HERE
+
+    inside = runner.invoke(app, ["pretrained", "mnist", "--out-dir", str(HERE)])
+    assert inside.exit_code == 2 and "inside the installed vqprior package" in inside.output
