@@ -81,6 +81,7 @@ def pipeline(name: str, out_dir: Path, sets: list[str], eval_args: list[str]) ->
         "command": " ".join(run_cmd),
         "run_s": run_s,
         "eval_s": eval_s,
+        "eval_feature_net_training_s": result["seconds"] - result["seconds_without_classifier_training"],
         "worst_ratio": samples["fd_ratio"],
         "worst_space": samples["worst_space"],
         "ratio_by_space": samples["fd_ratio_by_space"],
@@ -92,7 +93,8 @@ def pipeline(name: str, out_dir: Path, sets: list[str], eval_args: list[str]) ->
     }
     spaces = ", ".join(f"{k} {v:.2f}x" for k, v in row["ratio_by_space"].items())
     print(
-        f"  {name}: run {run_s:,.0f} s, eval {eval_s:,.0f} s; worst {row['worst_ratio']:.2f}x ({spaces}); "
+        f"  {name}: run {run_s:,.0f} s, eval {eval_s:,.0f} s (of which training its feature networks "
+        f"{row['eval_feature_net_training_s']:,.0f} s, once per dataset); worst {row['worst_ratio']:.2f}x ({spaces}); "
         f"class accuracy {row['conditional_accuracy']:.1%}; comparable: {row['verdict']['comparable']}",
         flush=True,
     )
@@ -131,10 +133,14 @@ def main() -> None:
         own, mnist = rows
         quality = own["worst_ratio"] / mnist["worst_ratio"]
         wall = (own["run_s"] + own["eval_s"]) / (mnist["run_s"] + mnist["eval_s"])
-        report["quality_vs_mnist"], report["wall_vs_mnist"] = quality, wall
+        again = (own["run_s"] + own["eval_s"] - own["eval_feature_net_training_s"]) / (
+            mnist["run_s"] + mnist["eval_s"] - mnist["eval_feature_net_training_s"]
+        )
+        report["quality_vs_mnist"], report["wall_vs_mnist"], report["wall_vs_mnist_nets_cached"] = quality, wall, again
         print(
             f"folder / MNIST: worst-space ratio {quality:.2f}x (target <= 1.25x: {'met' if quality <= 1.25 else 'MISSED'}), "
-            f"wall {wall:.2f}x (target <= 1.5x: {'met' if wall <= 1.5 else 'MISSED'})"
+            f"wall {wall:.2f}x (target <= 1.5x: {'met' if wall <= 1.5 else 'MISSED'}; "
+            f"{again:.2f}x once its feature networks are cached)"
         )
     (args.out / "own_data.json").write_text(json.dumps(report, indent=2))
     print(f"figures: {args.out / 'own_data.json'}")

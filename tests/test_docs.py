@@ -42,7 +42,7 @@ NOT_RUN = [
         "copies the shipped run (tests/test_pretrained.py); here the commands below work on the one run there is",
     ),
     (
-        r"--name (my-run|diagonal|own-prior|quick|rowlstm|transformer|masked|cand)\b",
+        r"--name (my-run|my_digits|diagonal|own-prior|quick|rowlstm|transformer|masked|cand)\b",
         "needs a run that a block above trains",
     ),
 ]
@@ -161,3 +161,27 @@ def test_every_python_block_runs(workspace, page, index):
 
 def test_the_readme_stays_short():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_the_own_encoder_example_runs_as_its_file_says(tmp_path, monkeypatch):
+    """examples/half_res.toml's own command, from another folder (its targets are relative to the file), on tiny
+    data; without --trust-code it is refused before anything is written."""
+    toml = ROOT / "examples" / "half_res.toml"
+    documented = next(
+        line.lstrip("# ").strip() for line in toml.read_text().splitlines() if line.lstrip("# ").startswith("vqprior")
+    )
+    words = shlex.split(documented.replace("examples/half_res.toml", str(toml)))
+    assert words[:2] == ["vqprior", "run"] and "--trust-code" in words, documented
+    monkeypatch.chdir(tmp_path)
+    small = ["--set", "data.train_limit=600", "--set", "data.test_limit=200", "--set", 'run.device="cpu"']
+    small += ["--set", 'run.precision="fp32"', "--set", "prior.network.params={channels=8, layers=2, kernel=3}"]
+    refused = runner.invoke(app, [w for w in words[1:] if w != "--trust-code"] + small)
+    assert (
+        refused.exit_code == 2
+        and "--trust-code" in refused.output
+        and not (tmp_path / "artifacts" / "half-res").exists()
+    )
+    result = runner.invoke(app, words[1:] + small, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    codes = np.load(tmp_path / "artifacts" / "half-res" / "stage2" / "train_codes.npy")
+    assert codes.shape[1:] == (14, 14)  # the example's encoder halves 28x28, the built-in quarters it

@@ -68,7 +68,7 @@ def test_the_fill_samples_the_exact_conditional_of_an_arbitrary_region():
             torch.tensor([index[tuple(m.flatten().tolist())] for m in start]), minlength=len(exact)
         )
         tv[candidates] = 0.5 * (counts0.double() / chains - exact).abs().sum()
-    assert tv[1] > 0.08 and tv[16] < tv[1] / 2
+    assert tv[1] > 0.06 and tv[16] < tv[1] / 2  # the noise of 20,000 chains alone is ~0.02
 
 
 def test_the_class_posterior_of_a_region_matches_enumeration():
@@ -85,6 +85,45 @@ def test_the_class_posterior_of_a_region_matches_enumeration():
         prior, given.expand(chains, *GRID), keep.expand(chains, *GRID), None, log_prior, sweeps=4, seed=0
     )
     assert posterior.shape == (chains, 3) and torch.allclose(posterior.sum(1), torch.ones(chains))
+    assert (posterior.double().mean(0) - exact).abs().max() < 0.03
+    assert (torch.bincount(labels, minlength=3).double() / chains - exact).abs().max() < 0.04
+
+
+def test_a_draft_weight_is_the_kept_codes_likelihood_and_the_cached_draft_equals_the_naive_one():
+    from vqprior.models.priors.base import GumbelNoise, Prior
+    from vqprior.models.priors.fill import KeptCodes, drafts
+
+    prior = random_prior(num_classes=2, seed=3)
+    keep = torch.tensor([[False, True, False], [True, False, True]]).expand(6, *GRID)
+    given = torch.randint(0, K, (6, *GRID), generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    out, log_weight = drafts(prior, given, keep, labels, 1.0, 1.0, seed=4)
+    assert torch.equal(out[keep], given[keep])
+    with torch.no_grad():
+        factors = -torch.nn.functional.cross_entropy(
+            prior.logits(out, prior.condition(labels, 6)), out, reduction="none"
+        )
+    assert torch.allclose(log_weight, (factors * keep).flatten(1).sum(1).double(), atol=1e-5)
+    # the same noise through the naive reference sampler gives the same drafts and weights
+    naive = KeptCodes(GumbelNoise(4, 0, 6, out.device), given, keep)
+    start = torch.where(keep, given, torch.zeros_like(given))
+    same = Prior.draw(prior, start.clone(), prior.condition(labels, 6), 0, 1.0, naive)
+    assert torch.equal(same, out) and torch.allclose(naive.log_weight, log_weight, atol=1e-5)
+
+
+def test_drafts_per_class_alone_estimate_the_class_posterior():
+    prior = random_prior(num_classes=3, seed=2)
+    keep = torch.tensor([[False, False, True], [False, True, True]])
+    given = torch.tensor([[0, 0, 1], [0, 2, 0]])
+    maps = all_maps()
+    consistent = maps[(maps[:, keep] == given[keep]).all(1)]
+    log_prior = torch.log(torch.tensor([0.5, 0.3, 0.2]))
+    joint = torch.stack([torch.logsumexp(exact_log_joint(prior, consistent, c), 0) for c in range(3)])
+    exact = torch.softmax(joint + log_prior.double(), 0)
+    chains = 2000
+    _, labels, posterior = fill(
+        prior, given.expand(chains, *GRID), keep.expand(chains, *GRID), None, log_prior, sweeps=0, candidates=32
+    )
     assert (posterior.double().mean(0) - exact).abs().max() < 0.03
     assert (torch.bincount(labels, minlength=3).double() / chains - exact).abs().max() < 0.04
 

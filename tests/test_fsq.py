@@ -58,6 +58,13 @@ def test_config_derives_k_from_the_levels_and_refuses_a_contradiction():
     assert cfg.vqvae.codebook_size == 1000
     with pytest.raises(UserError, match="product of the levels"):
         load_config(overrides=['vqvae.quantizer="fsq"', "vqvae.codebook_size=64"])
+    # an explicit codebook_size equal to the default is still the user's: [8, 8] make 64, not 128
+    with pytest.raises(UserError, match="codebook_size=128 but fsq_levels \\[8, 8\\] make 64"):
+        load_config(overrides=['vqvae.quantizer="fsq"', "vqvae.fsq_levels=[8, 8]", "vqvae.codebook_size=128"])
+    agreed = ['vqvae.quantizer="fsq"', "vqvae.fsq_levels=[8, 8]", "vqvae.codebook_size=64"]
+    assert load_config(overrides=agreed).vqvae.codebook_size == 64
+    assert load_config(overrides=['vqvae.quantizer="fsq"', "vqvae.fsq_levels=[8, 8]"]).vqvae.codebook_size == 64
+    assert load_config().vqvae.codebook_size == 128  # the EMA codebook's default is untouched
     with pytest.raises(UserError, match="unknown quantizer"):
         load_config(overrides=['vqvae.quantizer="lfq"'])
     with pytest.raises(UserError):

@@ -309,7 +309,27 @@ def negative_labels(run_dir: Path) -> None:
     refresh_manifests(run_dir)
 
 
+def forge_stage1(run_dir: Path, change) -> None:
+    path = run_dir / "stage1" / "config.json"
+    c = json.loads(path.read_text())
+    change(c)
+    path.write_text(json.dumps(c))
+    refresh_manifests(run_dir)
+
+
 VALUE_CASES = [
+    ("saved-grid-inf", lambda r: forge_config(r, lambda c: c.__setitem__("grid", [float("inf"), 7])), "grid size"),
+    ("saved-grid-huge", lambda r: forge_config(r, lambda c: c.__setitem__("grid", [10**9, 7])), "grid size"),
+    (
+        "saved-prior-codebook-10^12",
+        lambda r: forge_config(r, lambda c: c["prior"]["params"].__setitem__("codebook_size", 10**12)),
+        "codebook_size",
+    ),
+    (
+        "saved-vqvae-codebook-10^12",
+        lambda r: forge_stage1(r, lambda c: c["vqvae"]["quantizer"].__setitem__("codebook_size", 10**12)),
+        "codebook_size",
+    ),
     (
         "saved-guidance-1e6",
         lambda r: forge_config(r, lambda c: c["config"]["sample"].__setitem__("guidance", 1e6)),
@@ -353,6 +373,23 @@ def test_a_checkpoint_of_the_wrong_shape_is_one_line(run):
 
 
 # ------------------------------------------------------------------ values from the user, the environment and files
+
+
+def test_a_lock_file_hard_linked_outside_is_left_untouched(run, tmp_path):
+    os.link(tmp_path / "victim.txt", run / ".lock")
+    one_line(cli(run, "run-stage", "4"), "hard link")
+    victims_untouched(tmp_path)
+
+
+def test_the_rank_of_a_failing_torchrun_process_is_on_its_error_line(monkeypatch, capsys):
+    import typer
+
+    from vqprior.cli.common import _one_line_errors
+
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(typer.Exit), _one_line_errors():
+        raise UserError("the [data] folder is empty")
+    assert "error: [rank 1] the [data] folder is empty" in capsys.readouterr().err
 
 
 def test_threads_are_capped_at_a_sane_multiple_of_the_cores(run):
@@ -428,6 +465,21 @@ API_CASES = [
         "label-fraction",
         lambda vqprior, r: vqprior.load(r, device="cpu").complete(np.zeros((1, 28, 28), np.uint8), label=3.5),
         "--label",
+    ),
+    (
+        "labels-on-the-meta-device",
+        lambda vqprior, r: vqprior.load(r, device="cpu").generate(labels=torch.tensor([3], device="meta")),
+        "meta device",
+    ),
+    (
+        "images-ragged",
+        lambda vqprior, r: vqprior.load(r, device="cpu").encode([np.zeros((28, 28)), np.zeros((3, 3))]),
+        "images must be",
+    ),
+    (
+        "codes-of-strings",
+        lambda vqprior, r: vqprior.load(r, device="cpu").decode(np.full((1, 7, 7), "a")),
+        "codes must be",
     ),
     (
         "decode-no-maps",

@@ -146,6 +146,21 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
     assert (tmp_path / "x" / "stage1" / "vqvae.safetensors").is_file()
 
 
+@pytest.mark.parametrize("key,value", [("epoch", 10**6), ("epoch", 0), ("step", -1), ("n_batches", 2.5)])
+def test_a_checkpoint_with_impossible_counters_is_one_line(tmp_path, key, value):
+    cfg = config(tmp_path, "x")
+    with pytest.raises(Interrupted):
+        s1_vqvae.run(cfg, SignalAfter(3))
+    path = tmp_path / "x" / ".checkpoints" / "stage1.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt[key] = value
+    torch.save(ckpt, path)
+    from vqprior.errors import UserError
+
+    with pytest.raises(UserError, match="not a vqprior checkpoint of this stage.*--restart"):
+        s1_vqvae.run(cfg)
+
+
 def test_signal_handlers_are_restored_after_training(tmp_path):
     before = signal.getsignal(signal.SIGINT)
     s1_vqvae.run(config(tmp_path, "h", **{"vqvae.epochs": 1}))

@@ -27,7 +27,7 @@ from . import guidance as guidance_values
 from .class_names import name_of, resolve_all
 from .completion import Completion
 from .components import trusting_code
-from .config import Sampling, check_sampling
+from .config import DRAFTS, SWEEPS, Sampling, check_sampling
 from .errors import UserError
 from .guidance import Guidance
 from .models.priors.base import check_decode_steps
@@ -38,6 +38,7 @@ from .restore import load_prior, load_vqvae
 from .run_folder import RunFolder
 from .runtime import resolve_device
 from .soft_labels import class_morph
+from .user_arrays import user_tensor
 
 LN2 = math.log(2)
 
@@ -124,12 +125,7 @@ class Run:
     # ------------------------------------------------------------------ images <-> codes
     def as_images(self, images) -> torch.Tensor:
         """uint8 [N, C, H, W] from a tensor or array (uint8, or floats in [0, 1]); checks the run's image shape."""
-        try:
-            x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise UserError(
-                f"images must be a tensor or array [N, {', '.join(map(str, self.image_shape))}], got {type(images).__name__} ({e})"
-            ) from None
+        x = user_tensor(images, "images", f"a tensor or array [N, {', '.join(map(str, self.image_shape))}]")
         if x.dim() == 3 and self.image_shape[0] == 1:
             x = x.unsqueeze(1)
         if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.image_shape) or len(x) == 0:
@@ -165,12 +161,7 @@ class Run:
 
     def as_codes(self, codes) -> torch.Tensor:
         """Code maps as long [N, h, w], checked against the run's grid and codebook."""
-        try:
-            t = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise UserError(
-                f"codes must be integers [N, {self.grid[0]}, {self.grid[1]}], got {type(codes).__name__} ({e})"
-            ) from None
+        t = user_tensor(codes, "codes", f"integers [N, {self.grid[0]}, {self.grid[1]}]")
         k = self.vqvae.quantizer.codebook_size
         if (
             t.is_floating_point()
@@ -214,10 +205,7 @@ class Run:
             labels = [labels]
         if isinstance(labels, (list, tuple)) and any(isinstance(c, str) for c in labels):
             labels = resolve_all(labels, self.class_names, "label")  # names ("seven") or indices
-        try:
-            t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise UserError(f"labels must be a list of classes or soft weights [N, {self.num_classes}] ({e})") from None
+        t = user_tensor(labels, "labels", f"a list of classes or soft weights [N, {self.num_classes}]")
         if t.numel() == 0:
             raise UserError(
                 f"labels must be a non-empty list of classes 0..{self.num_classes - 1} (or soft weights [N, {self.num_classes}])"
@@ -367,20 +355,23 @@ class Run:
         guidance: Guidance | None = None,
         seed: int = 0,
         keep=None,
-        sweeps: int = 2,
+        sweeps: int = SWEEPS,
+        drafts: int = DRAFTS,
     ) -> Completion:
         """Keep part of each image and sample the rest `samples` times.
 
         What is kept: `keep_rows` (the top rows of the code map; default the top half), or `keep`: a shorthand
         ("top", "bottom", "left", "right") or a boolean mask over image pixels [H, W] / code positions [h, w] (or
         one per image), True where kept; a code position is kept when its whole pixel patch is (vqprior.masks).
-        A kept prefix is continued exactly (ancestral sampling); any other region is filled by `sweeps` rounds of
-        Metropolis-Hastings over the prior's exact joint likelihood (vqprior.models.priors.fill); the masked kind
+        A kept prefix is continued exactly (ancestral sampling); any other region is filled by sampling importance
+        resampling: `drafts` ancestral drafts per class with the kept codes in place, one picked by how well it
+        explains them, then `sweeps` rounds of Metropolis-Hastings over the prior's exact joint likelihood
+        (vqprior.models.priors.fill); the masked kind
         fills any region with its own parallel decoding. A conditional prior without `label` infers the class from
         what is kept and reports its posterior."""
         from .completion import complete
 
-        return complete(self, images, keep_rows, samples, label, temperature, guidance, seed, keep, sweeps)
+        return complete(self, images, keep_rows, samples, label, temperature, guidance, seed, keep, sweeps, drafts)
 
 
 def load(run_dir: str | Path = "artifacts/mnist", device: str = "auto", trust_code: bool = False) -> Run:

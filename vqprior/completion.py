@@ -57,6 +57,7 @@ def complete(
     seed: int,
     keep,
     sweeps: int,
+    drafts: int,
 ) -> Completion:
     """See `Run.complete`."""
     from .masks import code_mask
@@ -67,6 +68,8 @@ def complete(
         raise UserError(f"samples must be an integer in 1..64, got {samples!r}")
     if isinstance(sweeps, bool) or not isinstance(sweeps, (int, np.integer)) or not 0 <= sweeps <= 100:
         raise UserError(f"sweeps must be an integer in 0..100, got {sweeps!r}")
+    if isinstance(drafts, bool) or not isinstance(drafts, (int, np.integer)) or not 1 <= drafts <= 64:
+        raise UserError(f"drafts must be an integer in 1..64, got {drafts!r}")
     x = run.as_images(images)
     height, width = run.grid
     n = len(x)
@@ -106,6 +109,7 @@ def complete(
         g,
         sweeps,
         seed,
+        drafts,
     )
     if posterior is not None:
         posterior = posterior.view(n, samples, -1).mean(1)

@@ -24,6 +24,10 @@ from .registry import names as registry_names
 MAX_SEED = 2**63 - 1  # every generator (torch, numpy's SeedSequence) takes seeds up to here
 MAX_THREADS = 4 * (os.cpu_count() or 1)  # run.threads' upper bound on this machine
 GUIDANCE_DEFAULT = [1.25, 2.0]  # sample.guidance: a ramp over the raster positions (see SampleSection)
+# completion of a region that is not a kept raster prefix (vqprior.models.priors.fill): ancestral drafts per class
+# with the kept codes in place, one picked by importance weight, then Metropolis-Hastings sweeps
+DRAFTS = 4
+SWEEPS = 2
 RUN_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # a plain folder name: no path, not hidden, not "." or ".."
 
 
@@ -171,8 +175,7 @@ class VQVAESection(Section):
             k = 1
             for level in self.fsq_levels:
                 k *= level
-            default = type(self).model_fields["codebook_size"].default
-            if self.codebook_size not in (k, default):  # config layers always carry a value: the default means unset
+            if "codebook_size" in self.model_fields_set and self.codebook_size != k:  # set by the user, not derived
                 raise ValueError(
                     f"codebook_size={self.codebook_size} but fsq_levels {self.fsq_levels} make {k} codes: "
                     f"leave codebook_size out with fsq (it is the product of the levels)"

@@ -125,6 +125,8 @@ def load_config(
         ):  # a new network class sets its kind
             layer = {**layer, "prior": {**prior, "kind": prior_kind(str(network["target"]))}}
         data = _merge(data, layer)
+    if not any(isinstance(layer.get("vqvae"), dict) and "codebook_size" in layer["vqvae"] for layer in layers):
+        data["vqvae"].pop("codebook_size", None)  # unset (fsq: the product of its levels), not "set to the default"
     return validate_config(data)
 
 

@@ -9,11 +9,11 @@ top, bottom, left, right.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .user_arrays import user_tensor
 
 SHORTHANDS = ("top", "bottom", "left", "right")
 
@@ -52,7 +52,9 @@ def erase_box(box: str, image_size: tuple[int, int]) -> torch.Tensor:
 
 
 def _binary(mask, what: str) -> torch.Tensor:
-    t = torch.as_tensor(np.array(mask))
+    t = user_tensor(mask, what, "True/False (or 0/1) per position").clone()  # never a view of the caller's array
+    if t.is_complex():
+        raise UserError(f"{what} must be True/False (or 0/1) per position, got {t.dtype}")
     if t.dtype == torch.bool:
         return t
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):

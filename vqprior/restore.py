@@ -18,6 +18,31 @@ from .models.priors.base import Prior
 from .models.vqvae import VQVAE, rebuild_vqvae
 from .run_folder import RunFolder, as_run_folder
 
+MAX_CODES = 65536  # vqvae.codebook_size's limit (and FSQ's product of levels): larger saved sizes are not a run's
+MAX_GRID = 4096  # code map sides beyond this are not a run's either (a 16,384-pixel image at the default encoder)
+
+
+def _size(value, low: int, high: int, what: str) -> int:
+    """A saved size checked before anything is built from it (a huge one would allocate, a float would crash)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} must be an integer in {low}..{high:,}, got {value!r}")
+    return value
+
+
+def _check_quantizer(saved) -> None:
+    if not isinstance(saved, dict):
+        raise ValueError("quantizer must be a section")
+    if "codebook_size" in saved:
+        _size(saved["codebook_size"], 2, MAX_CODES, "quantizer.codebook_size")
+    if "levels" in saved:
+        levels = saved["levels"]
+        if not isinstance(levels, list) or not levels:
+            raise ValueError(f"quantizer.levels must be a list, got {levels!r}")
+        product = 1
+        for level in levels:
+            product *= _size(level, 2, 256, "a quantizer level")
+        _size(product, 2, MAX_CODES, "the product of quantizer.levels")
+
 
 @dataclass
 class TrainedVQVAE:
@@ -72,6 +97,7 @@ def load_vqvae(run: RunFolder | Path, needed_by: int | None, device: torch.devic
     for part in ("encoder", "decoder"):
         _component_section(constructor, part, folder)
     try:
+        _check_quantizer(constructor.get("quantizer"))
         model = rebuild_vqvae(constructor)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(
@@ -91,9 +117,14 @@ def load_prior(
     resolved = run.component(3, "prior")
     class_names = saved.get("class_names")
     try:
-        grid = tuple(int(v) for v in saved["grid"])
-        if len(grid) != 2 or min(grid) < 1 or not (class_names is None or isinstance(class_names, list)):
-            raise ValueError("grid must be two positive sizes, class_names a list")
+        if not isinstance(saved["grid"], list) or len(saved["grid"]) != 2:
+            raise ValueError(f"grid must be two sizes, got {saved['grid']!r}")
+        grid = tuple(_size(v, 1, MAX_GRID, "a grid size") for v in saved["grid"])
+        if not (class_names is None or isinstance(class_names, list)):
+            raise ValueError("class_names must be a list")
+        params = resolved.get("params", {})
+        if "codebook_size" in params:
+            _size(params["codebook_size"], 2, MAX_CODES, "prior.params.codebook_size")
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{folder / 'config.json'}: {e}; re-run stage 3") from None
     model = components.instantiate(resolved)

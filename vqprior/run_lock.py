@@ -78,6 +78,11 @@ def _take_lock(path: Path, run_dir: Path) -> int:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 check_entry(path)
+            if os.fstat(fd).st_nlink > 1:  # a hard link to a file elsewhere: writing our pid would truncate it
+                os.close(fd)
+                raise UserError(
+                    f"{path} is a hard link to another file; remove it (nothing uses it but vqprior) and run again"
+                )
         except OSError as e:
             if e.errno == errno.ELOOP:
                 check_entry(path)  # a planted link: one line, its target untouched

@@ -185,6 +185,11 @@ class Trainer:
                 ckpt["history"],
                 ckpt["n_batches"],
             )
+            counters = (self.epoch, self.step, self.n_batches)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counters):
+                raise ValueError(f"epoch, step and n_batches must be counts, got {list(counters)}")
+            if not (1 <= self.epoch <= self.n_epochs + 1 and isinstance(self.history, list)):
+                raise ValueError(f"epoch {self.epoch} is outside this stage's 1..{self.n_epochs + 1}")
             self.sums = {k: v.to(self.runtime.device) for k, v in ckpt["sums"].items()}
             self._epoch_order_state = ckpt["epoch_order_state"]
             self.order.set_state(self._epoch_order_state)

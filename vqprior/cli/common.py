@@ -92,7 +92,7 @@ def _fail(message: str, code: int = 2) -> None:
     one_line = " ".join(message.split())
     rank = os.environ.get("RANK", "0")
     where = f"[rank {rank}] " if rank.isdigit() and int(rank) else ""  # under torchrun: which process
-    console.print(f"[bold red]error:[/] {where}{escape(one_line)}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(where + one_line)}", soft_wrap=True)
     raise typer.Exit(code)
 
 

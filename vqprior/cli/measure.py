@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .. import guidance
 from ..config import MAX_SEED, RunSection, check_sampling
@@ -82,10 +83,10 @@ def eval_run(
             folder, kept_because = write_eval(run, result, images, report=True)
         console.print(eval_table(result))
         for warning in result["warnings"]:
-            console.print(f"[yellow]warning:[/] {warning}")
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
         key = f"{setting_key(result)}.json"
         if not comparable(result):
-            console.print(f"[bold red]not comparable:[/] {'; '.join(reasons(result))}", soft_wrap=True)
+            console.print(f"[bold red]not comparable:[/] {escape('; '.join(reasons(result)))}", soft_wrap=True)
         if kept_because is not None:
             headline = run.evaluation()
             console.print(

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from ..config import MAX_SEED, check_sampling, validate_run_name
+from ..config import DRAFTS, MAX_SEED, SWEEPS, check_sampling, validate_run_name
 from ..errors import UserError
 from ..trust import trusting_code
 from .common import (
@@ -71,7 +71,13 @@ def complete(
     erase: Annotated[
         Optional[str], typer.Option(help="Erase a box x0,y0,x1,y1 (pixels, end exclusive) and fill it in.")
     ] = None,
-    sweeps: Annotated[int, typer.Option(min=0, max=100, help="MCMC sweeps for a region that is not a top prefix.")] = 2,
+    sweeps: Annotated[
+        int, typer.Option(min=0, max=100, help="MCMC sweeps for a region that is not a top prefix.")
+    ] = SWEEPS,
+    drafts: Annotated[
+        int,
+        typer.Option(min=1, max=64, help="Ancestral drafts per class for a region that is not a top prefix."),
+    ] = DRAFTS,
     samples: Annotated[int, typer.Option(min=1, max=64, help="Completions per image.")] = 4,
     label: Annotated[
         Optional[int], typer.Option(help="Class to complete as (default: inferred from the kept rows).")
@@ -115,7 +121,9 @@ def complete(
             from ..masks import erase_box
 
             region = erase_box(erase, tuple(run.image_shape[1:]))
-        done = run.complete(images, keep_rows, samples, label, temperature, scale, seed, keep=region, sweeps=sweeps)
+        done = run.complete(
+            images, keep_rows, samples, label, temperature, scale, seed, keep=region, sweeps=sweeps, drafts=drafts
+        )
         rows = done.panels().flatten(0, 1)
         with writing_folder(run.folder / "complete", "completions") as out:
             save_image(rows.float() / 255, out / "completions.png", nrow=samples + 2, padding=2, pad_value=0.5)
@@ -133,7 +141,7 @@ def complete(
         how = {
             "exact": "exact: a kept prefix",
             "parallel": "parallel decoding of the masked prior",
-            "mcmc": f"MCMC, {sweeps} sweeps",
+            "mcmc": f"{drafts} drafts per class, {sweeps} MCMC sweeps",
         }[done.method]
         for i, who in enumerate(names):
             if done.posterior is not None:

@@ -2,11 +2,13 @@
 
 Layout: `root/train/...` and `root/test/...` when both exist; otherwise every image under `root`, with
 every 10th file (in sorted order) held out as the test split. Inside a split, subfolders are classes
-(`root/train/cat/1.png`); images with no subfolder make an unlabeled dataset.
+(`root/train/cat/1.png`); images with no subfolder make an unlabeled dataset. A split's images come in an order
+that mixes the classes (`_mixed`), so its first N and its last 1/6 hold every class.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -29,14 +31,22 @@ def _images_under(folder: Path) -> list[Path]:
     )
 
 
+def _mixed(folder: Path, files: list[Path]) -> list[Path]:
+    """The files in a fixed order that mixes the classes: by a hash of each file's path under the folder. Sorted
+    order would put whole classes at the end, where the validation slice (the last 1/6) and data.train_limit (the
+    first N) cut: a slice of only "two" and "zero" scored the samples of every class against them. The order of a
+    file never depends on the others, so adding images keeps the others' order."""
+    return sorted(files, key=lambda f: hashlib.sha256(f.relative_to(folder).as_posix().encode()).digest())
+
+
 def _split_files(root: Path, split: str) -> tuple[Path, list[Path]]:
     if (root / "train").is_dir() and (root / "test").is_dir():
         folder = root / split
-        return folder, _images_under(folder)
+        return folder, _mixed(folder, _images_under(folder))
     files = _images_under(root)
     held_out = [f for i, f in enumerate(files) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
     kept = [f for i, f in enumerate(files) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
-    return root, kept if split == "train" else held_out
+    return root, _mixed(root, kept if split == "train" else held_out)
 
 
 def class_names_of(folder: Path, files: list[Path]) -> list[str] | None:

@@ -5,23 +5,25 @@ A raster prior gives p(rest | first k codes) exactly, so a kept *prefix* is cont
 conditional p(unknown | kept) is not a product of the prior's factors, but it is proportional to the joint
 p(map) = prod_i p(z_i | z_<i), which the prior evaluates in one pass. So it is sampled by Markov chain Monte Carlo:
 
-1. start: `candidates` ancestral drafts per map (raster order, each unknown position drawn from p(z_p | z_<p) with
-   the kept codes in place), one of them picked with probability proportional to the product of the *kept*
-   positions' factors p(z_k | z_<k): the importance weight of a draft against the exact conditional (sampling
-   importance resampling), so the chain starts from a draft that agrees with the later kept codes;
+1. start (sampling importance resampling): `candidates` ancestral drafts of every map by the prior's own cached
+   sampler with the kept codes in place (each unknown position drawn from p(z_p | z_<p), each kept position's
+   factor p(z_k | z_<k) multiplied into the draft's importance weight; `KeptCodes`), one of them picked with
+   probability proportional to its weight. For a conditional prior whose class is inferred, the drafts are drawn
+   per class (so the true class always has drafts), weighted by p(c) too, and p(c | kept) ∝ p(c) · the mean weight
+   of class c's drafts is the class posterior reported;
 2. sweeps: for each unknown position p in turn, propose z_p' ~ p(z_p | z_<p) (the prior's own conditional, which
    does not depend on z_p) and accept with probability min(1, prod_{i>p} p(z_i | z'_<i) / p(z_i | z_<i)): a
    Metropolis-Hastings step whose stationary law is exactly p(unknown | kept). One network pass per proposal.
 3. class (conditional prior, class not given): between sweeps the class is redrawn from p(c | map) ∝ p(map | c) p(c)
-   (Gibbs), so the chain samples p(class, unknown | kept); the class posterior it reports is the average of
-   p(c | map) over the chain's states.
+   (Gibbs), so the chain samples p(class, unknown | kept).
 
 A kind that decodes in parallel (the masked kind) fills the region with its own S-step decoding instead, kept codes
 in place: one network pass per step, but not an exact conditional of its raster likelihood. Without a class it
 decodes under the null condition and reports p(c | completed map) (exact, by its raster likelihood).
 
 Temperature and guidance change the target to the product of tempered / guided conditionals (the same factors
-ancestral sampling draws from); the class step always uses the plain conditional likelihood. Kept codes never
+ancestral sampling draws from), so the drafts' class weights are the guided model's; the Gibbs class step of the
+sweeps uses the plain conditional likelihood. Kept codes never
 change. Randomness comes from one generator seeded by `seed`: the same inputs and seed give the same completions.
 """
 
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import guidance as guidance_values
+from ...config import DRAFTS, SWEEPS
 from ...guidance import Guidance
 from .base import GuidedNoise, GumbelNoise, Prior, guided_logits
 from .classes import class_posterior
@@ -78,15 +81,15 @@ def fill(
     log_class_prior: torch.Tensor | None = None,
     temperature: float = 1.0,
     guidance: Guidance = 1.0,
-    sweeps: int = 2,
+    sweeps: int = SWEEPS,
     seed: int = 0,
-    candidates: int = 16,
+    candidates: int = DRAFTS,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Fill the positions of codes [B, H, W] where keep [B, H, W] is False.
 
     labels: long [B] (the class of each map), or None: for a conditional prior the class is then sampled with the
     map (needs log_class_prior [C]). Returns (codes [B, H, W], labels [B] the chain ended on or None,
-    posterior [B, C]: the chain's average of p(c | map), or None when the class was given or the prior has none).
+    posterior [B, C]: p(c | kept) estimated from the drafts, or None when the class was given or the prior has none).
     """
     device = prior.device
     was_training = prior.training
@@ -100,21 +103,14 @@ def fill(
             return _decode_region(prior, codes, keep, labels, log_class_prior, temperature, guidance, seed)
         unknown = [p for p in range(height * width) if not bool(keep.flatten(1)[:, p].all())]
         infer = bool(prior.num_classes) and labels is None
-        posterior_sum = None
-        if infer:
-            # start from the null condition (classifier-free guidance trains it); the class follows from the map
-            cond = torch.zeros(b, prior.num_classes, device=device, dtype=next(prior.parameters()).dtype)
-            start_guidance = 1.0
-        else:
-            cond = prior.condition(labels, b) if prior.num_classes else None
-            start_guidance = guidance
-
-        codes = _start(prior, codes, keep, cond, unknown, temperature, start_guidance, candidates, gen)
+        codes, labels, posterior = _resample(
+            prior, codes, keep, labels, log_class_prior, temperature, guidance, candidates, seed, gen
+        )
+        cond = prior.condition(labels, b) if prior.num_classes else None
 
         for _ in range(sweeps):
             if infer:  # 3. the class given the whole map
                 post = class_posterior(prior, codes, log_class_prior.cpu()).float().to(device)
-                posterior_sum = post if posterior_sum is None else posterior_sum + post
                 labels = torch.multinomial(post.cpu(), 1, generator=gen).squeeze(1).to(device)
                 cond = prior.condition(labels, b)
             logp = _log_conditionals(prior, codes, cond, temperature, guidance)
@@ -131,34 +127,88 @@ def fill(
                 codes = torch.where(accept[:, None, None], proposal, codes)
                 current = torch.where(accept[:, None], new, current)
                 logp = torch.where(accept[:, None, None, None], logp_new, logp)
-        posterior = None
-        if infer:
-            post = class_posterior(prior, codes, log_class_prior.cpu()).float().to(device)
-            posterior_sum = post if posterior_sum is None else posterior_sum + post
-            posterior = (posterior_sum / (sweeps + 1)).cpu()
-        return codes.cpu(), None if labels is None else labels.cpu(), posterior
+        return codes.cpu(), None if labels is None else labels.cpu(), None if posterior is None else posterior.cpu()
     finally:
         prior.train(was_training)
 
 
-def _start(prior, codes, keep, cond, unknown, temperature, guidance, candidates, gen):
-    """1. the chain's start: `candidates` ancestral drafts per map, one resampled by the kept codes' likelihood."""
+DRAFT_CHUNK = 4000  # maps per call of the cached sampler (its per-column activations grow with the batch)
+
+
+class KeptCodes:
+    """The noise of an ancestral draft with some codes given: at a kept position the sampler gets the kept code
+    instead of a draw, and the log-probability the sampler's conditional gives it is added to the draft's weight.
+    Drawing the unknown positions from p(z_p | z_<p) and weighting by the kept positions' factors is importance
+    sampling of p(unknown | kept) with the prior's own ancestral sampler as the proposal."""
+
+    def __init__(self, noise, codes: torch.Tensor, keep: torch.Tensor):
+        self.noise, self.codes, self.keep = noise, codes.flatten(1), keep.flatten(1)
+        self.log_weight = torch.zeros(len(codes), dtype=torch.float64, device=codes.device)
+
+    def draw(self, logits: torch.Tensor, temperature: float, position: int | None = None) -> torch.Tensor:
+        drawn = self.noise.draw(logits, temperature, position)
+        b = len(self.codes)
+        mixed = self.noise.mix(logits, position) if isinstance(self.noise, GuidedNoise) else logits
+        logp = F.log_softmax(mixed.float() / temperature, 1)
+        given, kept = self.codes[:, position], self.keep[:, position]
+        self.log_weight += torch.where(kept, logp.gather(1, given[:, None]).squeeze(1), 0).double()
+        code = torch.where(kept, given, drawn[:b])
+        return torch.cat([code, code]) if len(drawn) == 2 * b else code
+
+
+def drafts(prior, codes, keep, labels, temperature, guidance, seed) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ancestral draft of every map codes [B, H, W] with its kept codes in place, by the prior's own (cached)
+    sampler: (drafts [B, H, W], log importance weight [B]: the sum of the kept positions' log factors)."""
+    b, grid = len(codes), tuple(codes.shape[1:])
+    out, log_weight = [], []
+    for first in range(0, b, DRAFT_CHUNK):
+        part, kept = codes[first : first + DRAFT_CHUNK], keep[first : first + DRAFT_CHUNK]
+        lab = None if labels is None else labels[first : first + DRAFT_CHUNK]
+        cond = prior.condition(lab, len(part)) if prior.num_classes else None
+        noise = GumbelNoise(seed, first, len(part), part.device)
+        start = torch.where(kept, part, torch.zeros_like(part))
+        if cond is not None and not guidance_values.is_plain(guidance):
+            cond, start, noise = (
+                torch.cat([cond, torch.zeros_like(cond)]),
+                torch.cat([start, start]),
+                GuidedNoise(noise, guidance, grid),
+            )
+        given = KeptCodes(noise, part, kept)
+        out.append(type(prior).draw(prior, start, cond, 0, temperature, given)[: len(part)])
+        log_weight.append(given.log_weight)
+    return torch.cat(out), torch.cat(log_weight)
+
+
+def _resample(prior, codes, keep, labels, log_class_prior, temperature, guidance, candidates, seed, gen):
+    """1. the start: `candidates` drafts of every map (per class, when the class is inferred), one picked with
+    probability proportional to its importance weight (sampling importance resampling). Returns (codes [B, H, W],
+    labels [B] or None, posterior [B, C]: p(c | kept) ∝ p(c) · mean of the class's draft weights, or None)."""
     b, height, width = codes.shape
-    drafts = codes.repeat_interleave(candidates, 0)
-    kept = keep.repeat_interleave(candidates, 0)
-    draft_cond = None if cond is None else cond.repeat_interleave(candidates, 0)
-    for p in unknown:
-        i, j = divmod(p, width)
-        logp = _log_conditionals(prior, drafts[:, : i + 1], draft_cond, temperature, guidance, (height, width))
-        logp = logp[:, :, i, j]
-        drafts[:, i, j] = torch.where(kept[:, i, j], drafts[:, i, j], _gumbel_draw(logp, gen))
-    if candidates == 1:
-        return drafts
-    logp = _log_conditionals(prior, drafts, draft_cond, temperature, guidance)
-    factors = logp.gather(1, drafts[:, None]).squeeze(1)  # [B * candidates, H, W]
-    weight = (factors * kept).flatten(1).sum(1).view(b, candidates).double()
-    pick = torch.multinomial(torch.softmax(weight, 1).cpu(), 1, generator=gen).squeeze(1).to(codes.device)
-    return drafts.view(b, candidates, height, width)[torch.arange(b, device=codes.device), pick]
+    device = codes.device
+    infer = bool(prior.num_classes) and labels is None
+    classes = prior.num_classes if infer else 1
+    per = classes * candidates
+    if infer:
+        draft_labels = torch.arange(classes, device=device).repeat_interleave(candidates).repeat(b)
+    else:
+        draft_labels = None if labels is None else labels.to(device).repeat_interleave(per)
+    drafted, log_weight = drafts(
+        prior,
+        codes.repeat_interleave(per, 0),
+        keep.repeat_interleave(per, 0),
+        draft_labels,
+        temperature,
+        guidance,
+        seed,
+    )
+    log_weight = log_weight.view(b, classes, candidates)
+    posterior = None
+    if infer:
+        log_weight = log_weight + log_class_prior.double().to(device)[None, :, None]
+        posterior = torch.softmax(torch.logsumexp(log_weight, 2), 1).float()
+    pick = torch.multinomial(torch.softmax(log_weight.flatten(1), 1).cpu(), 1, generator=gen).squeeze(1).to(device)
+    chosen = drafted.view(b, per, height, width)[torch.arange(b, device=device), pick]
+    return chosen, (pick // candidates) if infer else labels, posterior
 
 
 def _decode_region(prior, codes, keep, labels, log_class_prior, temperature, guidance, seed):
