@@ -219,7 +219,7 @@ def test_complete_score_classify_commands(trained, tmp_path):
             mask[10:20, 5:15] = 0
             Image.fromarray(mask).save(tmp_path / "mask.png")
         result = invoke("complete", *where, "--from", "test", "--n", 2, "--samples", 2, "--sweeps", 1, *extra)
-        assert result.exit_code == 0 and "MCMC, 1 sweeps" in result.flat, result.output
+        assert result.exit_code == 0 and "4 drafts per class, 1 MCMC sweeps" in result.flat, result.output
         saved = np.load(trained / "complete" / "completions.npz")
         assert saved["keep"].shape == (2, 7, 7) and not saved["keep"].all()
     result = invoke("score", png, npz, *where)
