@@ -71,7 +71,12 @@ def test_the_fill_samples_the_exact_conditional_of_an_arbitrary_region():
     assert tv[1] > 0.06 and tv[16] < tv[1] / 2  # the noise of 20,000 chains alone is ~0.02
 
 
-def test_the_class_posterior_of_a_region_matches_enumeration():
+@pytest.mark.parametrize(
+    "chains,options",
+    [(4000, {"sweeps": 4}), (2000, {"sweeps": 0, "candidates": 32})],
+    ids=["chain", "drafts-per-class-alone"],
+)
+def test_the_class_posterior_of_a_region_matches_enumeration(chains, options):
     prior = random_prior(num_classes=3, seed=2)
     keep = torch.tensor([[False, False, True], [False, True, True]])
     given = torch.tensor([[0, 0, 1], [0, 2, 0]])
@@ -80,9 +85,8 @@ def test_the_class_posterior_of_a_region_matches_enumeration():
     log_prior = torch.log(torch.tensor([0.5, 0.3, 0.2]))
     joint = torch.stack([torch.logsumexp(exact_log_joint(prior, consistent, c), 0) for c in range(3)])
     exact = torch.softmax(joint + log_prior.double(), 0)
-    chains = 4000
     _, labels, posterior = fill(
-        prior, given.expand(chains, *GRID), keep.expand(chains, *GRID), None, log_prior, sweeps=4, seed=0
+        prior, given.expand(chains, *GRID), keep.expand(chains, *GRID), None, log_prior, seed=0, **options
     )
     assert posterior.shape == (chains, 3) and torch.allclose(posterior.sum(1), torch.ones(chains))
     assert (posterior.double().mean(0) - exact).abs().max() < 0.03
@@ -109,23 +113,6 @@ def test_a_draft_weight_is_the_kept_codes_likelihood_and_the_cached_draft_equals
     start = torch.where(keep, given, torch.zeros_like(given))
     same = Prior.draw(prior, start.clone(), prior.condition(labels, 6), 0, 1.0, naive)
     assert torch.equal(same, out) and torch.allclose(naive.log_weight, log_weight, atol=1e-5)
-
-
-def test_drafts_per_class_alone_estimate_the_class_posterior():
-    prior = random_prior(num_classes=3, seed=2)
-    keep = torch.tensor([[False, False, True], [False, True, True]])
-    given = torch.tensor([[0, 0, 1], [0, 2, 0]])
-    maps = all_maps()
-    consistent = maps[(maps[:, keep] == given[keep]).all(1)]
-    log_prior = torch.log(torch.tensor([0.5, 0.3, 0.2]))
-    joint = torch.stack([torch.logsumexp(exact_log_joint(prior, consistent, c), 0) for c in range(3)])
-    exact = torch.softmax(joint + log_prior.double(), 0)
-    chains = 2000
-    _, labels, posterior = fill(
-        prior, given.expand(chains, *GRID), keep.expand(chains, *GRID), None, log_prior, sweeps=0, candidates=32
-    )
-    assert (posterior.double().mean(0) - exact).abs().max() < 0.03
-    assert (torch.bincount(labels, minlength=3).double() / chains - exact).abs().max() < 0.04
 
 
 def test_the_fill_is_deterministic_per_seed_and_a_given_class_is_kept():

@@ -280,8 +280,8 @@ def test_a_forged_manifest_is_one_line_and_quick(case_id, setup, args, message, 
 # ------------------------------------------------------------------ forged values inside a run folder
 
 
-def forge_config(run_dir: Path, change) -> None:
-    path = run_dir / "stage3" / "config.json"
+def forge_config(run_dir: Path, change, stage: int = 3) -> None:
+    path = run_dir / f"stage{stage}" / "config.json"
     c = json.loads(path.read_text())
     change(c)
     path.write_text(json.dumps(c))
@@ -309,14 +309,6 @@ def negative_labels(run_dir: Path) -> None:
     refresh_manifests(run_dir)
 
 
-def forge_stage1(run_dir: Path, change) -> None:
-    path = run_dir / "stage1" / "config.json"
-    c = json.loads(path.read_text())
-    change(c)
-    path.write_text(json.dumps(c))
-    refresh_manifests(run_dir)
-
-
 VALUE_CASES = [
     ("saved-grid-inf", lambda r: forge_config(r, lambda c: c.__setitem__("grid", [float("inf"), 7])), "grid size"),
     ("saved-grid-huge", lambda r: forge_config(r, lambda c: c.__setitem__("grid", [10**9, 7])), "grid size"),
@@ -327,7 +319,7 @@ VALUE_CASES = [
     ),
     (
         "saved-vqvae-codebook-10^12",
-        lambda r: forge_stage1(r, lambda c: c["vqvae"]["quantizer"].__setitem__("codebook_size", 10**12)),
+        lambda r: forge_config(r, lambda c: c["vqvae"]["quantizer"].__setitem__("codebook_size", 10**12), 1),
         "codebook_size",
     ),
     (
