@@ -17,6 +17,7 @@ split, as the feature networks do); settings are chosen there, the figure is the
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -32,6 +33,7 @@ import vqprior  # noqa: E402
 from vqprior.datasets import ImageSet, load_split, split_holdout  # noqa: E402
 from vqprior.datasets.mnist import cache_dir  # noqa: E402
 from vqprior.evaluation.classifier import FeatureClassifier, load_spaces, train_classifier  # noqa: E402
+from vqprior.guidance import parse  # noqa: E402
 from vqprior.masks import code_mask, erase_box, pixel_view, region  # noqa: E402
 
 REGIONS = ["top", "bottom", "left", "random50", "box12"]
@@ -81,6 +83,10 @@ def reference(name: str, fit: ImageSet, judged: torch.Tensor, labels: torch.Tens
     return float(p[torch.arange(len(labels)), labels].double().mean())
 
 
+def parse_guidance(text: str | None):
+    return None if text in (None, "default") else parse(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="artifacts/mnist")
@@ -89,6 +95,7 @@ def main() -> None:
     ap.add_argument("--regions", nargs="+", default=REGIONS, choices=REGIONS)
     ap.add_argument("--drafts", type=int, nargs="+", default=[None], help="drafts per class (default: complete's)")
     ap.add_argument("--sweeps", type=int, nargs="+", default=[None], help="MCMC sweeps (default: complete's)")
+    ap.add_argument("--guidance", nargs="+", default=[None], help="guidance (default: the run's); e.g. 1 2 1.25:2")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     threads = pin_threads(args.threads)
@@ -97,42 +104,45 @@ def main() -> None:
     judged_set = load_split(run.data, "test") if args.split == "test" else valid
     judge = load_spaces(fit, load_split(run.data, "test"), torch.device("cpu"))["cnn"][0]
     images, labels = judged_set.images[: args.n], judged_set.labels[: args.n].long()
-    fingerprint = f"{len(fit)}-{int(fit.images[:100].sum())}-{args.split}"
+    fingerprint = f"{len(fit)}-{int(fit.images[:100].sum())}"  # the kept-part classifiers train on `fit` either way
     kind = type(run.prior).__name__
     print(
         f"# {args.run} ({kind}): {args.n} {args.split} digits, class inferred, 1 completion each; threads={threads}, "
         f"yardstick {matmul_gflops(torch.device('cpu'), torch.float32, 3.0):.0f} GFLOP/s"
     )
     print(
-        "region | kept codes | drafts | sweeps | read as the true class | kept-part reference | share | how | "
+        "region | kept codes | drafts | sweeps | guidance | read as the true class | kept-part reference | share | how | "
         "s for all | 8 completions of one input (median of 3)"
     )
     for name in args.regions:
         keep = masks(name, args.n, run.grid, tuple(run.image_shape[1:]))
         ref = reference(name, fit, kept_pixels(images, keep), labels, run.grid, fingerprint)
-        for drafts in args.drafts:
-            for sweeps in args.sweeps:
-                options = {k: v for k, v in (("drafts", drafts), ("sweeps", sweeps)) if v is not None}
-                t0 = time.perf_counter()
-                done = [
-                    run.complete(images[i : i + 250], keep=keep[i : i + 250], samples=1, **options)
-                    for i in range(0, args.n, 250)
-                ]
-                seconds = time.perf_counter() - t0
-                completed = torch.cat([d.images[:, 0] for d in done])
-                _, predictions = judge.features_and_predictions(completed)
-                accuracy = float((predictions == labels).double().mean())
-                times = []
-                for _ in range(3):
-                    t1 = time.perf_counter()
-                    run.complete(images[:1], keep=keep[:1], samples=8, **options)
-                    times.append(time.perf_counter() - t1)
-                print(
-                    f"{name} | {int(keep[0].sum())}/{keep[0].numel()} | {drafts or 'default'} | "
-                    f"{sweeps if sweeps is not None else 'default'} | {accuracy:.1%} | {ref:.1%} | "
-                    f"{accuracy / ref:.0%} | {done[0].method} | {seconds:.0f} | {statistics.median(times):.2f} s",
-                    flush=True,
-                )
+        for drafts, sweeps, guidance in itertools.product(args.drafts, args.sweeps, args.guidance):
+            options = {
+                k: v
+                for k, v in (("drafts", drafts), ("sweeps", sweeps), ("guidance", parse_guidance(guidance)))
+                if v is not None
+            }
+            t0 = time.perf_counter()
+            done = [
+                run.complete(images[i : i + 250], keep=keep[i : i + 250], samples=1, **options)
+                for i in range(0, args.n, 250)
+            ]
+            seconds = time.perf_counter() - t0
+            completed = torch.cat([d.images[:, 0] for d in done])
+            _, predictions = judge.features_and_predictions(completed)
+            accuracy = float((predictions == labels).double().mean())
+            times = []
+            for _ in range(3):
+                t1 = time.perf_counter()
+                run.complete(images[:1], keep=keep[:1], samples=8, **options)
+                times.append(time.perf_counter() - t1)
+            print(
+                f"{name} | {int(keep[0].sum())}/{keep[0].numel()} | {drafts or 'default'} | "
+                f"{sweeps if sweeps is not None else 'default'} | {guidance or 'default'} | {accuracy:.1%} | {ref:.1%} | "
+                f"{accuracy / ref:.0%} | {done[0].method} | {seconds:.0f} | {statistics.median(times):.2f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from vqprior.evaluation.frechet import frechet_distance_from_stats, gaussian_sta
 from vqprior.evaluation.run_eval import evaluate_run  # noqa: E402
 from vqprior.models.vqvae import decode_images, encode_images  # noqa: E402
 from vqprior.restore import load_vqvae  # noqa: E402
+from vqprior.run_folder import RunFolder  # noqa: E402
 from vqprior.runtime import Runtime  # noqa: E402
 from vqprior.stages import s1_vqvae, s2_codes, s3_prior  # noqa: E402
 
@@ -44,7 +45,7 @@ def run_stages(cfg, stages) -> dict[int, float]:
     rt = Runtime.setup(cfg.run)
     for stage in stages:
         module = STAGES[stage]
-        if not cfg.run_folder().is_current(stage, module.fingerprint(cfg)):
+        if not RunFolder(cfg.run_dir()).is_current(stage, module.fingerprint(cfg)):
             module.run(cfg, rt=rt)
     return {s: load_json(cfg.run_dir() / f"stage{s}" / "manifest.json")["timings_s"]["total"] for s in stages}
 

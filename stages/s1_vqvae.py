@@ -17,6 +17,7 @@ from vqprior.models.quantizer import code_usage, degenerate_code
 from vqprior.models.vqvae import VQVAE, build_vqvae
 from vqprior.optimizer import scaled_lr
 from vqprior.report.progress import ProgressWriter
+from vqprior.run_folder import RunFolder
 from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
 from vqprior.training import Trainer
 
@@ -65,7 +66,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
     device = rt.device
-    run_folder = cfg.run_folder()
+    run_folder = RunFolder(cfg.run_dir())
     train, test = training_split(cfg.data), load_split(cfg.data, "test")
     image_shape = tuple(train.images.shape[1:])
     if tuple(test.images.shape[1:]) != image_shape:

@@ -18,6 +18,7 @@ from vqprior.datasets import SPLITS, load_split, to_float, training_split
 from vqprior.errors import disk_full, ensure_free
 from vqprior.models.quantizer import code_usage, degenerate_code
 from vqprior.restore import load_vqvae
+from vqprior.run_folder import RunFolder
 from vqprior.runtime import Reporter, Runtime, batches
 
 ENCODE_BATCH = 1000
@@ -42,7 +43,7 @@ def create_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
 
 def fingerprint(cfg: Config) -> dict | None:
     """Stage 2's outputs depend only on stage 1's weights (and the data stage 1 recorded)."""
-    vqvae = cfg.run_folder().output_sha(1, "vqvae.safetensors")
+    vqvae = RunFolder(cfg.run_dir()).output_sha(1, "vqvae.safetensors")
     return None if vqvae is None else {"vqvae": vqvae}
 
 
@@ -50,7 +51,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     started = time.perf_counter()
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
-    run_folder = cfg.run_folder()
+    run_folder = RunFolder(cfg.run_dir())
     vq = load_vqvae(run_folder, needed_by=2, device=rt.device)
     # the data is the one stage 1 trained on, as recorded beside its weights
     data_cfg = run_folder.data()

@@ -19,6 +19,7 @@ from vqprior.models.vqvae import decode_images
 from vqprior.optimizer import WeightEMA, scaled_lr
 from vqprior.report.progress import ProgressWriter
 from vqprior.restore import load_vqvae
+from vqprior.run_folder import RunFolder
 from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
 from vqprior.training import Trainer
 
@@ -28,7 +29,7 @@ CODE_FILES = ("train_codes.npy", "test_codes.npy", "train_labels.npy", "test_lab
 
 def fingerprint(cfg: Config) -> dict | None:
     """What stage 3's outputs depend on: the prior settings, the seed and stage 2's files."""
-    run_folder = cfg.run_folder()
+    run_folder = RunFolder(cfg.run_dir())
     codes = {name: run_folder.output_sha(2, name) for name in CODE_FILES}
     if codes["train_codes.npy"] is None:
         return None
@@ -53,7 +54,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
     device = rt.device
-    run_folder = cfg.run_folder()
+    run_folder = RunFolder(cfg.run_dir())
     folder, manifest = run_folder.read_stage(2, needed_by=3)  # also refuses codes of a replaced stage-1 VQ-VAE
     train_codes, train_labels = load_code_maps(folder, manifest, "train").tensors(device)
     test_codes, test_labels = load_code_maps(folder, manifest, "test").tensors(device)

@@ -22,6 +22,7 @@ from vqprior.models.vqvae import decode_images
 from vqprior.report.progress import write_gif
 from vqprior.report.sheets import labelled_sheet
 from vqprior.restore import check_prior_fits, load_prior, load_vqvae
+from vqprior.run_folder import RunFolder
 from vqprior.runtime import Reporter, Runtime
 from vqprior.soft_labels import class_mix, class_morph
 
@@ -59,7 +60,7 @@ def check_size(cfg: Config, total: int, grid: tuple[int, int], image_shape: tupl
 
 def fingerprint(cfg: Config) -> dict | None:
     """What stage 4's outputs depend on: the sampling settings, the seed, and the trained prior and VQ-VAE."""
-    run_folder = cfg.run_folder()
+    run_folder = RunFolder(cfg.run_dir())
     prior, vqvae = run_folder.output_sha(3, "prior.safetensors"), run_folder.output_sha(1, "vqvae.safetensors")
     if prior is None or vqvae is None:
         return None
@@ -98,7 +99,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), rt: Runtime | None = None)
     started = time.perf_counter()
     rt = rt or Runtime.setup(cfg.run)
     rt.seed_all()
-    run_folder = cfg.run_folder()
+    run_folder = RunFolder(cfg.run_dir())
     run_folder.read_stage(3, needed_by=4)
     class_names = run_folder.saved(3).get("class_names")  # checked against the prior when it is loaded
     if cfg.sample.morph:  # a class that is not there is refused before the models load (seconds)

@@ -427,6 +427,26 @@ API_CASES = [
     ("complete-keep-rows", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep_rows=99), "out of range"),
     ("complete-samples", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), samples=0), "samples must be"),
     ("score-empty", lambda r: r.score(np.zeros((0, 1, 28, 28), np.uint8)), "N >= 1"),
+    ("complete-sweeps", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep="bottom", sweeps=-1), "sweeps"),
+    ("complete-drafts", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep="bottom", drafts=0), "drafts"),
+    (
+        "keep-object",
+        lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep=np.array([None] * 49).reshape(7, 7)),
+        "keep mask",
+    ),
+    (
+        "keep-complex",
+        lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep=np.ones((7, 7), np.complex64)),
+        "keep mask",
+    ),
+    ("keep-ragged", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep=[[1, 0], [1]]), "keep mask"),
+    (
+        "keep-meta",
+        lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep=torch.ones(7, 7, device="meta")),
+        "keep mask",
+    ),
+    ("keep-strings", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep=np.full((7, 7), "x")), "keep mask"),
+    ("keep-nan", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep=np.full((7, 7), np.nan)), "NaN"),
 ]
 
 

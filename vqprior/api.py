@@ -315,7 +315,7 @@ class Run:
             code_nats, best = -ll[:, 0], torch.full((len(x),), -1)
         recon = self.decode(codes)
         mse = (recon.double() - x.double()).div(255).pow(2).flatten(1).mean(1)
-        from .evaluation.run_eval import pixel_bits
+        from .evaluation.likelihood import pixel_bits
 
         pixel = pixel_bits(x, recon, self.decoder_sigma())
         return {

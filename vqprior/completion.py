@@ -8,17 +8,12 @@ any other region is filled by Metropolis-Hastings over the prior's exact joint l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
 from .errors import UserError
 from .guidance import Guidance
 from .models.priors.base import sample
-
-if TYPE_CHECKING:
-    from .api import Run
 
 
 @dataclass
@@ -47,7 +42,7 @@ class Completion:
 
 
 def complete(
-    run: Run,
+    run,
     images,
     keep_rows: int | None,
     samples: int,
@@ -59,7 +54,7 @@ def complete(
     sweeps: int,
     drafts: int,
 ) -> Completion:
-    """See `Run.complete`."""
+    """See `Run.complete` (`run` is that façade; this module sits below it and does not import it)."""
     from .masks import code_mask
     from .models.priors.fill import fill, is_prefix
 

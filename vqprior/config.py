@@ -350,12 +350,6 @@ class Config(Section):
     def run_dir(self) -> Path:
         return Path(self.run.out_dir) / self.run.name
 
-    def run_folder(self):
-        """The run folder (a RunFolder: its layout and verified reads)."""
-        from .run_folder import RunFolder
-
-        return RunFolder(self.run_dir())
-
 
 def default_run_name(data: DataSection) -> str:
     """A run is named after its data: mnist, fashion-mnist, cifar10, or the image folder's name."""

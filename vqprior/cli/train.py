@@ -93,12 +93,12 @@ def check_nothing_finished_is_replaced(run_folder, cfg: Config) -> None:
 
 
 def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool, replace: bool = False) -> None:
-    from ..run_folder import STAGE_NAMES
+    from ..run_folder import STAGE_NAMES, RunFolder
     from ..runtime import Runtime
 
     rt = Runtime.setup(cfg.run)
     reporter = ConsoleReporter() if rt.is_main else Reporter()
-    run_folder = cfg.run_folder()
+    run_folder = RunFolder(cfg.run_dir())
     run_dir = run_folder.path
     with run_folder.lock() if rt.is_main else contextlib.nullcontext():
         rt.barrier()  # under torchrun the other processes wait until rank 0 holds the run folder

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..datasets import to_float
 from ..models.priors.base import Prior
 from ..runtime import batches
 
@@ -42,3 +43,26 @@ def masked_bits_per_code(prior: Prior, codes: torch.Tensor, labels: torch.Tensor
     finally:
         prior.train(was_training)
     return total / count / math.log(2)
+
+
+def pixel_bits(images: torch.Tensor, means: torch.Tensor, sigma: float) -> torch.Tensor:
+    """-log2 p(images | means) per image: each pixel's 256 levels under a Gaussian of std `sigma` around
+    the mean (in [0, 1]; uint8 means are read as v/255), discretised to the level's bin, the end bins open."""
+    v = images.double()
+    mean = means.double() / 255 if means.dtype == torch.uint8 else means.double().clamp(0, 1)
+    normal = torch.distributions.Normal(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64))
+    upper = torch.where(v >= 255, torch.full_like(v, math.inf), (v + 0.5) / 255)
+    lower = torch.where(v <= 0, torch.full_like(v, -math.inf), (v - 0.5) / 255)
+    p = normal.cdf((upper - mean.to(v.device)) / sigma) - normal.cdf((lower - mean.to(v.device)) / sigma)
+    return -p.clamp_min(1e-12).log2().flatten(1).sum(1).cpu()
+
+
+@torch.no_grad()
+def decoder_bits_per_image(vqvae, images: torch.Tensor, sigma: float, device: torch.device) -> torch.Tensor:
+    """-log2 p(x | z(x)) per image under the discretised Gaussian around the decoder's output."""
+    out = []
+    for i in range(0, len(images), 1000):
+        x = images[i : i + 1000]
+        mean = vqvae.decode(vqvae.encode(to_float(x).to(device)))
+        out.append(pixel_bits(x.to(device), mean, sigma))
+    return torch.cat(out)

@@ -18,13 +18,13 @@ import torch
 from .. import guidance as guidance_values
 from ..codes import load_code_maps
 from ..config import DataSection
-from ..datasets import load_split, split_holdout, to_float
+from ..datasets import load_split, split_holdout
 from ..guidance import Guidance
 from ..models.quantizer import degenerate_code
 from ..runtime import Reporter
 from .classifier import PRIMARY, load_spaces
 from .frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, kernel_self_term, precision_recall
-from .likelihood import nll_bits_per_code
+from .likelihood import decoder_bits_per_image, nll_bits_per_code
 from .reconstruction import reconstruction_metrics
 from .verdict import sample_defects, verdict
 
@@ -46,29 +46,6 @@ def class_counts(n: int, labels: torch.Tensor, num_classes: int) -> list[int]:
     rest = n - int(counts.sum())
     counts[torch.argsort(exact - counts, descending=True, stable=True)[:rest]] += 1
     return counts.tolist()
-
-
-def pixel_bits(images: torch.Tensor, means: torch.Tensor, sigma: float) -> torch.Tensor:
-    """-log2 p(images | means) per image: each pixel's 256 levels under a Gaussian of std `sigma` around
-    the mean (in [0, 1]; uint8 means are read as v/255), discretised to the level's bin, the end bins open."""
-    v = images.double()
-    mean = means.double() / 255 if means.dtype == torch.uint8 else means.double().clamp(0, 1)
-    normal = torch.distributions.Normal(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64))
-    upper = torch.where(v >= 255, torch.full_like(v, math.inf), (v + 0.5) / 255)
-    lower = torch.where(v <= 0, torch.full_like(v, -math.inf), (v - 0.5) / 255)
-    p = normal.cdf((upper - mean.to(v.device)) / sigma) - normal.cdf((lower - mean.to(v.device)) / sigma)
-    return -p.clamp_min(1e-12).log2().flatten(1).sum(1).cpu()
-
-
-@torch.no_grad()
-def decoder_bits_per_image(vqvae, images: torch.Tensor, sigma: float, device: torch.device) -> torch.Tensor:
-    """-log2 p(x | z(x)) per image under the discretised Gaussian around the decoder's output."""
-    out = []
-    for i in range(0, len(images), 1000):
-        x = images[i : i + 1000]
-        mean = vqvae.decode(vqvae.encode(to_float(x).to(device)))
-        out.append(pixel_bits(x.to(device), mean, sigma))
-    return torch.cat(out)
 
 
 def evaluate_run(
