@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_args
 from typer.testing import CliRunner
 

@@ -8,6 +8,7 @@ any other region is filled by Metropolis-Hastings over the prior's exact joint l
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 
