@@ -87,8 +87,9 @@ def test_a_source_checkout_runs_the_command_with_no_install_step(tmp_path):
 
 
 def _module_imports() -> dict[str, set[str]]:
-    """vqprior's modules and the vqprior modules each imports when it is loaded (top-level imports, not those inside
-    functions or under TYPE_CHECKING)."""
+    """vqprior's modules (the stage programs as vqprior.stages.*) and the vqprior modules each one imports anywhere:
+    at module level, inside functions (lazy) and under TYPE_CHECKING alike, so a circle cannot hide in a deferred
+    import."""
     import ast
     from pathlib import Path
 
@@ -99,11 +100,13 @@ def _module_imports() -> dict[str, set[str]]:
             continue
         parts = path.relative_to(root.parent).with_suffix("").parts
         names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for path in (root.parent / "stages").glob("*.py"):
+        names["vqprior.stages" if path.stem == "__init__" else f"vqprior.stages.{path.stem}"] = path
     graph = {}
     for name, path in names.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         found = set()
-        for node in ast.parse(path.read_text()).body:  # module level only
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 base = package.split(".")
                 if node.level:
@@ -125,6 +128,15 @@ def test_the_import_graph_has_no_circle_and_nothing_imports_the_package_top():
     assert "vqprior.run_folder" in graph and "vqprior.artifacts" in graph["vqprior.run_folder"]
     up = sorted(m for m, targets in graph.items() if "vqprior" in targets and m != "vqprior")
     assert not up, f"modules that import the package's __init__ (an arrow back up): {up}"
+    # the layers: the façade (api.Run) is used only by what adapts it; the command line and the page by nothing in
+    # the library; the config is plain data that knows no folders
+    adapters = ("vqprior.cli", "vqprior.serve", "vqprior.evaluation.run_eval")
+    users = {m for m, targets in graph.items() if "vqprior.api" in targets} - {"vqprior"}
+    assert all(m.startswith(adapters) for m in users), f"below the façade but importing it: {sorted(users)}"
+    for top in ("vqprior.cli", "vqprior.serve"):
+        users = {m for m, targets in graph.items() if any(t.startswith(top) for t in targets)}
+        assert all(m.startswith(("vqprior.cli", "vqprior.serve", "vqprior.__main__")) for m in users), sorted(users)
+    assert not {t for t in graph["vqprior.config"] if t.startswith(("vqprior.run_folder", "vqprior.artifacts"))}
     state: dict[str, int] = {}
 
     def visit(m, path):

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import GumbelNoise, Prior
-from .gated_pixelcnn_sampler import draw_cached, gate
+from .gated_pixelcnn_sampler import draw_cached
+from .layers import OutputHead, gate
 
 
 class GatedLayer(nn.Module):
@@ -62,9 +63,7 @@ class GatedPixelCNN(Prior):
         self.embed = nn.Embedding(codebook_size, channels)
         self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_classes, first=i == 0) for i in range(layers))
         # per-position output head (Linear on channels-last == 1x1 convolution)
-        self.head = nn.Sequential(
-            nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, codebook_size)
-        )
+        self.head = OutputHead(channels, codebook_size)
 
     def features(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """codes [B, H, W] -> last horizontal-stack features [B, C, H, W]."""

@@ -8,26 +8,16 @@ reference sampler (`Prior.draw`), so both return the same maps for the same seed
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-from .base import GumbelNoise
-
-if TYPE_CHECKING:  # the model imports this module, never the other way round
-    from .gated_pixelcnn import GatedPixelCNN
-
-
-def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """The gated activation tanh(a) * sigmoid(b) over the two halves of `dim` (the model's layers use it too)."""
-    a, b = x.chunk(2, dim)
-    return torch.tanh(a) * torch.sigmoid(b)
+from .base import GumbelNoise, Prior
+from .layers import gate
 
 
 @torch.no_grad()
 def draw_cached(
-    model: GatedPixelCNN,
+    model: Prior,  # a GatedPixelCNN (which imports this module, never the other way round)
     codes: torch.Tensor,
     cond: torch.Tensor | None,
     start: int,
@@ -63,7 +53,6 @@ def draw_cached(
         base_bias.append((b + ch[:, None, :] if ch is not None else b).contiguous())
     row_bias = list(base_bias)
 
-    head = model.head  # ReLU, Linear, ReLU, Linear on channels
     for i in range(height):
         if (i + 1) * width <= start:  # a given row: nothing to draw, its horizontal stack feeds no later row
             _advance_vertical(model, layers, codes[:, i], v_window, v_mat, v_to_h_mat, cond_v, base_bias, row_bias, k2)
@@ -86,10 +75,7 @@ def draw_cached(
             if i * width + j < start:
                 code = codes[:, i, j]
             else:
-                logits = F.linear(
-                    F.linear(out.relu(), head[1].weight, head[1].bias).relu_(), head[3].weight, head[3].bias
-                )
-                code = noise.draw(logits, temperature, i * width + j)
+                code = noise.draw(model.head(out), temperature, i * width + j)
                 codes[:, i, j] = code
             h_cols[0].append(model.embed(code))
         if i + 1 == height:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import GumbelNoise, Prior
-from .pixel_rnn_sampler import draw_diagonal_bilstm, draw_row_lstm, lstm_cell
+from .layers import OutputHead, lstm_cell
+from .pixel_rnn_sampler import draw_diagonal_bilstm, draw_row_lstm
 
 
 class _RecurrentPrior(Prior):
@@ -38,9 +39,7 @@ class _RecurrentPrior(Prior):
             raise ValueError(f"layers and channels must be >= 1, got {layers} and {channels}")
         self.codebook_size, self.num_classes = codebook_size, num_classes
         self.embed = nn.Embedding(codebook_size, channels)
-        self.head = nn.Sequential(
-            nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, codebook_size)
-        )
+        self.head = OutputHead(channels, codebook_size)
 
     def features(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         x = self.embed(codes).permute(0, 3, 1, 2)

@@ -10,27 +10,10 @@ Both take the Gumbel noise in the naive sampler's order, so they return the same
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-import torch.nn.functional as F
 
-from .base import GumbelNoise
-
-if TYPE_CHECKING:  # the models import this module, never the other way round
-    from .pixel_rnn import DiagonalBiLSTM, RowLSTM
-
-
-def lstm_cell(gates: torch.Tensor, cell: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """gates [.., 4C, ..] (input, forget, output, candidate along dim), previous cell -> (hidden, cell)."""
-    i, f, o, g = gates.chunk(4, dim)
-    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(cell), cell
-
-
-def _head(model, features: torch.Tensor) -> torch.Tensor:
-    head = model.head  # ReLU, Linear, ReLU, Linear on channels
-    return F.linear(F.linear(features.relu(), head[1].weight, head[1].bias).relu_(), head[3].weight, head[3].bias)
+from .base import GumbelNoise, Prior
+from .layers import lstm_cell
 
 
 def _input_bias(layer, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -42,14 +25,14 @@ def _place(codes, i, j, start, model, features, noise, temperature) -> torch.Ten
     """The code at (i, j): given when before `start`, else drawn from the logits of `features` and written."""
     if i * codes.shape[2] + j < start:
         return codes[:, i, j]
-    code = noise.draw(_head(model, features), temperature, i * codes.shape[2] + j)
+    code = noise.draw(model.head(features), temperature, i * codes.shape[2] + j)
     codes[:, i, j] = code
     return code
 
 
 @torch.no_grad()
 def draw_row_lstm(
-    model: RowLSTM, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
+    model: Prior, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
 ) -> torch.Tensor:
     batch, height, width = codes.shape
     layers = list(model.layers)
@@ -90,7 +73,7 @@ def draw_row_lstm(
 
 @torch.no_grad()
 def draw_diagonal_bilstm(
-    model: DiagonalBiLSTM,
+    model: Prior,
     codes: torch.Tensor,
     cond: torch.Tensor | None,
     start: int,
