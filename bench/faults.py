@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import tiny_args  # noqa: E402
 from faults import fill, remount_readonly, small_disk  # noqa: E402
 
+from vqprior.run_folder import RunFolder  # noqa: E402
+
 EXTRA = ["--set", "sample.per_class=1", "--set", "run.checkpoint_every=2", "--set", "data.train_limit=3000"]
 
 
@@ -51,12 +53,12 @@ def leftovers(run_dir: Path) -> list[str]:
 
 def same_as(run_dir: Path, reference: Path) -> bool:
     try:
-        for stage, name in ((1, "vqvae.safetensors"), (3, "prior.safetensors")):
-            if (run_dir / f"stage{stage}" / name).read_bytes() != (reference / f"stage{stage}" / name).read_bytes():
+        run, ref = RunFolder(run_dir), RunFolder(reference)
+        for stage in (1, 3):
+            if run.weights(stage).read_bytes() != ref.weights(stage).read_bytes():
                 return False
         return np.array_equal(
-            np.load(run_dir / "stage4" / "samples.npz")["images"],
-            np.load(reference / "stage4" / "samples.npz")["images"],
+            np.load(run.stage(4) / "samples.npz")["images"], np.load(ref.stage(4) / "samples.npz")["images"]
         )
     except FileNotFoundError:
         return False
@@ -128,7 +130,7 @@ def distributed_faults(work: Path, rank_timeout: float) -> list[bool]:
     copy_stages(reference, out / "t", 3)
     long = ["--set", "prior.epochs=6"]
     procs = two_nodes(out, "run-stage", "3", port=free_port(), extra=long)
-    ckpt = out / "t" / ".checkpoints" / "stage3.pt"
+    ckpt = RunFolder(out / "t").checkpoint(3)
     deadline = time.monotonic() + 120
     while not ckpt.exists() and time.monotonic() < deadline and all(p.poll() is None for p in procs):
         time.sleep(0.05)
@@ -143,15 +145,12 @@ def distributed_faults(work: Path, rank_timeout: float) -> list[bool]:
     copy_stages(reference, ref_long / "t", 3)
     wait_all(two_nodes(ref_long, "run-stage", "3", port=free_port(), extra=long), 600)
     again, _ = wait_all(two_nodes(out, "run-stage", "3", port=free_port(), extra=long), 600)
-    weights = sorted(p.name for p in (ref_long / "t" / "stage3").glob("*.safetensors"))
+    resumed, whole = RunFolder(out / "t").stage(3), RunFolder(ref_long / "t").stage(3)
+    weights = sorted(p.name for p in whole.glob("*.safetensors"))
     same = (
         bool(weights)
         and all(r.returncode == 0 for r in again)
-        and all(
-            (out / "t" / "stage3" / n).is_file()
-            and (out / "t" / "stage3" / n).read_bytes() == (ref_long / "t" / "stage3" / n).read_bytes()
-            for n in weights
-        )
+        and all((resumed / n).is_file() and (resumed / n).read_bytes() == (whole / n).read_bytes() for n in weights)
     )
     ok = in_time and len(errors) == 1 and "lost contact" in errors[0] and same and left in ([], ["stage3.pt"])
     print(f"{'SIGKILL of rank 1 (2 nodes), stage 3':34s} | every rank stopped {stopped:.1f}s after the kill "
@@ -184,7 +183,7 @@ def distributed_faults(work: Path, rank_timeout: float) -> list[bool]:
 
 def copy_stages(reference: Path, run_dir: Path, below: int) -> None:
     for s in range(1, below):
-        shutil.copytree(reference / f"stage{s}", run_dir / f"stage{s}")
+        shutil.copytree(RunFolder(reference).stage(s), RunFolder(run_dir).stage(s))
 
 
 def main() -> int:
@@ -248,7 +247,7 @@ def main() -> int:
     with small_disk(work / "ro", 65536) as disk:
         if disk is not None:
             shutil.copytree(reference, disk / "t")
-            shutil.rmtree(disk / "t" / "stage4")
+            shutil.rmtree(RunFolder(disk / "t").stage(4))
             if remount_readonly(disk):
                 result = vqprior(disk, "run")
                 left = leftovers(disk / "t")

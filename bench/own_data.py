@@ -28,6 +28,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from vqprior.datasets.mnist import load_mnist_offline  # noqa: E402
+from vqprior.run_folder import RunFolder  # noqa: E402
 
 NAMES = "zero one two three four five six seven eight nine".split()
 
@@ -74,7 +75,7 @@ def pipeline(name: str, out_dir: Path, sets: list[str], eval_args: list[str]) ->
     run_s = timed_run(run_cmd, out_dir / f"{name}-run.log")
     print("$ " + " ".join(eval_cmd), flush=True)
     eval_s = timed_run(eval_cmd, out_dir / f"{name}-eval.log")
-    result = json.loads((out_dir / name / "eval" / "eval.json").read_text())
+    result = json.loads(RunFolder(out_dir / name).eval_json.read_text())
     samples = result["samples"]
     row = {
         "name": name,

@@ -32,6 +32,7 @@ from vqprior.config import PRIOR_KINDS  # noqa: E402
 from vqprior.config_files import load_config  # noqa: E402
 from vqprior.evaluation.run_eval import evaluate_run  # noqa: E402
 from vqprior.optimizer import scaled_lr  # noqa: E402
+from vqprior.run_folder import RunFolder  # noqa: E402
 from vqprior.runtime import Runtime  # noqa: E402
 from vqprior.stages import s3_prior  # noqa: E402
 
@@ -74,15 +75,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="artifacts/kinds")
     args = ap.parse_args()
-    source = Path(args.run)
-    stage2 = load_json(source / "stage2" / "manifest.json")
-    train = load_code_maps(source / "stage2", stage2, "train")
+    source = RunFolder(args.run)
+    stage2 = load_json(source.manifest_file(2))
+    train = load_code_maps(source.stage(2), stage2, "train")
     codes, labels = train.tensors(torch.device("cpu"))
     num_classes = len(stage2["class_names"]) if stage2.get("class_names") else 0
     if args.seconds is None:
-        args.seconds = sum(e["train_seconds"] for e in load_json(source / "stage3" / "metrics.json")["epochs"])
+        args.seconds = sum(e["train_seconds"] for e in load_json(source.metrics_file(3))["epochs"])
     print(
-        f"# threads={pin_threads(args.threads)} torch {torch.__version__}; codes of {source}; {args.seconds:.0f} s of "
+        f"# threads={pin_threads(args.threads)} torch {torch.__version__}; codes of {source.path}; {args.seconds:.0f} s of "
         f"stage-3 training per kind; {args.n} samples vs the test split",
         flush=True,
     )
@@ -93,7 +94,7 @@ def main() -> None:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         for stage in (1, 2):
-            shutil.copytree(source / f"stage{stage}", run_dir / f"stage{stage}")
+            shutil.copytree(source.stage(stage), RunFolder(run_dir).stage(stage))
         cfg = load_config(
             overrides=[
                 f"prior.kind={kind}",
@@ -107,7 +108,7 @@ def main() -> None:
         started = time.perf_counter()
         s3_prior.run(cfg, rt=Runtime.setup(cfg.run))
         stage3_seconds = time.perf_counter() - started
-        trained = sum(e["train_seconds"] for e in load_json(run_dir / "stage3" / "metrics.json")["epochs"])
+        trained = sum(e["train_seconds"] for e in load_json(RunFolder(run_dir).metrics_file(3))["epochs"])
         ev, _ = evaluate_run(run_dir, args.n, cfg.sample.temperature, "test", seed=0, guidance=cfg.sample.guidance)
         s = ev["samples"]
         worst = (

@@ -47,7 +47,8 @@ def run_stages(cfg, stages) -> dict[int, float]:
         module = STAGES[stage]
         if not RunFolder(cfg.run_dir()).is_current(stage, module.fingerprint(cfg)):
             module.run(cfg, rt=rt)
-    return {s: load_json(cfg.run_dir() / f"stage{s}" / "manifest.json")["timings_s"]["total"] for s in stages}
+    run = RunFolder(cfg.run_dir())
+    return {s: load_json(run.manifest_file(s))["timings_s"]["total"] for s in stages}
 
 
 def recon_fd_ratio(run_dir: Path) -> float:

@@ -24,10 +24,11 @@ from common import pin_threads, timed  # noqa: E402
 from vqprior.config import Config  # noqa: E402
 from vqprior.models.priors.base import GumbelNoise, sample  # noqa: E402
 from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN  # noqa: E402
+from vqprior.run_folder import RunFolder  # noqa: E402
 
 
 def load_model(run: Path) -> tuple[GatedPixelCNN, str]:
-    if (run / "stage3" / "manifest.json").is_file():
+    if RunFolder(run).finished(3):
         from vqprior.restore import load_prior
 
         return load_prior(run, needed_by=4, device=torch.device("cpu")).model, f"trained prior from {run}"

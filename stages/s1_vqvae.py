@@ -17,7 +17,7 @@ from vqprior.models.quantizer import code_usage, degenerate_code
 from vqprior.models.vqvae import VQVAE, build_vqvae
 from vqprior.optimizer import scaled_lr
 from vqprior.report.progress import ProgressWriter
-from vqprior.run_folder import RunFolder
+from vqprior.run_folder import CONFIG, METRICS, WEIGHTS, RunFolder
 from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
 from vqprior.training import Trainer
 
@@ -80,7 +80,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError("nothing to train: encoder and decoder both have trainable = false; unfreeze the decoder")
-    k = cfg.vqvae.codebook_size
+    k = model.quantizer.codebook_size
     batch = cfg.vqvae.batch_size
     trainer = Trainer(
         stage=1,
@@ -145,9 +145,9 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
 
     if rt.is_main:
         with run_folder.writing_stage(1) as out:
-            save_weights(out / "vqvae.safetensors", model)
+            save_weights(out / WEIGHTS[1], model)
             save_json(
-                out / "config.json",
+                out / CONFIG,
                 {
                     "vqvae": constructor,
                     "data": cfg.data.model_dump(mode="json"),
@@ -155,7 +155,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
                     "config": cfg.model_dump(mode="json"),
                 },
             )
-            save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
+            save_json(out / METRICS, {"epochs": history, "final": history[-1]})
             save_image(pairs, out / "reconstructions.png", nrow=per_row, padding=2, pad_value=0.5)
             progress.finish(out, "reconstructions.gif")
             run_folder.write_manifest(

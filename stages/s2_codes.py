@@ -18,7 +18,7 @@ from vqprior.datasets import SPLITS, load_split, to_float, training_split
 from vqprior.errors import disk_full, ensure_free
 from vqprior.models.quantizer import code_usage, degenerate_code
 from vqprior.restore import load_vqvae
-from vqprior.run_folder import RunFolder
+from vqprior.run_folder import WEIGHTS, RunFolder
 from vqprior.runtime import Reporter, Runtime, batches
 
 ENCODE_BATCH = 1000
@@ -43,7 +43,7 @@ def create_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
 
 def fingerprint(cfg: Config) -> dict | None:
     """Stage 2's outputs depend only on stage 1's weights (and the data stage 1 recorded)."""
-    vqvae = RunFolder(cfg.run_dir()).output_sha(1, "vqvae.safetensors")
+    vqvae = RunFolder(cfg.run_dir()).output_sha(1, WEIGHTS[1])
     return None if vqvae is None else {"vqvae": vqvae}
 
 

@@ -19,7 +19,7 @@ from vqprior.models.vqvae import decode_images
 from vqprior.optimizer import WeightEMA, scaled_lr
 from vqprior.report.progress import ProgressWriter
 from vqprior.restore import load_vqvae
-from vqprior.run_folder import RunFolder
+from vqprior.run_folder import CONFIG, METRICS, WEIGHTS, RunFolder
 from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
 from vqprior.training import Trainer
 
@@ -80,7 +80,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
             f"K={vq.model.quantizer.codebook_size} on {vq.grid[0]}x{vq.grid[1]}; run `vqprior run-stage 2` again"
         )
     ema = WeightEMA(model, cfg.prior.ema_decay) if cfg.prior.ema_decay else None
-    final = ema.module if ema is not None else model  # what is evaluated, sampled from and saved as prior.safetensors
+    final = ema.module if ema is not None else model  # what is evaluated, sampled from and saved as the prior's weights
     batch = cfg.prior.batch_size
     # the Trainer comes last: resuming restores the random generators, nothing may draw from them after it
     trainer = Trainer(
@@ -164,11 +164,11 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
 
     if rt.is_main:
         with run_folder.writing_stage(3) as out:
-            save_weights(out / "prior.safetensors", final)
+            save_weights(out / WEIGHTS[3], final)
             if ema is not None:
                 save_weights(out / "prior_last.safetensors", model)
             save_json(
-                out / "config.json",
+                out / CONFIG,
                 {
                     "prior": resolved,
                     "grid": list(grid),
@@ -176,7 +176,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
                     "config": cfg.model_dump(mode="json"),
                 },
             )
-            save_json(out / "metrics.json", {"epochs": history, "final": history[-1]})
+            save_json(out / METRICS, {"epochs": history, "final": history[-1]})
             progress.finish(out, "samples.gif")
             inputs = {Path(name).stem: folder / name for name in CODE_FILES if (folder / name).is_file()}
             inputs["vqvae"] = vq.weights

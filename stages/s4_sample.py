@@ -22,7 +22,7 @@ from vqprior.models.vqvae import decode_images
 from vqprior.report.progress import write_gif
 from vqprior.report.sheets import labelled_sheet
 from vqprior.restore import check_prior_fits, load_prior, load_vqvae
-from vqprior.run_folder import RunFolder
+from vqprior.run_folder import WEIGHTS, RunFolder
 from vqprior.runtime import Reporter, Runtime
 from vqprior.soft_labels import class_mix, class_morph
 
@@ -61,7 +61,7 @@ def check_size(cfg: Config, total: int, grid: tuple[int, int], image_shape: tupl
 def fingerprint(cfg: Config) -> dict | None:
     """What stage 4's outputs depend on: the sampling settings, the seed, and the trained prior and VQ-VAE."""
     run_folder = RunFolder(cfg.run_dir())
-    prior, vqvae = run_folder.output_sha(3, "prior.safetensors"), run_folder.output_sha(1, "vqvae.safetensors")
+    prior, vqvae = run_folder.output_sha(3, WEIGHTS[3]), run_folder.output_sha(1, WEIGHTS[1])
     if prior is None or vqvae is None:
         return None
     return {"sample": cfg.sample.model_dump(mode="json"), "seed": cfg.run.seed, "prior": prior, "vqvae": vqvae}

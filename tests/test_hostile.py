@@ -319,8 +319,24 @@ VALUE_CASES = [
     ),
     (
         "saved-vqvae-codebook-10^12",
-        lambda r: forge_config(r, lambda c: c["vqvae"]["quantizer"].__setitem__("codebook_size", 10**12), 1),
+        lambda r: forge_config(r, lambda c: c["vqvae"]["quantizer"]["params"].__setitem__("codebook_size", 10**12), 1),
         "codebook_size",
+    ),
+    (
+        "saved-vqvae-codebook-10^12-as-runs-saved-it-before-quantizers-were-components",
+        lambda r: forge_config(
+            r,
+            lambda c: c["vqvae"].__setitem__(
+                "quantizer", {**c["vqvae"]["quantizer"]["params"], "codebook_size": 10**12}
+            ),
+            1,
+        ),
+        "codebook_size",
+    ),
+    (
+        "saved-quantizer-of-a-wrong-shape",
+        lambda r: forge_config(r, lambda c: c["vqvae"]["quantizer"].__setitem__("params", [1, 2]), 1),
+        "quantizer must be",
     ),
     (
         "saved-guidance-1e6",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -18,13 +21,58 @@ def finished_stage(run: RunFolder, stage: int, config: dict, inputs: dict | None
         run.write_manifest(out, stage, inputs or {}, {}, {"total": 1.0}, {"seed": 0})
 
 
-def test_the_layout_is_named_in_one_place(tmp_path):
+# the run folder's names: files (anywhere in a string) and folders (as a path part built with "/")
+LAYOUT_FILES = ("eval.json", "manifest.json", "vqvae.safetensors", "prior.safetensors", "config.json", "metrics.json")
+LAYOUT_FOLDERS = ("eval", "results", "complete", "score", "generated", ".checkpoints", "progress", "tensorboard")
+
+
+def _layout_literals(path: Path) -> list[str]:
+    """Places in one Python file that type out a name of the run folder's layout (docstrings aside)."""
+    tree = ast.parse(path.read_text())
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    file_name = re.compile(r"(?<![\w.])(%s)(?![\w])" % "|".join(map(re.escape, LAYOUT_FILES)))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            if file_name.search(node.value):
+                found.append(f"{path.name}:{node.lineno} {node.value[:50]!r}")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):  # path / "eval", path / f"stage{n}"
+            right = node.right
+            if isinstance(right, ast.JoinedStr) and right.values and isinstance(right.values[0], ast.Constant):
+                right = right.values[0]
+            if isinstance(right, ast.Constant) and isinstance(right.value, str):
+                if right.value in LAYOUT_FOLDERS or re.match(r"stage\d?$", right.value):
+                    found.append(f"{path.name}:{node.lineno} / {right.value!r}")
+    return found
+
+
+def test_no_module_but_run_folder_types_out_a_name_of_the_layout(tmp_path):
+    """eval.json, manifests, weights, results/, complete/, score/ ...: RunFolder names them, everything else (the
+    library, the stage programs, bench/) asks it. The scan itself is checked on a file that breaks the rule."""
+    root = Path(__file__).resolve().parents[1]
+    files = [p for p in (root / "vqprior").rglob("*.py") if "stages" not in p.relative_to(root / "vqprior").parts]
+    files += [*(root / "stages").glob("*.py"), *(root / "bench").glob("*.py")]
+    owner = root / "vqprior" / "run_folder.py"
+    assert owner in files and len(files) > 60
+    found = [hit for f in files if f != owner for hit in _layout_literals(f)]
+    assert not found, f"layout names typed out outside RunFolder: {found}"
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        '"""eval.json in a docstring is fine."""\n'
+        'a = run / "eval" / "eval.json"\n'
+        'b = f"{run}/stage2/manifest.json"\n'
+        'c = run / f"stage{s}"\n'
+        'd = ("metrics.jsonl", "complete")\n'
+    )
+    assert sorted(h.split()[0] for h in _layout_literals(bad)) == ["bad.py:2", "bad.py:2", "bad.py:3", "bad.py:4"]
     run = RunFolder(tmp_path / "r")
-    assert run.stage(3) == tmp_path / "r" / "stage3"
-    assert run.checkpoint(1) == tmp_path / "r" / ".checkpoints" / "stage1.pt"
-    assert run.progress(3) == tmp_path / "r" / "progress" / "stage3"
-    assert run.eval_results == tmp_path / "r" / "eval" / "results"
-    assert run.report == tmp_path / "r" / "report.html"
+    assert run.stage(3) == tmp_path / "r" / "stage3" and run.weights(3).parent == run.stage(3)
+    assert run.eval_json.parent == run.eval_results.parent == run.eval
     assert not run.finished(1) and run.manifest(1) is None and run.output_sha(1, "config.json") is None
 
 

@@ -335,7 +335,7 @@ class Run:
         sigma = sigma.get("decoder_sigma") if isinstance(sigma, dict) else None
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 1e-4 <= sigma <= 1:
             raise UserError(
-                f"{self.run_folder.eval / 'eval.json'}: prior.decoder_sigma must be a number in 0.0001..1, got {sigma!r}; run `vqprior eval` again"
+                f"{self.run_folder.eval_json}: prior.decoder_sigma must be a number in 0.0001..1, got {sigma!r}; run `vqprior eval` again"
             )
         return float(sigma)
 

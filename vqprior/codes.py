@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
+from .run_folder import MANIFEST
 
 
 class SplitInfo(BaseModel):
@@ -49,9 +50,7 @@ def codes_manifest(manifest: dict, where: Path) -> CodesManifest:
     except ValidationError as e:
         first = e.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise UserError(
-            f"{Path(where) / 'manifest.json'}: {key}: {first['msg']}; run `vqprior run-stage 2` again"
-        ) from None
+        raise UserError(f"{Path(where) / MANIFEST}: {key}: {first['msg']}; run `vqprior run-stage 2` again") from None
 
 
 def code_dtype(codebook_size: int) -> np.dtype:
@@ -78,7 +77,7 @@ def load_code_maps(folder: Path, manifest: dict, split: str) -> CodeMaps:
     """Open stage 2's code maps for a split and check them against its manifest (K, grid, dtype, count)."""
     info_all = codes_manifest(manifest, folder)
     if split not in info_all.splits:
-        raise UserError(f"{Path(folder) / 'manifest.json'} has no {split!r} split; run `vqprior run-stage 2` again")
+        raise UserError(f"{Path(folder) / MANIFEST} has no {split!r} split; run `vqprior run-stage 2` again")
     path = Path(folder) / f"{split}_codes.npy"
     try:
         codes = np.load(path, mmap_mode="r", allow_pickle=False)

@@ -135,11 +135,13 @@ class VQVAESection(Section):
     # K: number of codes. 128 (3 epochs) brings reconstructions to the real-data floor; 64 leaves them at ~3x (README)
     codebook_size: int = Field(128, ge=2, le=65536)
     # how latents become codes: "ema_vq" (K learned code vectors, EMA k-means with dead-code re-seeding) or "fsq"
-    # (finite scalar quantization: a fixed grid of rounded values, nothing to collapse; K = the product of fsq_levels)
-    quantizer: str = "ema_vq"
+    # (finite scalar quantization: a fixed grid of rounded values, nothing to collapse; K = the product of fsq_levels),
+    # or any quantizer as {target, params} (a registry name, or your own class with --trust-code); the two names take
+    # their params from the shorthand keys below (ema_decay, commitment, dead_code_threshold; fsq_levels)
+    quantizer: str | Component = "ema_vq"
     # fsq only: values per dimension; [8, 4, 4] = 128 codes like the default codebook, [8, 5, 5, 5] = 1000
     fsq_levels: list[Annotated[int, Field(ge=2, le=256)]] = Field(
-        default_factory=lambda: [8, 4, 4], min_length=1, max_length=8
+        default_factory=lambda: list(BUILTINS["fsq"].defaults["levels"]), min_length=1, max_length=8
     )
     # D: size of each code vector
     code_dim: int = Field(32, ge=1, le=4096)
@@ -148,12 +150,12 @@ class VQVAESection(Section):
     # reconstruction likelihood: "bce" (Bernoulli on pixel intensities) gives sharp strokes: reconstruction FD/floor
     # 0.60 against 6.3 for "mse" (Gaussian) at K=128, 3 epochs (README numbers)
     likelihood: Literal["mse", "bce"] = "bce"
-    # beta: pulls encoder outputs towards their codes (the codebook itself moves by EMA, not by gradient)
-    commitment: float = Field(0.25, ge=0)
-    # EMA decay of code statistics; lower adapts faster, higher is smoother
-    ema_decay: float = Field(0.99, gt=0, lt=1)
-    # a code whose EMA usage count falls below this is re-seeded from a random encoder output
-    dead_code_threshold: float = Field(1.0, ge=0)
+    # ema_vq: beta, pulls encoder outputs towards their codes (the codebook itself moves by EMA, not by gradient)
+    commitment: float = Field(BUILTINS["ema_vq"].defaults["commitment"], ge=0)
+    # ema_vq: EMA decay of code statistics; lower adapts faster, higher is smoother
+    ema_decay: float = Field(BUILTINS["ema_vq"].defaults["decay"], gt=0, lt=1)
+    # ema_vq: a code whose EMA usage count falls below this is re-seeded from a random encoder output
+    dead_code_threshold: float = Field(BUILTINS["ema_vq"].defaults["dead_code_threshold"], ge=0)
     # the third epoch takes reconstructions from ~1.3x to ~1.0x the floor (README numbers)
     epochs: int = Field(3, ge=1)
     # the same on every device: the GPU batch sizes tried (VQ-VAE 512, prior 1024, lr scaled) gave samples at 8.3x
@@ -164,10 +166,27 @@ class VQVAESection(Section):
 
     @field_validator("quantizer")
     @classmethod
-    def _known_quantizer(cls, name: str) -> str:
-        if name not in registry_names("quantizer"):
-            raise ValueError(f"unknown quantizer {name!r}; choose one of {', '.join(registry_names('quantizer'))}")
-        return name
+    def _known_quantizer(cls, quantizer: str | Component) -> str | Component:
+        if isinstance(quantizer, str) and quantizer not in registry_names("quantizer"):
+            raise ValueError(
+                f"unknown quantizer {quantizer!r}; choose one of {', '.join(registry_names('quantizer'))} or give "
+                f"{{target, params}}"
+            )
+        return quantizer
+
+    def quantizer_component(self) -> Component:
+        """The quantizer as {target, params}: as given, or a registry name with its params (ema_vq and fsq: from the
+        shorthand keys of this section; any other built-in: its registry defaults)."""
+        if isinstance(self.quantizer, Component):
+            return self.quantizer
+        if self.quantizer == "ema_vq":
+            params = {"decay": self.ema_decay, "commitment": self.commitment}
+            params["dead_code_threshold"] = self.dead_code_threshold
+        elif self.quantizer == "fsq":
+            params = {"levels": list(self.fsq_levels)}
+        else:
+            params = dict(BUILTINS[self.quantizer].defaults)
+        return Component(target=self.quantizer, params=params)
 
     @model_validator(mode="after")
     def _fsq_codebook_size(self) -> "VQVAESection":

@@ -28,9 +28,15 @@ BUILTINS: dict[str, Builtin] = {
     "gated_pixelcnn": Builtin(
         "vqprior.models.priors.gated_pixelcnn:GatedPixelCNN", "prior", {"channels": 64, "layers": 8, "kernel": 3}
     ),
-    # how latents become codes (vqvae.quantizer): learned codes with EMA updates, or a fixed grid (vqprior/models/fsq.py)
-    "ema_vq": Builtin("vqprior.models.quantizer:VectorQuantizer", "quantizer"),
-    "fsq": Builtin("vqprior.models.fsq:FSQ", "quantizer"),
+    # how latents become codes (vqvae.quantizer): learned codes with EMA updates (decay 0.99 and commitment 0.25 as in
+    # the VQ-VAE paper's EMA variant; a code used less than once per batch, on average, is re-seeded), or a fixed grid
+    # (vqprior/models/fsq.py; [8, 4, 4] = 128 codes, like the default codebook)
+    "ema_vq": Builtin(
+        "vqprior.models.quantizer:VectorQuantizer",
+        "quantizer",
+        {"decay": 0.99, "commitment": 0.25, "dead_code_threshold": 1.0},
+    ),
+    "fsq": Builtin("vqprior.models.fsq:FSQ", "quantizer", {"levels": [8, 4, 4]}),
     # the PixelRNN paper's recurrent priors (README, "Prior kinds", compares the three at equal training time)
     "row_lstm": Builtin("vqprior.models.priors.pixel_rnn:RowLSTM", "prior", {"channels": 64, "layers": 4, "kernel": 3}),
     "diagonal_bilstm": Builtin(

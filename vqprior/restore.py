@@ -30,8 +30,14 @@ def _size(value, low: int, high: int, what: str) -> int:
 
 
 def _check_quantizer(saved) -> None:
+    from .models.vqvae import quantizer_section
+
     if not isinstance(saved, dict):
         raise ValueError("quantizer must be a section")
+    saved = quantizer_section(saved)
+    if not isinstance(saved.get("target"), str) or not isinstance(saved.get("params"), dict):
+        raise ValueError("quantizer must be {target, params}")
+    saved = saved["params"]
     if "codebook_size" in saved:
         _size(saved["codebook_size"], 2, MAX_CODES, "quantizer.codebook_size")
     if "levels" in saved:
@@ -56,7 +62,7 @@ class TrainedVQVAE:
 
     @property
     def weights(self) -> Path:
-        return self.folder / "vqvae.safetensors"
+        return self.run.weights(1)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -85,25 +91,25 @@ class TrainedPrior:
 
     @property
     def weights(self) -> Path:
-        return self.folder / "prior.safetensors"
+        return self.run.weights(3)
 
 
 def load_vqvae(run: RunFolder | Path, needed_by: int | None, device: torch.device) -> TrainedVQVAE:
     run = as_run_folder(run)
-    folder, manifest = run.read_stage(1, needed_by)
+    _, manifest = run.read_stage(1, needed_by)
     constructor = run.saved(1).get("vqvae")
     if not isinstance(constructor, dict):
-        raise UserError(f"{folder / 'config.json'} has no 'vqvae' section; re-run stage 1")
+        raise UserError(f"{run.config_file(1)} has no 'vqvae' section; re-run stage 1")
     for part in ("encoder", "decoder"):
-        _component_section(constructor, part, folder)
+        _component_section(constructor, part, run.config_file(1))
     try:
         _check_quantizer(constructor.get("quantizer"))
         model = rebuild_vqvae(constructor)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(
-            f"{folder / 'config.json'} does not describe a VQ-VAE ({type(e).__name__}: {e}); re-run stage 1"
+            f"{run.config_file(1)} does not describe a VQ-VAE ({type(e).__name__}: {e}); re-run stage 1"
         ) from None
-    load_weights(folder / "vqvae.safetensors", model)
+    load_weights(run.weights(1), model)
     return TrainedVQVAE(model.to(device).eval(), run, manifest)
 
 
@@ -112,7 +118,7 @@ def load_prior(
 ) -> TrainedPrior:
     """The trained prior; with `vqvae`, also checked to model that VQ-VAE's codes (same K and grid)."""
     run = as_run_folder(run)
-    folder, manifest = run.read_stage(3, needed_by)
+    _, manifest = run.read_stage(3, needed_by)
     saved = run.saved(3)
     resolved = run.component(3, "prior")
     class_names = saved.get("class_names")
@@ -126,16 +132,16 @@ def load_prior(
         if "codebook_size" in params:
             _size(params["codebook_size"], 2, MAX_CODES, "prior.params.codebook_size")
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{folder / 'config.json'}: {e}; re-run stage 3") from None
+        raise UserError(f"{run.config_file(3)}: {e}; re-run stage 3") from None
     model = components.instantiate(resolved)
     if not isinstance(model, Prior):
-        raise UserError(f"{folder / 'config.json'}: {resolved['target']!r} is not a vqprior prior; re-run stage 3")
+        raise UserError(f"{run.config_file(3)}: {resolved['target']!r} is not a vqprior prior; re-run stage 3")
     if model.num_classes != len(class_names or []):
         raise UserError(
-            f"{folder / 'config.json'}: the prior knows {model.num_classes} classes but names "
+            f"{run.config_file(3)}: the prior knows {model.num_classes} classes but names "
             f"{len(class_names or [])}; re-run stage 3"
         )
-    load_weights(folder / "prior.safetensors", model)
+    load_weights(run.weights(3), model)
     prior = TrainedPrior(model.to(device).eval(), run, manifest, grid, class_names)
     if vqvae is not None:
         check_prior_fits(prior, vqvae)
@@ -152,12 +158,12 @@ def check_prior_fits(prior: TrainedPrior, vqvae: TrainedVQVAE) -> None:
         )
 
 
-def _component_section(saved, key: str, folder: Path) -> dict:
+def _component_section(saved, key: str, config_file: Path) -> dict:
     section = saved.get(key) if isinstance(saved, dict) else None
     if not (
         isinstance(section, dict)
         and isinstance(section.get("target"), str)
         and isinstance(section.get("params", {}), dict)
     ):
-        raise UserError(f"{folder / 'config.json'} has no valid {key!r} {{target, params}}; re-run that stage")
+        raise UserError(f"{config_file} has no valid {key!r} {{target, params}}; re-run that stage")
     return section

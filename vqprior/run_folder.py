@@ -5,9 +5,13 @@
     <run>/.checkpoints/         resume state of an interrupted training stage (stage1.pt, stage3.pt)
     <run>/progress/stage<N>/    a running stage's per-epoch lines and pictures
     <run>/eval/                 the latest evaluation (eval.json, samples.png) and results/<setting>.json
+    <run>/complete/, score/     what `vqprior complete` and `vqprior score` wrote last
+    <run>/generated/            what `vqprior generate` wrote without --out (numbered, never replaced)
     <run>/report.html, .lock
 
-`RunFolder` is the one place that knows these names. A stage writes into a hidden temporary folder that is
+`RunFolder` is the one place that knows these names (tests/test_run_folder.py greps the library, the stages and
+bench/ for any of them typed out elsewhere); code that writes a stage or an evaluation into a temporary folder
+names its files with the constants below. A stage writes into a hidden temporary folder that is
 renamed into place when everything is written, so a crash never leaves a half-written stage under its final
 name; later stages check its manifest before they read it. Saved settings (the data section, the sampling
 defaults, a stage's constructor arguments) are read from bytes whose sha256 matched the manifest, once per
@@ -43,7 +47,11 @@ from .errors import UserError
 from .run_lock import run_lock
 
 STAGE_NAMES = {1: "VQ-VAE", 2: "code maps", 3: "prior", 4: "samples"}
-MANIFEST = "manifest.json"
+MANIFEST = "manifest.json"  # every finished stage's: sha256 of its outputs and inputs, its fingerprint, its timings
+CONFIG = "config.json"  # stages 1 and 3: the resolved config and the model's saved constructor
+METRICS = "metrics.json"  # stages 1 and 3: the per-epoch history
+WEIGHTS = {1: "vqvae.safetensors", 3: "prior.safetensors"}
+EVAL_JSON, EVAL_SHEET, RESULTS = "eval.json", "samples.png", "results"  # inside <run>/eval/
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a stage's output: a file name, no folder, no '..'
 
 
@@ -60,6 +68,19 @@ class RunFolder:
     # ------------------------------------------------------------------ layout
     def stage(self, stage: int) -> Path:
         return self.path / f"stage{stage}"
+
+    def manifest_file(self, stage: int) -> Path:
+        return self.stage(stage) / MANIFEST
+
+    def config_file(self, stage: int) -> Path:
+        return self.stage(stage) / CONFIG
+
+    def metrics_file(self, stage: int) -> Path:
+        return self.stage(stage) / METRICS
+
+    def weights(self, stage: int) -> Path:
+        """The trained model's weights (stage 1: the VQ-VAE, stage 3: the prior)."""
+        return self.stage(stage) / WEIGHTS[stage]
 
     def checkpoint(self, stage: int) -> Path:
         return self.path / ".checkpoints" / f"stage{stage}.pt"
@@ -79,9 +100,30 @@ class RunFolder:
         return self.path / "eval"
 
     @property
+    def eval_json(self) -> Path:
+        """The headline evaluation."""
+        return self.eval / EVAL_JSON
+
+    @property
+    def eval_sheet(self) -> Path:
+        return self.eval / EVAL_SHEET
+
+    @property
     def eval_results(self) -> Path:
         """One evaluation per setting (n, temperature, guidance, reference, seed)."""
-        return self.eval / "results"
+        return self.eval / RESULTS
+
+    @property
+    def completions(self) -> Path:
+        return self.path / "complete"
+
+    @property
+    def scores(self) -> Path:
+        return self.path / "score"
+
+    @property
+    def generated(self) -> Path:
+        return self.path / "generated"
 
     @property
     def report(self) -> Path:
@@ -89,7 +131,7 @@ class RunFolder:
 
     def finished(self, stage: int) -> bool:
         """The stage has a manifest (it finished); read_stage says whether its files still check out."""
-        return (self.stage(stage) / MANIFEST).is_file()
+        return self.manifest_file(stage).is_file()
 
     # ------------------------------------------------------------------ writing
     def check(self) -> None:
@@ -215,7 +257,7 @@ class RunFolder:
         if not self.finished(stage):
             return None
         try:
-            return load_json_object(self.stage(stage) / MANIFEST)
+            return load_json_object(self.manifest_file(stage))
         except (UserError, OSError):
             return {}
 
@@ -225,7 +267,7 @@ class RunFolder:
         digest = digest.get(name) if isinstance(digest, dict) else None
         return digest if isinstance(digest, str) else None
 
-    def saved(self, stage: int, name: str = "config.json") -> dict:
+    def saved(self, stage: int, name: str = CONFIG) -> dict:
         """A JSON object a finished stage saved (its config.json by default), from bytes whose sha256 is the one in
         its verified manifest; read once per RunFolder."""
         key = (stage, name)
@@ -247,9 +289,7 @@ class RunFolder:
             and isinstance(section.get("target"), str)
             and isinstance(section.get("params", {}), dict)
         ):
-            raise UserError(
-                f"{self.stage(stage) / 'config.json'} has no valid {key!r} {{target, params}}; re-run stage {stage}"
-            )
+            raise UserError(f"{self.config_file(stage)} has no valid {key!r} {{target, params}}; re-run stage {stage}")
         return section
 
     def data(self):
@@ -262,7 +302,7 @@ class RunFolder:
             return DataSection.model_validate(self.saved(1).get("data"))
         except ValidationError as e:
             raise UserError(
-                f"{self.stage(1) / 'config.json'} has a data section that is not valid "
+                f"{self.config_file(1)} has a data section that is not valid "
                 f"({format_validation_error(e)}); re-run stage 1"
             ) from None
 
@@ -270,7 +310,7 @@ class RunFolder:
         """The class names stage 1 read from the data (None for an unlabelled dataset)."""
         names = self.saved(1).get("class_names")
         if names is not None and not (isinstance(names, list) and all(isinstance(n, (str, int)) for n in names)):
-            raise UserError(f"{self.stage(1) / 'config.json'}: class_names must be a list of names; re-run stage 1")
+            raise UserError(f"{self.config_file(1)}: class_names must be a list of names; re-run stage 1")
         return names
 
     def sampling(self) -> tuple[float, float | tuple[float, float]]:
@@ -278,7 +318,7 @@ class RunFolder:
         Checked like values a user passes (a forged 1e6 guidance is refused, not used)."""
         from .config import check_sampling
 
-        where = self.stage(3) / "config.json"
+        where = self.config_file(3)
         config = self.saved(3).get("config", {})
         sample_cfg = config.get("sample", {}) if isinstance(config, dict) else None
         if not isinstance(sample_cfg, dict):
@@ -294,14 +334,13 @@ class RunFolder:
 
     def evaluation(self) -> dict | None:
         """The latest evaluation (eval/eval.json), or None when the run was not evaluated."""
-        path = self.eval / "eval.json"
-        return load_json_object(path) if os.path.lexists(path) else None
+        return load_json_object(self.eval_json) if os.path.lexists(self.eval_json) else None
 
     def evaluations(self, eval_dir: Path | None = None) -> dict[str, dict]:
         """The kept evaluations, one per setting (file name -> result); unreadable ones are left out. `eval_dir`: an
         evaluation folder not yet in place (`vqprior eval` renders the report before it replaces the old one)."""
         kept = {}
-        folder = self.eval_results if eval_dir is None else Path(eval_dir) / "results"
+        folder = self.eval_results if eval_dir is None else Path(eval_dir) / RESULTS
         if folder.is_dir() and not folder.is_symlink():
             for path in sorted(folder.glob("*.json")):
                 try:

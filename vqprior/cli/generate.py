@@ -44,10 +44,10 @@ def _tag(labels: list[str], mix: Optional[str], morph: Optional[str], seed: int)
 
 def _default_out(folder: Path, tag: str) -> Path:
     """<run>/generated/<tag>.png, numbered -2, -3, ... rather than replacing an earlier file."""
-    out = folder / "generated" / f"{tag}.png"
+    out = folder / f"{tag}.png"
     k = 2
     while out.exists():
-        out, k = folder / "generated" / f"{tag}-{k}.png", k + 1
+        out, k = folder / f"{tag}-{k}.png", k + 1
     return out
 
 
@@ -119,7 +119,11 @@ def generate(
         total = per_class * rows * (steps if morph else 1)
         if total > MAX_IMAGES:
             raise UserError(f"that is {total:,} images, more than {MAX_IMAGES:,} at once; lower --per-class")
-        target = check_output_path(out, replace) if out else _default_out(run_dir, _tag(label, mix, morph, seed))
+        target = (
+            check_output_path(out, replace)
+            if out
+            else _default_out(RunFolder(run_dir).generated, _tag(label, mix, morph, seed))
+        )
         run = load(run_dir, device, trust_code=trust_code)
         options = {"temperature": temperature, "guidance": scale, "seed": seed}
         if ends:

@@ -80,7 +80,7 @@ def eval_run(
                 run.path, n, temperature, reference, rt.device, ConsoleReporter(), seed, guidance
             )
             kept = run.evaluations()
-            folder, kept_because = write_eval(run, result, images, report=True)
+            _, kept_because = write_eval(run, result, images, report=True)
         console.print(eval_table(result))
         for warning in result["warnings"]:
             console.print(f"[yellow]warning:[/] {escape(warning)}")
@@ -91,17 +91,17 @@ def eval_run(
             headline = run.evaluation()
             console.print(
                 f"the headline stays the evaluation of {headline['n_samples']:,} samples "
-                f"({headline['samples']['fd_ratio']:.2f}x, eval/eval.json): {kept_because}; this one is in "
-                f"eval/results/{key}",
+                f"({headline['samples']['fd_ratio']:.2f}x, {run.eval_json}): {kept_because}; this one is in "
+                f"{run.eval_results / key}",
                 soft_wrap=True,
             )
         if key in kept:
-            console.print(f"replaced this run's previous evaluation at the same setting (eval/results/{key})")
+            console.print(f"replaced this run's previous evaluation at the same setting ({run.eval_results / key})")
         others = len(set(kept) - {key})
         if others:
-            console.print(f"kept {others} evaluation(s) at other settings in {folder / 'results'}")
+            console.print(f"kept {others} evaluation(s) at other settings in {run.eval_results}")
         console.print(f"[green]report[/] -> {run.report}")
-        console.print(f"[green]eval done[/] in {result['seconds']:.0f}s -> {folder / 'eval.json'}")
+        console.print(f"[green]eval done[/] in {result['seconds']:.0f}s -> {run.eval_json}")
 
 
 def eval_table(result: dict):

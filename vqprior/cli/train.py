@@ -140,7 +140,7 @@ def _run_stages(stages: list[int], cfg: Config, resume: str, incremental: bool, 
         if incremental and rt.is_main:
             from ..report.html import write_report
 
-            evaluated = (run_folder.eval / "eval.json").is_file()
+            evaluated = run_folder.eval_json.is_file()
             note = (
                 "with the last evaluation's numbers: `vqprior eval` again to score these stages"
                 if evaluated

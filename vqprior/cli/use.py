@@ -125,7 +125,7 @@ def complete(
             images, keep_rows, samples, label, temperature, scale, seed, keep=region, sweeps=sweeps, drafts=drafts
         )
         rows = done.panels().flatten(0, 1)
-        with writing_folder(run.folder / "complete", "completions") as out:
+        with writing_folder(run.run_folder.completions, "completions") as out:
             save_image(rows.float() / 255, out / "completions.png", nrow=samples + 2, padding=2, pad_value=0.5)
             extra = (
                 {} if done.posterior is None else {"posterior": done.posterior.numpy(), "labels": done.labels.numpy()}
@@ -153,7 +153,7 @@ def complete(
         kept = int(done.keep[0].sum())
         console.print(
             f"[green]completions[/] ({kept} of {run.grid[0] * run.grid[1]} codes kept in the first image; {how}) "
-            f"-> {run.folder / 'complete' / 'completions.png'}"
+            f"-> {run.run_folder.completions / 'completions.png'}"
         )
 
     _api_command(body, trust_code)
@@ -181,7 +181,7 @@ def score(
 
         run, images, _, names = _run_and_inputs(name, out_dir, device, trust_code, inputs, from_split, n)
         result = run.score(images)
-        with writing_folder(run.folder / "score", "scores") as out:
+        with writing_folder(run.run_folder.scores, "scores") as out:
             with open(out / "scores.csv", "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["input", "code_bits", "best_class", "recon_mse", "image_bits_bound"])
@@ -203,7 +203,7 @@ def score(
         bits = result["code_bits"]
         console.print(
             f"{len(names)} inputs: code bits median {bits.median():.1f} (min {bits.min():.1f}, max {bits.max():.1f}); "
-            f"higher = less like the training data -> {run.folder / 'score' / 'scores.csv'}"
+            f"higher = less like the training data -> {run.run_folder.scores / 'scores.csv'}"
         )
 
     _api_command(body, trust_code)

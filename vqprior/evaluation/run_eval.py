@@ -9,6 +9,7 @@ the held-out validation slice instead, for choosing settings without looking at 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -33,6 +34,23 @@ SEEN_VALIDATION = (
     "this run's models trained on the validation slice (data.holdout is off), so these scores can favour fitting "
     "digits they saw; to choose settings, train with --set data.holdout=true"
 )
+
+
+# features of real images by (space, the feature network's training data, device, the images' sha256): every evaluation
+# in one process (a bench sweep, the tests) scores against the same test split and validation slice, whose features
+# took most of a second evaluation's time; a handful of entries, each a few MB
+_REAL_FEATURES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def real_features(space: str, net, info: dict, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """net.features_and_predictions(images) for real images, computed once per process."""
+    digest = hashlib.sha256(images.contiguous().cpu().numpy().tobytes()).hexdigest()
+    key = (space, info.get("data_sha256"), str(next(net.parameters()).device), tuple(images.shape), digest)
+    if key not in _REAL_FEATURES:
+        while len(_REAL_FEATURES) >= 12:
+            _REAL_FEATURES.pop(next(iter(_REAL_FEATURES)))
+        _REAL_FEATURES[key] = net.features_and_predictions(images)
+    return _REAL_FEATURES[key]
 
 
 def class_counts(n: int, labels: torch.Tensor, num_classes: int) -> list[int]:
@@ -112,11 +130,11 @@ def evaluate_run(
 
     scores, primary_preds = {}, None
     for name, (net, info) in spaces.items():
-        ref_feats, ref_preds = net.features_and_predictions(ref.images)
+        ref_feats, ref_preds = real_features(name, net, info, ref.images)
         ref_stats, ref_term = gaussian_stats(ref_feats), kernel_self_term(ref_feats)
-        floor_feats = net.features_and_predictions(floor_real)[0]
+        floor_feats = real_features(name, net, info, floor_real)[0]
         full_floor = frechet_distance_from_stats(
-            *gaussian_stats(net.features_and_predictions(other.images)[0]), *ref_stats
+            *gaussian_stats(real_features(name, net, info, other.images)[0]), *ref_stats
         )
         floor = frechet_distance_from_stats(*gaussian_stats(floor_feats), *ref_stats)
         feats, preds = net.features_and_predictions(images)
@@ -246,7 +264,7 @@ def write_eval(
     (a full disk, say) keeps the previous evaluation and report whole."""
     from ..artifacts import save_json, write_bytes_atomic, writing_folder
     from ..report.sheets import labelled_sheet
-    from ..run_folder import as_run_folder
+    from ..run_folder import EVAL_JSON, EVAL_SHEET, RESULTS, as_run_folder
     from .verdict import why_not_headline
 
     counts = list(result["samples"].get("class_counts", {}).values())
@@ -265,22 +283,22 @@ def write_eval(
     sheet = labelled_sheet(shown, per_class, captions)
     key = setting_key(result)
     with writing_folder(run.eval, "eval") as out:
-        (out / "results").mkdir()
+        (out / RESULTS).mkdir()
         for name, kept in run.evaluations().items():
-            save_json(out / "results" / name, kept)
+            save_json(out / RESULTS / name, kept)
             picture = run.eval_results / f"{Path(name).stem}.png"
             if picture.is_file() and not picture.is_symlink() and name != f"{key}.json":
-                write_bytes_atomic(out / "results" / picture.name, picture.read_bytes())
-        save_json(out / "results" / f"{key}.json", result)
-        write_bytes_atomic(out / "results" / f"{key}.png", sheet)
+                write_bytes_atomic(out / RESULTS / picture.name, picture.read_bytes())
+        save_json(out / RESULTS / f"{key}.json", result)
+        write_bytes_atomic(out / RESULTS / f"{key}.png", sheet)
         if kept_because is None:
-            save_json(out / "eval.json", result)
-            write_bytes_atomic(out / "samples.png", sheet)
+            save_json(out / EVAL_JSON, result)
+            write_bytes_atomic(out / EVAL_SHEET, sheet)
         else:
-            save_json(out / "eval.json", headline)
-            old_sheet = run.eval / "samples.png"
+            save_json(out / EVAL_JSON, headline)
+            old_sheet = run.eval_sheet
             if old_sheet.is_file() and not old_sheet.is_symlink():
-                write_bytes_atomic(out / "samples.png", old_sheet.read_bytes())
+                write_bytes_atomic(out / EVAL_SHEET, old_sheet.read_bytes())
         if report:
             from ..report.html import write_report
 

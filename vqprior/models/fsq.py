@@ -14,11 +14,12 @@ import math
 import torch
 from torch import nn
 
+from .quantizer import Quantizer
 
-class FSQ(nn.Module):
-    """Drop-in for `VectorQuantizer`: forward, nearest, lookup, codebook_size, code_dim (see that class)."""
 
-    sync = None  # a Runtime's collectives under torchrun: the one data-dependent initialisation sees every process
+class FSQ(Quantizer):
+    """A `Quantizer` (forward, nearest, lookup, codebook_size, code_dim, sync); under torchrun `sync` makes its one
+    data-dependent initialisation see every process."""
 
     def __init__(self, levels: list[int], code_dim: int):
         super().__init__()

@@ -1,10 +1,36 @@
-"""Vector quantizer with an EMA codebook, dead-code re-seeding and a straight-through gradient."""
+"""The quantizer contract (`Quantizer`), and the default quantizer: an EMA codebook with dead-code re-seeding and a
+straight-through gradient."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class Quantizer(nn.Module):
+    """What the VQ-VAE asks of a quantizer (`vqvae.quantizer` names one from the registry, or your own class with
+    --trust-code; a new built-in is its module plus one registry line):
+
+    - `codebook_size` K and `code_dim` D, set by the constructor (which may take either as an argument: the pipeline
+      passes vqvae.codebook_size and vqvae.code_dim to a constructor that accepts those names);
+    - `forward(z [B, D, h, w])` -> (quantized latents with a straight-through gradient, long codes [B, h, w] in 0..K-1,
+      a scalar loss added to the reconstruction loss);
+    - `nearest(flat [N, D])` -> codes [N] (encoding), and `lookup(codes [B, h, w])` -> latents [B, D, h, w] (decoding);
+    - `sync`: None for one process; stage 1 sets it to the Runtime's collectives under torchrun, so that whatever a
+      quantizer learns from a batch (EMA statistics, data-dependent initialisation) sees every process's batch alike
+      and the result does not depend on the world size. It is not a constructor argument: it is not saved.
+    """
+
+    sync = None
+    codebook_size: int
+    code_dim: int
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 def _pick_rows(flat: torch.Tensor, count: int, sync=None) -> torch.Tensor:
@@ -29,7 +55,7 @@ def _sum(t: torch.Tensor, sync) -> torch.Tensor:
     return t if sync is None else sync.sum_(t)
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Quantizer):
     """Replaces each D-vector of a [B, D, h, w] latent by its nearest of K codes.
 
     The codebook is not trained by gradient: each code is an exponential moving average of the encoder
@@ -38,12 +64,9 @@ class VectorQuantizer(nn.Module):
     keeps nearly every code in use. The encoder gets the decoder's gradient unchanged (straight-through)
     plus a commitment loss that keeps its outputs near their codes.
 
-    `sync` (not a constructor argument: it is not saved with the model) is how the EMA statistics and the
-    dead-code picks are combined across processes: None for one process, a Runtime's collectives under torchrun
+    `sync` (see `Quantizer`) is how the EMA statistics and the dead-code picks are combined across processes
     (the way vector-quantize-pytorch passes `sync_codebook`). The model never looks at global process state.
     """
-
-    sync = None
 
     def __init__(
         self,

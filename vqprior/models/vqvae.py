@@ -9,8 +9,7 @@ from torch import nn
 from .. import components
 from ..config import VQVAESection
 from ..errors import UserError
-from .fsq import FSQ
-from .quantizer import VectorQuantizer
+from .quantizer import Quantizer
 
 
 class ResBlock(nn.Module):
@@ -75,7 +74,7 @@ class VQVAE(nn.Module):
         self,
         encoder: nn.Module,
         decoder: nn.Module,
-        quantizer: VectorQuantizer,
+        quantizer: Quantizer,
         grid: tuple[int, int],
         likelihood: str = "mse",
     ):
@@ -122,30 +121,36 @@ def build_vqvae(cfg: VQVAESection, image_shape: tuple[int, int, int]) -> tuple[V
         "image_shape": list(image_shape),
         "encoder": components.resolve(cfg.encoder, **context),
         "decoder": components.resolve(cfg.decoder, **context),
-        "quantizer": {
-            "codebook_size": cfg.codebook_size,
-            "code_dim": cfg.code_dim,
-            "decay": cfg.ema_decay,
-            "commitment": cfg.commitment,
-            "dead_code_threshold": cfg.dead_code_threshold,
-        }
-        if cfg.quantizer == "ema_vq"
-        else {"kind": "fsq", "levels": list(cfg.fsq_levels), "code_dim": cfg.code_dim},
+        "quantizer": components.resolve(
+            cfg.quantizer_component(), codebook_size=cfg.codebook_size, code_dim=cfg.code_dim
+        ),
         "likelihood": cfg.likelihood,
     }
     return rebuild_vqvae(constructor), constructor
 
 
-def build_quantizer(saved: dict) -> nn.Module:
-    """The quantizer of saved constructor arguments: {"kind": "fsq", ...}, or the EMA quantizer's own arguments
-    (saved without a kind, as every run before FSQ existed)."""
+def quantizer_section(saved: dict) -> dict:
+    """A saved quantizer as {target, params}: as saved, or from the forms runs saved before quantizers were
+    components ({"kind": "fsq", ...}, or the EMA quantizer's own arguments without a kind)."""
+    if "target" in saved:
+        return saved
     params = dict(saved)
     kind = params.pop("kind", "ema_vq")
-    if kind == "fsq":
-        return FSQ(**params)
-    if kind != "ema_vq":
+    if kind not in ("ema_vq", "fsq"):
         raise UserError(f"unknown quantizer kind {kind!r} in the saved VQ-VAE; re-run stage 1")
-    return VectorQuantizer(**params)
+    return {"target": kind, "params": params}
+
+
+def build_quantizer(saved: dict) -> Quantizer:
+    """The quantizer of saved constructor arguments (a registry name, or your own class with trusted code)."""
+    section = quantizer_section(saved)
+    quantizer = components.instantiate(section)
+    if not isinstance(quantizer, Quantizer):
+        raise UserError(
+            f"quantizer {section['target']!r} is not a vqprior.models.quantizer.Quantizer (forward, nearest, lookup, "
+            f"codebook_size, code_dim); subclass it"
+        )
+    return quantizer
 
 
 def rebuild_vqvae(constructor: dict) -> VQVAE:

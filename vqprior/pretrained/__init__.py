@@ -17,15 +17,15 @@ import shutil
 from pathlib import Path
 
 from ..errors import UserError
-from ..run_folder import RunFolder
+from ..run_folder import CONFIG, EVAL_JSON, EVAL_SHEET, MANIFEST, METRICS, WEIGHTS, RunFolder
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("mnist",)
 # files a stage's manifest may keep; the rest are training by-products
 KEEP = {
-    1: {"config.json", "metrics.json", "reconstructions.png", "vqvae.safetensors"},
+    1: {CONFIG, METRICS, "reconstructions.png", WEIGHTS[1]},
     2: {"test_codes.npy", "test_labels.npy", "train_codes.npy", "train_labels.npy"},
-    3: {"config.json", "metrics.json", "prior.safetensors"},
+    3: {CONFIG, METRICS, WEIGHTS[3]},
     4: {"rows.json", "samples.npz", "samples.png"},
 }
 
@@ -80,9 +80,7 @@ def is_copy_of(target: Path, source: Path) -> bool:
             return False
         run = RunFolder(target)
         for stage in (1, 2, 3, 4):
-            if (run.stage(stage) / "manifest.json").read_bytes() != (
-                RunFolder(source).stage(stage) / "manifest.json"
-            ).read_bytes():
+            if run.manifest_file(stage).read_bytes() != RunFolder(source).manifest_file(stage).read_bytes():
                 return False
             run.read_stage(stage)
     except (OSError, UserError):
@@ -105,17 +103,17 @@ def pack(run_dir: Path, dest: Path, record: dict) -> Path:
         for stage, keep in KEEP.items():
             src, out = run.stage(stage), tmp / run.stage(stage).name
             out.mkdir()
-            manifest = load_json_object(src / "manifest.json")
+            manifest = load_json_object(src / MANIFEST)
             dropped = sorted(set(manifest["outputs"]) - keep)
             manifest["outputs"] = {k: v for k, v in manifest["outputs"].items() if k in keep}
             if dropped:
                 manifest["packed"] = {"dropped": dropped, "why": "training by-products, not needed to use the run"}
             for name in manifest["outputs"]:
                 shutil.copy2(src / name, out / name)
-            save_json(out / "manifest.json", manifest)
+            save_json(out / MANIFEST, manifest)
         packed = RunFolder(tmp)
         packed.eval.mkdir()
-        for name in ("eval.json", "samples.png"):
+        for name in (EVAL_JSON, EVAL_SHEET):
             shutil.copy2(run.eval / name, packed.eval / name)
         if run.eval_results.is_dir():
             shutil.copytree(run.eval_results, packed.eval_results)

@@ -17,7 +17,7 @@ from PIL import Image
 from ..artifacts import load_json_object, read_regular, versions, write_bytes_atomic
 from ..codes import codes_manifest
 from ..errors import UserError
-from ..run_folder import STAGE_NAMES, RunFolder, as_run_folder
+from ..run_folder import EVAL_JSON, EVAL_SHEET, STAGE_NAMES, RunFolder, as_run_folder
 from . import plots
 
 MAX_PICTURE_BYTES = 32 << 20
@@ -70,11 +70,11 @@ def write_report(run_dir: RunFolder | Path, eval_dir: Path | None = None) -> Pat
 def render_report(run: RunFolder, eval_dir: Path) -> str:
     env = Environment(loader=PackageLoader("vqprior.report", "."), autoescape=select_autoescape(["html", "j2"]))
     skipped: list[str] = []
-    s1, s3 = _load(run.stage(1) / "metrics.json", skipped), _load(run.stage(3) / "metrics.json", skipped)
-    evaluation = _load(eval_dir / "eval.json", skipped)
+    s1, s3 = _load(run.metrics_file(1), skipped), _load(run.metrics_file(3), skipped)
+    evaluation = _load(eval_dir / EVAL_JSON, skipped)
 
     pictures = [
-        _picture(eval_dir / "samples.png", "Samples scored by vqprior eval: one row per class", skipped),
+        _picture(eval_dir / EVAL_SHEET, "Samples scored by vqprior eval: one row per class", skipped),
         _picture(run.stage(4) / "samples.png", "Stage 4 samples (one row per requested class)", skipped),
         _picture(run.stage(4) / "morph.png", "Stage 4 morph strips: one class turning into another", skipped),
         _picture(run.stage(4) / "morph.gif", "The morph, step by step", skipped),
@@ -98,7 +98,7 @@ def render_report(run: RunFolder, eval_dir: Path) -> str:
 
     stages, config = [], None
     for stage in (1, 2, 3, 4):
-        m = _load(run.stage(stage) / "manifest.json", skipped)
+        m = _load(run.manifest_file(stage), skipped)
         if m:
             timings = m.get("timings_s") if isinstance(m.get("timings_s"), dict) else {}
             total = timings.get("total", 0)
@@ -114,9 +114,7 @@ def render_report(run: RunFolder, eval_dir: Path) -> str:
     if evaluation is not None and not (
         isinstance(evaluation.get("samples"), dict) and isinstance(evaluation.get("spaces"), dict)
     ):
-        skipped.append(
-            f"{eval_dir / 'eval.json'} is not an evaluation result of this version; run `vqprior eval` again"
-        )
+        skipped.append(f"{eval_dir / EVAL_JSON} is not an evaluation result of this version; run `vqprior eval` again")
         evaluation = None
     results = [r for r in run.evaluations(eval_dir).values() if isinstance(r.get("samples"), dict)]
     page = {
@@ -136,7 +134,7 @@ def render_report(run: RunFolder, eval_dir: Path) -> str:
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # an eval.json of the wrong shape
         if evaluation is None:
             raise
-        skipped.append(f"{eval_dir / 'eval.json'} could not be shown ({type(e).__name__}); run `vqprior eval` again")
+        skipped.append(f"{eval_dir / EVAL_JSON} could not be shown ({type(e).__name__}); run `vqprior eval` again")
         return template.render(eval=None, results=[], **page)
 
 
@@ -184,7 +182,7 @@ def _figures(run: RunFolder, s1, s3, figures: list, skipped: list[str]) -> None:
             }
         )
     codes = run.stage(2) / "train_codes.npy"
-    manifest2 = _load(run.stage(2) / "manifest.json", skipped)
+    manifest2 = _load(run.manifest_file(2), skipped)
     if os.path.isfile(codes) and not os.path.islink(codes) and manifest2:
         try:
             k = codes_manifest(manifest2, run.stage(2)).codebook_size  # validated: a forged K of 1e12 is refused

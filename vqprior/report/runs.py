@@ -56,11 +56,11 @@ def collect_runs(out_dir: Path) -> list[list[str]]:
             rows.append([run.path.name, "-", "-", "-", "-", "-", "-", "-", f"refused: {e}"])
             continue
         m2, s3, ev = (
-            _load(run.stage(2) / "manifest.json"),
-            _load(run.stage(3) / "metrics.json"),
-            _load(run.eval / "eval.json"),
+            _load(run.manifest_file(2)),
+            _load(run.metrics_file(3)),
+            _load(run.eval_json),
         )
-        wall = sum(_number(_load(run.stage(s) / "manifest.json"), "timings_s", "total") or 0 for s in (1, 2, 3, 4))
+        wall = sum(_number(_load(run.manifest_file(s)), "timings_s", "total") or 0 for s in (1, 2, 3, 4))
         k = _number(m2, "codebook_size")
         k = k if k is not None and 1 <= k <= 2**32 else None
         usage, perplexity = _number(m2, "splits", "train", "usage"), _number(m2, "splits", "train", "perplexity")
