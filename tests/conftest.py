@@ -56,3 +56,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def registry_prior_kinds(parallel: bool = False, skip: tuple[str, ...] = ()) -> list[str]:
+    """The registry's built-in prior kinds that decode in raster order (or, with parallel=True, in parallel), read
+    from the registry so that a kind added there is tested here without editing the tests."""
+    import importlib
+
+    from vqprior.registry import BUILTINS, names
+
+    kinds = []
+    for kind in names("prior"):
+        module, _, name = BUILTINS[kind].path.partition(":")
+        if getattr(importlib.import_module(module), name).parallel == parallel and kind not in skip:
+            kinds.append(kind)
+    return kinds

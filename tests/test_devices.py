@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_args
+from conftest import registry_prior_kinds, tiny_args
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -63,7 +63,7 @@ def test_the_vqvae_step_has_no_host_sync_or_data_dependent_branch():
     )
 
 
-@pytest.mark.parametrize("kind", ["gated_pixelcnn", "row_lstm", "diagonal_bilstm", "transformer"])
+@pytest.mark.parametrize("kind", registry_prior_kinds())
 def test_the_prior_step_has_no_host_sync_or_data_dependent_branch(kind):
     torch.manual_seed(0)
     spec = prior_network(kind)

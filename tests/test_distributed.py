@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from vqprior.cli import app
 
+pytestmark = pytest.mark.slow  # every test here starts torchrun jobs
 runner = CliRunner()
 # small enough for seconds, big enough that a batch splits in two and dead codes get re-seeded
 EXTRA = [
@@ -189,7 +190,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(out, *args, port: int, last=(), nnodes: int = 2, ranks=(0, 1)):
+def two_nodes(out, *args, port: int, last=(), nnodes: int = 2, ranks=(0, 1), join_timeout: int = 10):
     """One torchrun launcher per "node" (--nnodes=2, one process each), c10d rendezvous on 127.0.0.1: what two
     machines would run. Returns the launchers (started, not waited for)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -205,7 +206,7 @@ def two_nodes(out, *args, port: int, last=(), nnodes: int = 2, ranks=(0, 1)):
                 "--rdzv-backend=c10d",
                 f"--rdzv-endpoint=127.0.0.1:{port}",
                 "--rdzv-id=vq",
-                "--rdzv-conf=join_timeout=10",
+                f"--rdzv-conf=join_timeout={join_timeout}",
                 "-m",
                 "vqprior",
                 *map(str, args),
@@ -261,7 +262,7 @@ def test_a_rank_killed_during_stage_3_stops_every_rank_with_one_line_and_the_run
         import shutil
 
         shutil.copytree(both[1] / stage, tmp_path / "t" / stage)
-    long = ["--set", "prior.epochs=15", "--set", "run.checkpoint_every=2", "--set", "run.timeout_s=60"]
+    long = ["--set", "prior.epochs=8", "--set", "run.checkpoint_every=2", "--set", "run.timeout_s=60"]
     procs = two_nodes(tmp_path, "run-stage", 3, port=free_port(), last=long)
     ckpt = tmp_path / "t" / ".checkpoints" / "stage3.pt"
     deadline = time.monotonic() + 120
@@ -298,7 +299,7 @@ def test_a_rank_killed_during_stage_3_stops_every_rank_with_one_line_and_the_run
 
 def test_a_rank_that_cannot_join_is_one_line(tmp_path):
     # a job for three nodes of which only two come: the rendezvous gives up after its join timeout
-    results = finish(two_nodes(tmp_path, "run-stage", 1, port=free_port(), nnodes=3), timeout=120)
+    results = finish(two_nodes(tmp_path, "run-stage", 1, port=free_port(), nnodes=3, join_timeout=4), timeout=120)
     assert all(code != 0 for code, _ in results)
     # WORLD_SIZE claims a peer that never starts: this process waits run.timeout_s at most, then says so in one line
     env = {

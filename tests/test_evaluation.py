@@ -270,6 +270,7 @@ BROWSER_FLAGS = [
 ]
 
 
+@pytest.mark.slow
 def test_report_renders_in_a_real_browser(evaluated_run, tmp_path):
     browser = _browser()
     if browser is None:

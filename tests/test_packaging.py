@@ -9,6 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,6 +23,7 @@ def source_modules() -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_every_module_and_each_imports_from_it(tmp_path):
     source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
     shutil.copytree(

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_args
+from conftest import registry_prior_kinds, tiny_args
 
 from vqprior.config_files import load_config
 from vqprior.errors import UserError
@@ -15,6 +15,9 @@ from vqprior.models.priors.gated_pixelcnn import GatedPixelCNN
 from vqprior.models.priors.pixel_rnn import DiagonalBiLSTM, RowLSTM, skew, unskew
 from vqprior.models.priors.transformer import TransformerPrior
 from vqprior.optimizer import WeightEMA
+
+# every raster kind but the gated PixelCNN, whose samplers tests/test_sampling.py and test_pixelcnn.py check
+OTHER_RASTER_KINDS = registry_prior_kinds(skip=("gated_pixelcnn",))
 
 KINDS = {
     "gated_pixelcnn": lambda k, c: GatedPixelCNN(k, channels=8, layers=6, num_classes=c),
@@ -86,7 +89,7 @@ def test_receptive_fields_are_the_papers(kind):
         assert not missed, f"{kind} is blind to {sorted(missed)}"
 
 
-@pytest.mark.parametrize("kind", ["row_lstm", "diagonal_bilstm", "transformer"])
+@pytest.mark.parametrize("kind", OTHER_RASTER_KINDS)
 @pytest.mark.parametrize("num_classes", [0, 10])
 @pytest.mark.parametrize("grid", [(7, 7), (5, 9), (6, 4), (1, 5)])
 def test_incremental_sampler_draws_exactly_the_naive_samples(kind, num_classes, grid):
@@ -100,7 +103,7 @@ def test_incremental_sampler_draws_exactly_the_naive_samples(kind, num_classes, 
 
 
 @pytest.mark.parametrize("guidance", [1.5, (1.0, 2.5)])
-@pytest.mark.parametrize("kind", ["row_lstm", "diagonal_bilstm", "transformer"])
+@pytest.mark.parametrize("kind", OTHER_RASTER_KINDS)
 def test_incremental_sampler_continues_a_prefix_and_guides_exactly(kind, guidance):
     model = random_prior(kind, num_classes=4)
     labels = torch.tensor([0, 1, 2, 3])
@@ -112,7 +115,7 @@ def test_incremental_sampler_continues_a_prefix_and_guides_exactly(kind, guidanc
         assert torch.equal(cached.view(4, -1)[:, :keep], prefix.view(4, -1)[:, :keep])
 
 
-@pytest.mark.parametrize("kind", ["row_lstm", "diagonal_bilstm", "transformer"])
+@pytest.mark.parametrize("kind", OTHER_RASTER_KINDS)
 def test_recurrent_priors_in_float32_match_and_low_temperature_is_greedy(kind):
     model = random_prior(kind, num_classes=3).float()
     labels = torch.tensor([0, 1, 2])
@@ -215,7 +218,7 @@ def kind_config(out, kind):
     return load_config(overrides=sets)
 
 
-@pytest.mark.parametrize("kind", ["row_lstm", "diagonal_bilstm", "transformer"])
+@pytest.mark.parametrize("kind", OTHER_RASTER_KINDS)
 def test_recurrent_kinds_run_through_the_pipeline_and_resume_bitwise(kind, tmp_path):
     # stages 3 and 4, the Python API and resume treat every kind alike: no special cases in the stages
     import shutil

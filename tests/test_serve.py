@@ -279,6 +279,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_the_page_in_a_real_browser(run_dir, tmp_path):
     browser, driver_path = chromium_and_driver()
     if not (browser and driver_path):
