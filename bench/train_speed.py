@@ -30,7 +30,7 @@ from vqprior.config import VQVAESection, prior_network  # noqa: E402
 from vqprior.models.priors.base import generate  # noqa: E402
 from vqprior.models.vqvae import build_vqvae, decode_images  # noqa: E402
 from vqprior.optimizer import WeightEMA, scaled_lr  # noqa: E402
-from vqprior.runtime import resolve_device  # noqa: E402
+from vqprior.runtime.devices import resolve_device  # noqa: E402
 from vqprior.stages.s1_vqvae import vqvae_step  # noqa: E402
 from vqprior.stages.s3_prior import prior_step  # noqa: E402
 

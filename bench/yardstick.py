@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_speed import matmul_gflops  # noqa: E402
 
-from vqprior.runtime import resolve_device  # noqa: E402
+from vqprior.runtime.devices import resolve_device  # noqa: E402
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)

@@ -17,8 +17,10 @@ from vqprior.models.quantizer import code_usage, degenerate_code
 from vqprior.models.vqvae import VQVAE, build_vqvae
 from vqprior.optimizer import scaled_lr
 from vqprior.report.progress import ProgressWriter
+from vqprior.reporter import Reporter
 from vqprior.run_folder import CONFIG, METRICS, WEIGHTS, RunFolder
-from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
+from vqprior.runtime import Runtime, describe
+from vqprior.runtime.compile import maybe_compile
 from vqprior.training import Trainer
 
 

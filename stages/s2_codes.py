@@ -17,9 +17,10 @@ from vqprior.config import Config
 from vqprior.datasets import SPLITS, load_split, to_float, training_split
 from vqprior.errors import disk_full, ensure_free
 from vqprior.models.quantizer import code_usage, degenerate_code
+from vqprior.reporter import Reporter
 from vqprior.restore import load_vqvae
 from vqprior.run_folder import WEIGHTS, RunFolder
-from vqprior.runtime import Reporter, Runtime, batches
+from vqprior.runtime import Runtime, batches
 
 ENCODE_BATCH = 1000
 

@@ -18,9 +18,11 @@ from vqprior.models.priors import check_prior, sample
 from vqprior.models.vqvae import decode_images
 from vqprior.optimizer import WeightEMA, scaled_lr
 from vqprior.report.progress import ProgressWriter
+from vqprior.reporter import Reporter
 from vqprior.restore import load_vqvae
 from vqprior.run_folder import CONFIG, METRICS, WEIGHTS, RunFolder
-from vqprior.runtime import Reporter, Runtime, describe, maybe_compile
+from vqprior.runtime import Runtime, describe
+from vqprior.runtime.compile import maybe_compile
 from vqprior.training import Trainer
 
 GRID_PER_CLASS = 10  # the per-epoch sample grid: 10 of each class (10x10 for an unconditional prior)

@@ -21,9 +21,10 @@ from vqprior.models.priors.base import SEED_BLOCK, generate
 from vqprior.models.vqvae import decode_images
 from vqprior.report.progress import write_gif
 from vqprior.report.sheets import labelled_sheet
+from vqprior.reporter import Reporter
 from vqprior.restore import check_prior_fits, load_prior, load_vqvae
 from vqprior.run_folder import WEIGHTS, RunFolder
-from vqprior.runtime import Reporter, Runtime
+from vqprior.runtime import Runtime
 from vqprior.soft_labels import class_mix, class_morph
 
 GRID_COLUMNS = 32  # the PNG shows at most this many images per row; the .npz has all

@@ -21,6 +21,9 @@ from vqprior.config import RunSection, VQVAESection, prior_network
 from vqprior.errors import UserError
 from vqprior.models.vqvae import build_vqvae
 from vqprior.optimizer import WeightEMA
+from vqprior.reporter import Reporter
+from vqprior.runtime import devices
+from vqprior.runtime.compile import maybe_compile
 from vqprior.stages.s1_vqvae import vqvae_step
 from vqprior.stages.s3_prior import prior_step
 
@@ -118,14 +121,14 @@ def test_a_failed_compile_falls_back_to_eager_with_one_notice(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken_compile)
     said = []
 
-    class Log(runtime.Reporter):
+    class Log(Reporter):
         def log(self, message):
             said.append(message)
 
-    fn = runtime.maybe_compile(lambda x: x * 2, True, Log(), "test step")
+    fn = maybe_compile(lambda x: x * 2, True, Log(), "test step")
     assert fn(3) == 6 and fn(4) == 8
     assert len(said) == 1 and "running it uncompiled" in said[0] and "no C compiler" in said[0]
-    assert runtime.maybe_compile(len, False, Log(), "x") is len
+    assert maybe_compile(len, False, Log(), "x") is len
 
 
 @pytest.fixture
@@ -136,11 +139,11 @@ def two_gpus(monkeypatch):
 
 
 def test_each_torchrun_process_takes_the_gpu_of_its_local_rank(two_gpus):
-    assert runtime.resolve_device("auto", local_rank=1, local_world=2) == torch.device("cuda", 1)
-    assert runtime.resolve_device("cuda", local_rank=0, local_world=2) == torch.device("cuda", 0)
-    assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)  # one process: the GPU it names
-    assert runtime.resolve_device("auto") == torch.device("cuda", 0)
-    assert runtime.resolve_device("cpu", local_rank=3, local_world=4) == torch.device(
+    assert devices.resolve_device("auto", local_rank=1, local_world=2) == torch.device("cuda", 1)
+    assert devices.resolve_device("cuda", local_rank=0, local_world=2) == torch.device("cuda", 0)
+    assert devices.resolve_device("cuda:1") == torch.device("cuda", 1)  # one process: the GPU it names
+    assert devices.resolve_device("auto") == torch.device("cuda", 0)
+    assert devices.resolve_device("cpu", local_rank=3, local_world=4) == torch.device(
         "cpu"
     )  # gloo on the CPU: any count
 
@@ -156,7 +159,7 @@ def test_each_torchrun_process_takes_the_gpu_of_its_local_rank(two_gpus):
 )
 def test_more_processes_than_gpus_is_refused_before_any_work(two_gpus, name, local_rank, local_world, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        runtime.resolve_device(name, local_rank, local_world)
+        devices.resolve_device(name, local_rank, local_world)
 
 
 def test_set_device_comes_before_joining_the_process_group(two_gpus, monkeypatch):
@@ -182,7 +185,7 @@ def test_set_device_comes_before_joining_the_process_group(two_gpus, monkeypatch
 
 def test_cpu_defaults_follow_the_cpus_bf16_units_and_stay_eager(monkeypatch):
     for has_units, expected in ((False, "fp32"), (True, "bf16")):
-        monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda has_units=has_units: has_units)
+        monkeypatch.setattr(devices, "cpu_has_bf16_matmul", lambda has_units=has_units: has_units)
         rt = runtime.Runtime.setup(RunSection(device="cpu"))
         assert (rt.precision, rt.compile) == (expected, False)
     monkeypatch.undo()
@@ -192,16 +195,16 @@ def test_cpu_defaults_follow_the_cpus_bf16_units_and_stay_eager(monkeypatch):
 def test_bf16_units_are_read_from_the_cpu_flags_when_torch_has_no_probe(monkeypatch, tmp_path):
     for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         monkeypatch.delattr(torch.cpu, name, raising=False)
-    real = runtime.Path
+    real = devices.Path
 
     def fake(flags):
         (tmp_path / "cpuinfo").write_text(f"processor : 0\nflags : fpu sse2 {flags}\n")
         return lambda p: real(tmp_path / "cpuinfo") if str(p) == "/proc/cpuinfo" else real(p)
 
-    monkeypatch.setattr(runtime, "Path", fake("avx2 avx512f amx_tile amx_bf16"))
-    assert runtime.cpu_has_bf16_matmul()
-    monkeypatch.setattr(runtime, "Path", fake("avx2 fma"))
-    assert not runtime.cpu_has_bf16_matmul()
+    monkeypatch.setattr(devices, "Path", fake("avx2 avx512f amx_tile amx_bf16"))
+    assert devices.cpu_has_bf16_matmul()
+    monkeypatch.setattr(devices, "Path", fake("avx2 fma"))
+    assert not devices.cpu_has_bf16_matmul()
 
 
 # ------------------------------------------------------------------ the cuda group: runs only on a machine with a GPU

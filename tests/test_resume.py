@@ -9,7 +9,7 @@ from conftest import tiny_args
 from safetensors.torch import load_file
 
 from vqprior.config_files import load_config
-from vqprior.runtime import Reporter
+from vqprior.reporter import Reporter
 from vqprior.stages import s1_vqvae, s2_codes, s3_prior
 from vqprior.training import Interrupted
 

@@ -36,7 +36,7 @@ from .models.priors.classes import class_log_likelihoods, class_posterior
 from .models.vqvae import decode_images, encode_images
 from .restore import load_prior, load_vqvae
 from .run_folder import RunFolder
-from .runtime import resolve_device
+from .runtime.devices import resolve_device
 from .soft_labels import class_morph
 from .user_arrays import user_tensor
 

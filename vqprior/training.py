@@ -25,7 +25,8 @@ import torch
 from .artifacts import read_regular, write_bytes_atomic
 from .errors import UserError
 from .optimizer import cosine_schedule
-from .runtime import Reporter, Runtime, batches
+from .reporter import Reporter
+from .runtime import Runtime, batches
 
 
 class Interrupted(UserError):

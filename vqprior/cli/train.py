@@ -186,7 +186,7 @@ def _guarded(
         )
         # _stage imports all four stage modules (torch, torchvision, triton) before SIGTERM is caught: _sigterm_unwinds
         _stage(1)
-        from ..runtime import lost_peer, process_place
+        from ..runtime.processes import lost_peer, process_place
 
         with _sigterm_unwinds():
             try:

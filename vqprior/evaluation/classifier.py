@@ -29,7 +29,8 @@ from torch import nn
 from ..artifacts import load_json_object, load_weights, save_json, save_weights
 from ..datasets import ImageSet, to_float
 from ..datasets.mnist import cache_dir
-from ..runtime import Reporter, batches
+from ..reporter import Reporter
+from ..runtime import batches
 
 EPOCHS = 4  # each network reaches >= 99.2% on MNIST test digits in 4 epochs
 BATCH = 128

@@ -22,7 +22,7 @@ from ..config import DataSection
 from ..datasets import load_split, split_holdout
 from ..guidance import Guidance
 from ..models.quantizer import degenerate_code
-from ..runtime import Reporter
+from ..reporter import Reporter
 from .classifier import PRIMARY, load_spaces
 from .frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, kernel_self_term, precision_recall
 from .likelihood import decoder_bits_per_image, nll_bits_per_code

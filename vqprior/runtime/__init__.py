@@ -1,6 +1,8 @@
 """Where a stage runs: device, precision, compilation, threads, seeds, and whether this process is one of many (torchrun).
 
-`Runtime` is the one place that knows about processes and devices. Everything that writes files or prints asks
+This package is the one place that knows about processes and devices: `Runtime` (here) decides and holds them,
+`devices.py` resolves and describes devices, `processes.py` reads torchrun's variables and words the errors of lost
+peers, `compile.py` wraps torch.compile with its fallback. Everything that writes files or prints asks
 `runtime.is_main`; everything that needs a device asks `runtime.device`; device-dependent choices (autocast,
 torch.compile, batch sizes) are made here from the config, not scattered through the stages.
 Under torchrun each process takes the GPU of its local rank (torch.cuda.set_device before joining the group).
@@ -9,23 +11,17 @@ Under torchrun each process takes the GPU of its local rank (torch.cuda.set_devi
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 
-from .config import RunSection
-from .errors import UserError
-from .reporter import Reporter  # noqa: F401  (re-exported: stages import it from here)
-
-T = TypeVar("T")
+from ..config import RunSection
+from ..errors import UserError
+from .devices import cpu_count, default_precision, make_deterministic, resolve_device
+from .processes import first_line, process_place
 
 
 @dataclass(frozen=True)
@@ -185,100 +181,6 @@ class Collectives:
         return out
 
 
-def first_line(e: BaseException, limit: int = 160) -> str:
-    text = str(e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def lost_peer(e: BaseException, rank: int) -> UserError | None:
-    """The one line for a collective that failed because another torchrun process died or hung (None when `e` is
-    something else): every surviving process stops with it instead of a traceback or a hang."""
-    import torch.distributed as dist
-
-    text = str(e)
-    if isinstance(e, dist.DistError) or any(
-        s in text
-        for s in (
-            "Gloo",
-            "gloo",
-            "NCCL",
-            "Connection closed",
-            "Connection reset",
-            "Broken pipe",
-            "Timed out",
-            "timed out",
-        )
-    ):
-        return UserError(
-            f"[rank {rank}] lost contact with another torchrun process ({first_line(e)}); every process stops. "
-            f"Run the same command again to resume from the last checkpoint"
-        )
-    return None
-
-
-def process_place() -> tuple[int, int, int, int]:
-    """(rank, world size, local rank, local world size) from torchrun's variables; malformed ones are one line."""
-    values = []
-    for key, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1)):
-        raw = os.environ.get(key)
-        try:
-            value = default if raw is None else int(raw)
-        except ValueError:
-            value = -1
-        if value < (1 if key.endswith("WORLD_SIZE") else 0) or value > 1 << 20:
-            raise UserError(
-                f"the environment variable {key}={raw!r} is not a valid torchrun setting; unset it, or start "
-                f"the command with torchrun"
-            )
-        values.append(value)
-    rank, world, local, local_world = values
-    if rank >= world or local >= local_world:
-        raise UserError(
-            f"RANK={rank}/LOCAL_RANK={local} do not fit WORLD_SIZE={world}/LOCAL_WORLD_SIZE={local_world}; "
-            f"unset them, or start the command with torchrun"
-        )
-    return rank, world, local, local_world
-
-
-def resolve_device(name: str, local_rank: int | None = None, local_world: int = 1) -> torch.device:
-    """The device of this process. `local_rank` is set under torchrun: "auto" and "cuda" then mean the GPU of the
-    local rank, and more processes on a machine than it has GPUs is refused (NCCL cannot share one GPU between
-    ranks; run one process per GPU, or run.device=cpu to use gloo on the CPU)."""
-    if not isinstance(name, str):
-        raise UserError(f"device must be a string (auto, cpu, cuda or cuda:N), got {name!r}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise UserError(f"run.device={name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if dev.type == "cpu":
-        return dev
-    if not torch.cuda.is_available():
-        raise UserError(f"run.device={name!r} but no CUDA device is available; use run.device=auto or cpu")
-    count = torch.cuda.device_count()
-    if local_rank is None:
-        if dev.index is not None and dev.index >= count:
-            raise UserError(
-                f"run.device={name!r} but this machine has {count} CUDA device(s); use cuda:0..cuda:{count - 1}"
-            )
-        return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
-    if dev.index is not None:
-        raise UserError(
-            f"run.device={name!r} would put every torchrun process on one GPU; use run.device=cuda (or auto): "
-            f"each process then takes the GPU of its local rank"
-        )
-    if max(local_world, local_rank + 1) > count:
-        raise UserError(
-            f"torchrun started {max(local_world, local_rank + 1)} processes on this machine but it has {count} GPU(s); "
-            f"use --nproc-per-node={count} (one process per GPU), or run.device=cpu to train on the CPU with gloo"
-        )
-    return torch.device("cuda", local_rank)
-
-
 def describe(rt: Runtime, batch: int) -> str:
     """How a stage trains, for its first line: device, precision, compilation, batch, processes."""
     parts = [
@@ -292,73 +194,10 @@ def describe(rt: Runtime, batch: int) -> str:
     return ", ".join(parts)
 
 
-def make_deterministic() -> None:
-    """Bitwise-repeatable runs on CUDA too: deterministic kernels only (an op without one raises), cuBLAS with a
-    fixed workspace, no TF32, no cuDNN autotuning. Slower; for checking, not for speed."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-
-
-def maybe_compile(fn: Callable, enabled: bool, reporter: "Reporter", what: str) -> Callable:
-    """`fn` compiled with torch.compile when enabled, else `fn`. torch.compile compiles on the first call, so a
-    failure (no C compiler, an unsupported op) shows there: then one notice, and `fn` runs eagerly from then on."""
-    if not enabled:
-        return fn
-    compiled = torch.compile(fn)
-    state = {"fn": compiled}
-
-    def call(*args, **kwargs):
-        if state["fn"] is compiled:
-            try:
-                return compiled(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - any compiler failure falls back to the same code, uncompiled
-                reporter.log(
-                    f"[yellow]notice:[/] torch.compile of the {what} failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                    f"running it uncompiled (run.compile=false skips the attempt)"
-                )
-                state["fn"] = fn
-        return state["fn"](*args, **kwargs)
-
-    return call
-
-
-def cpu_count() -> int:
-    """Cores this process may use (respects taskset/cgroup affinity)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AMX-BF16 tiles or AVX512-BF16), by its capabilities,
-    not its vendor: torch's own probe where it has one, else the kernel's CPU flags."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    if all(callable(f) for f in probes):
-        try:
-            return any(bool(f()) for f in probes)
-        except RuntimeError:
-            pass
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
-
-
-def default_precision(device: torch.device) -> str:
-    """run.precision=auto: bf16 autocast on CUDA and on CPUs with bf16 matrix units (stage 3 ran 1.6x faster with the
-    same test NLL on such a CPU, docs/numbers.md), fp32 on any other CPU (where bf16 is emulated, and slower)."""
-    if device.type == "cuda":
-        return "bf16"
-    return "bf16" if device.type == "cpu" and cpu_has_bf16_matmul() else "fp32"
 
 
 def batches(
