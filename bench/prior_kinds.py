@@ -28,10 +28,10 @@ from common import pin_threads  # noqa: E402
 from vqprior import components  # noqa: E402
 from vqprior.artifacts import load_json  # noqa: E402
 from vqprior.codes import load_code_maps  # noqa: E402
-from vqprior.config import PRIOR_KINDS  # noqa: E402
 from vqprior.config_files import load_config  # noqa: E402
 from vqprior.evaluation.run_eval import evaluate_run  # noqa: E402
 from vqprior.optimizer import scaled_lr  # noqa: E402
+from vqprior.registry import names as registry_names  # noqa: E402
 from vqprior.run_folder import RunFolder  # noqa: E402
 from vqprior.runtime import Runtime  # noqa: E402
 from vqprior.stages import s3_prior  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
         default=None,
         help="stage-3 training budget per kind (default: the training seconds of --run's own stage 3)",
     )
-    ap.add_argument("--kinds", default=",".join(PRIOR_KINDS))
+    ap.add_argument("--kinds", default=",".join(registry_names("prior")))
     ap.add_argument("--budgets", default="1", help="multiples of --seconds to train each kind for, e.g. 1,2")
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--threads", type=int, default=2)

@@ -27,7 +27,8 @@ from . import guidance as guidance_values
 from .class_names import name_of, resolve_all
 from .completion import Completion
 from .components import trusting_code
-from .config import DRAFTS, SWEEPS, Sampling, check_sampling
+from .config import DRAFTS, SWEEPS
+from .config_checks import Sampling, check_sampling
 from .errors import UserError
 from .guidance import Guidance
 from .models.priors.base import check_decode_steps

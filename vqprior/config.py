@@ -7,17 +7,14 @@ from what was actually used instead of re-typing hyperparameters.
 
 from __future__ import annotations
 
-import numbers
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import guidance as guidance_values
-from .errors import UserError
 from .registry import BUILTINS, builtin_name
 from .registry import names as registry_names
 
@@ -213,32 +210,17 @@ class VQVAESection(Section):
         return out
 
 
-class _PriorKinds(Mapping):
-    """kind -> default network params: a live view of the registry's priors (a kind added there is a kind here)."""
-
-    def __getitem__(self, kind: str) -> dict:
-        if kind not in registry_names("prior"):
-            raise KeyError(kind)
-        return BUILTINS[kind].defaults
-
-    def __iter__(self):
-        return iter(registry_names("prior"))
-
-    def __len__(self) -> int:
-        return len(registry_names("prior"))
-
-
-PRIOR_KINDS = _PriorKinds()
-
-
 def prior_network(kind: str) -> Component:
-    return Component(target=kind, params=dict(PRIOR_KINDS[kind]))
+    """A built-in prior kind (a registry name) with its default size."""
+    if kind not in registry_names("prior"):
+        raise KeyError(kind)
+    return Component(target=kind, params=dict(BUILTINS[kind].defaults))
 
 
 def prior_kind(target: str) -> str:
     """The kind whose network class `target` names, or "custom"."""
     name = builtin_name(target)
-    return name if name in PRIOR_KINDS else "custom"
+    return name if name in registry_names("prior") else "custom"
 
 
 class PriorSection(Section):
@@ -266,8 +248,8 @@ class PriorSection(Section):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        if kind not in PRIOR_KINDS and kind != "custom":
-            raise ValueError(f"Input should be {', '.join(repr(k) for k in [*PRIOR_KINDS, 'custom'])}")
+        if kind not in registry_names("prior") and kind != "custom":
+            raise ValueError(f"Input should be {', '.join(repr(k) for k in [*registry_names('prior'), 'custom'])}")
         return kind
 
     @model_validator(mode="before")
@@ -375,71 +357,3 @@ def default_run_name(data: DataSection) -> str:
     if data.source != "folder":
         return data.source
     return re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(data.root).expanduser().resolve().name).strip("-.") or "folder"
-
-
-def check_sampling(
-    temperature: float | None, guidance: guidance_values.Guidance | None = None, seed: int | None = None
-) -> None:
-    """sample.temperature's and sample.guidance's ranges (and a seed's) for values given to eval, complete, the API
-    or the page; None is "not given"."""
-    if guidance is not None:
-        try:
-            guidance_values.check(guidance)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
-        raise UserError(f"temperature must be a number, got {temperature!r}")
-    values = {"temperature": temperature} if temperature is not None else {}  # guidance: checked above
-    try:
-        SampleSection.model_validate(values)
-    except ValidationError as e:
-        raise UserError(format_validation_error(e).replace("config: sample.", "", 1)) from None
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED
-    ):
-        raise UserError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
-
-
-class Sampling(NamedTuple):
-    """One call's validated sampling options (what `Run.sampling` returns)."""
-
-    temperature: float
-    guidance: float | tuple[float, float]  # a scale, or a ramp (first, last) over the raster positions
-    seed: int
-
-
-def validate_run_name(name: str) -> str:
-    """run.name's rules for a name given on the command line: one line if it breaks them."""
-    try:
-        RunSection(name=name)
-    except ValidationError:
-        raise UserError(
-            f"--name {name!r}: a run name is a plain folder name (letters, digits, _ . -, not starting with . or -)"
-        ) from None
-    return name
-
-
-def _did_you_mean(loc: tuple) -> str:
-    """' (did you mean prior.epochs?)' for a mistyped key of a config section."""
-    import difflib
-
-    model: Any = Config
-    for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(part)
-        model = getattr(field, "annotation", None) if field is not None else None
-        if not isinstance(model, type) or not issubclass(model, BaseModel):
-            return ""
-    keys = list(getattr(model, "model_fields", {}))
-    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
-    return f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?)" if close else ""
-
-
-def format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
-    if first["type"] == "extra_forbidden":
-        return f"config: unknown key '{where}'{_did_you_mean(first['loc'])}; check the spelling (see docs/configuration.md)"
-    got = first.get("input")
-    got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
-    message = first["msg"].removeprefix("Value error, ")  # our own validators' words, without pydantic's label
-    return f"config: {where}: {message}{got_txt}; fix it in your config file or --set"

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .config import PRIOR_KINDS, Config, format_validation_error, prior_kind, prior_network
+from .config import Config, prior_kind, prior_network
+from .config_checks import format_validation_error
 from .errors import UserError
+from .registry import names as registry_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -115,7 +117,7 @@ def load_config(
     kinds = [
         layer["prior"]["kind"] for layer in layers if isinstance(layer.get("prior"), dict) and "kind" in layer["prior"]
     ]
-    if kinds and kinds[-1] in PRIOR_KINDS:
+    if kinds and kinds[-1] in registry_names("prior"):
         data["prior"]["network"] = prior_network(kinds[-1]).model_dump(mode="json")
     for layer in layers:
         prior = layer.get("prior")

@@ -296,7 +296,8 @@ class RunFolder:
         """Stage 1's data section (what stage 2, eval, the page and `--from test` read), as a DataSection."""
         from pydantic import ValidationError
 
-        from .config import DataSection, format_validation_error
+        from .config import DataSection
+        from .config_checks import format_validation_error
 
         try:
             return DataSection.model_validate(self.saved(1).get("data"))
@@ -316,7 +317,7 @@ class RunFolder:
     def sampling(self) -> tuple[float, float | tuple[float, float]]:
         """(temperature, guidance) saved with the prior: the defaults of generate, complete, eval and the page.
         Checked like values a user passes (a forged 1e6 guidance is refused, not used)."""
-        from .config import check_sampling
+        from .config_checks import check_sampling
 
         where = self.config_file(3)
         config = self.saved(3).get("config", {})

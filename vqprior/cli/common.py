@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..config import validate_run_name
+from ..config_checks import validate_run_name
 from ..config_files import presets
 from ..errors import UserError, os_error_message
 from ..reporter import Reporter

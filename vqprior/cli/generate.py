@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import MAX_SEED, check_sampling
+from ..config import MAX_SEED
+from ..config_checks import check_sampling
 from ..errors import UserError
 from ..trust import trusting_code
 from .common import (

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import guidance
-from ..config import MAX_SEED, RunSection, check_sampling
+from ..config import MAX_SEED, RunSection
+from ..config_checks import check_sampling
 from ..errors import UserError
 from ..trust import trusting_code
 from .common import (

@@ -11,7 +11,8 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from ..config import DRAFTS, MAX_SEED, SWEEPS, check_sampling, validate_run_name
+from ..config import DRAFTS, MAX_SEED, SWEEPS
+from ..config_checks import check_sampling, validate_run_name
 from ..errors import UserError
 from ..trust import trusting_code
 from .common import (
