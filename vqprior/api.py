@@ -25,6 +25,7 @@ import torch
 
 from . import guidance as guidance_values
 from .class_names import name_of, resolve_all
+from .codes import load_code_maps
 from .completion import Completion
 from .components import trusting_code
 from .config import DRAFTS, SWEEPS
@@ -39,7 +40,7 @@ from .restore import load_prior, load_vqvae
 from .run_folder import RunFolder
 from .runtime.devices import resolve_device
 from .soft_labels import class_morph
-from .user_arrays import user_tensor
+from .user_arrays import user_codes, user_images, user_labels
 
 LN2 = math.log(2)
 
@@ -101,24 +102,14 @@ class Run:
         return load_split(self.data, "test").images[:n]
 
     def _class_prior(self) -> torch.Tensor | None:
-        """log p(class) from the training labels' frequencies."""
+        """log p(class) from the training labels' frequencies (labels checked by load_code_maps)."""
         if not self.num_classes:
             return None
-        folder, _ = self.run_folder.read_stage(2)
-        path = folder / "train_labels.npy"
-        try:
-            labels = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path} is not a readable label array ({type(e).__name__}); re-run stage 2") from None
-        if (
-            labels.ndim != 1
-            or labels.dtype.kind not in "iu"
-            or not len(labels)
-            or labels.min() < 0
-            or labels.max() >= self.num_classes
-        ):
+        folder, manifest = self.run_folder.read_stage(2)
+        labels = load_code_maps(folder, manifest, "train").labels
+        if labels is None or not len(labels) or int(labels.max()) >= self.num_classes:
             raise UserError(
-                f"{path} must hold integer classes 0..{self.num_classes - 1} (got {labels.dtype} {list(labels.shape)}); re-run stage 2"
+                f"{folder}: the training labels do not name the prior's {self.num_classes} classes; re-run stage 2"
             )
         counts = np.bincount(labels.astype(np.int64), minlength=self.num_classes).astype(np.float64)
         return torch.from_numpy(np.log(np.maximum(counts, 1) / counts.sum())).to(self.device)
@@ -126,31 +117,7 @@ class Run:
     # ------------------------------------------------------------------ images <-> codes
     def as_images(self, images) -> torch.Tensor:
         """uint8 [N, C, H, W] from a tensor or array (uint8, or floats in [0, 1]); checks the run's image shape."""
-        x = user_tensor(images, "images", f"a tensor or array [N, {', '.join(map(str, self.image_shape))}]")
-        if x.dim() == 3 and self.image_shape[0] == 1:
-            x = x.unsqueeze(1)
-        if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.image_shape) or len(x) == 0:
-            raise UserError(
-                f"images must be [N >= 1, {', '.join(map(str, self.image_shape))}] for this run, got {list(x.shape)}"
-            )
-        if x.dtype != torch.uint8 and not x.is_floating_point() and x.dtype != torch.bool and not x.is_complex():
-            if x.numel() and (int(x.min()) < 0 or int(x.max()) > 255):
-                raise UserError(
-                    f"integer images must be in 0..255, got {int(x.min())}..{int(x.max())} (or pass floats in [0, 1])"
-                )
-            x = x.to(torch.uint8)
-        if x.dtype != torch.uint8:
-            if x.dtype == torch.bool or x.is_complex():
-                raise UserError(f"images must be uint8 (0..255), integers in 0..255 or floats in [0, 1], got {x.dtype}")
-            x = x.double()
-            if not torch.isfinite(x).all():
-                raise UserError("images contain NaN or infinite values")
-            if x.min() < 0 or x.max() > 1:
-                raise UserError(
-                    f"float images must be in [0, 1], got {x.min().item():g}..{x.max().item():g} (uint8 images are read as 0..255)"
-                )
-            x = x.mul(255).round().to(torch.uint8)
-        return x
+        return user_images(images, self.image_shape)
 
     def encode(self, images) -> torch.Tensor:
         """Images -> code maps [N, h, w]."""
@@ -162,23 +129,7 @@ class Run:
 
     def as_codes(self, codes) -> torch.Tensor:
         """Code maps as long [N, h, w], checked against the run's grid and codebook."""
-        t = user_tensor(codes, "codes", f"integers [N, {self.grid[0]}, {self.grid[1]}]")
-        k = self.vqvae.quantizer.codebook_size
-        if (
-            t.is_floating_point()
-            or t.is_complex()
-            or t.dtype == torch.bool
-            or t.dim() != 3
-            or tuple(t.shape[1:]) != tuple(self.grid)
-            or len(t) == 0
-        ):
-            raise UserError(
-                f"codes must be integers [N >= 1, {self.grid[0]}, {self.grid[1]}], got {t.dtype} {list(t.shape)}"
-            )
-        t = t.long()
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
-            raise UserError(f"codes must be in 0..{k - 1} (K={k}), got {int(t.min())}..{int(t.max())}")
-        return t
+        return user_codes(codes, self.grid, self.vqvae.quantizer.codebook_size)
 
     def sampling(self, temperature: float | None = None, guidance: Guidance | None = None, seed: int = 0) -> Sampling:
         """One call's sampling options, checked like a user's values: those given, the run's saved defaults for the
@@ -198,34 +149,8 @@ class Run:
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 1_000_000:
                 raise UserError(f"pass n=... (how many images, 1..1,000,000) for an unconditional prior, got {n!r}")
             return None, int(n)
-        if labels is None:
-            raise UserError(
-                f"this run's prior is class-conditional: pass labels (classes 0..{self.num_classes - 1}, or soft weights)"
-            )
-        if isinstance(labels, str):
-            labels = [labels]
-        if isinstance(labels, (list, tuple)) and any(isinstance(c, str) for c in labels):
-            labels = resolve_all(labels, self.class_names, "label")  # names ("seven") or indices
-        t = user_tensor(labels, "labels", f"a list of classes or soft weights [N, {self.num_classes}]")
-        if t.numel() == 0:
-            raise UserError(
-                f"labels must be a non-empty list of classes 0..{self.num_classes - 1} (or soft weights [N, {self.num_classes}])"
-            )
-        if t.is_floating_point():
-            t = t.double()
-            if t.dim() != 2 or t.shape[1] != self.num_classes or not len(t):
-                raise UserError(f"soft labels must be weights [N, {self.num_classes}], got shape {list(t.shape)}")
-            if not torch.isfinite(t).all() or (t < 0).any() or ((t.sum(1) - 1).abs() > 1e-6).any():
-                raise UserError("soft labels must be finite weights >= 0 that sum to 1 in every row")
-            return t, len(t)
-        if t.dim() != 1 or not len(t) or t.dtype == torch.bool or t.is_complex():
-            raise UserError(
-                f"labels must be a non-empty list of classes 0..{self.num_classes - 1}, got shape {list(t.shape)}"
-            )
-        t = t.long()
-        if int(t.min()) < 0 or int(t.max()) >= self.num_classes:
-            raise UserError(f"labels must be classes 0..{self.num_classes - 1}, got {t.tolist()}")
-        return t, len(t)
+        labels = user_labels(labels, self.num_classes, self.class_names)
+        return labels, len(labels)
 
     def generate(
         self,
