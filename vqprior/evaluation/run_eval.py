@@ -82,7 +82,6 @@ def evaluate_run(
     from ..trust import code_is_trusted
 
     run = Run(run_dir, str(device), trust_code=code_is_trusted())  # the façade every other use of a run goes through
-    vqvae, prior = run.vqvae, run.prior
     data_cfg = run.data
     train, test = load_split(data_cfg, "train"), load_split(data_cfg, "test")
     if train.labels is None:
@@ -97,74 +96,24 @@ def evaluate_run(
     # the floor at the samples' own n: FD is biased upwards at small n, so n samples are held against n real images
     n_floor = min(n, len(other))
     floor_real = other.images[torch.randperm(len(other), generator=torch.Generator().manual_seed(0))[:n_floor]]
-
-    # VQ-VAE: reconstructions of the reference images
-    recon = reconstruction_metrics(vqvae, test, device)
+    recon = reconstruction_metrics(run.vqvae, test, device)  # the VQ-VAE on the test split
     recon_images = run.decode(run.encode(ref.images))
+    prior_section = likelihoods(run, test, valid, device)
 
-    # prior: NLL of the test codes, and an upper bound on the image NLL
-    folder, manifest = run.run_folder.read_stage(2)
-    codes, labels = load_code_maps(folder, manifest, "test").tensors(device)
-    if not prior.num_classes:
-        labels = None
-    bits_per_code = nll_bits_per_code(prior, codes, labels)
-    positions = codes.shape[1] * codes.shape[2]
-    sigmas = [0.02 * 1.25**i for i in range(12)]
-    val_bits = [decoder_bits_per_image(vqvae, valid.images[:2000], s, device).mean().item() for s in sigmas]
-    sigma = sigmas[min(range(len(sigmas)), key=val_bits.__getitem__)]
-    dims = math.prod(test.images.shape[1:])
-    decoder_bits = decoder_bits_per_image(vqvae, test.images, sigma, device).mean().item()
-    bpd = (bits_per_code * positions + decoder_bits) / dims
-
-    # samples
     t_sample = time.perf_counter()
-    num_classes = prior.num_classes
-    if num_classes:
-        per_class = class_counts(n, train.labels, num_classes)
-        sample_labels = torch.cat([torch.full((k,), c, dtype=torch.long) for c, k in enumerate(per_class)])
-    else:
-        sample_labels = None
-    images = run.generate(sample_labels, None if num_classes else n, temperature, guidance, seed).images
+    sample_labels, per_class = drawn_labels(n, train.labels, run.num_classes)
+    images = run.generate(sample_labels, None if run.num_classes else n, temperature, guidance, seed).images
     sample_seconds = time.perf_counter() - t_sample
     fd_subset = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:n_floor].sort().values
 
-    scores, primary_preds = {}, None
+    scores, predictions = {}, {}
     for name, (net, info) in spaces.items():
-        ref_feats, ref_preds = real_features(name, net, info, ref.images)
-        ref_stats, ref_term = gaussian_stats(ref_feats), kernel_self_term(ref_feats)
-        floor_feats = real_features(name, net, info, floor_real)[0]
-        full_floor = frechet_distance_from_stats(
-            *gaussian_stats(real_features(name, net, info, other.images)[0]), *ref_stats
+        scores[name], predictions[name] = space_scores(
+            name, net, info, ref, other, floor_real, images, fd_subset, recon_images, sample_labels
         )
-        floor = frechet_distance_from_stats(*gaussian_stats(floor_feats), *ref_stats)
-        feats, preds = net.features_and_predictions(images)
-        # FD of as many samples as the floor has real images (all of them unless n exceeds the floor's real set)
-        fd = frechet_distance_from_stats(*gaussian_stats(feats[fd_subset]), *ref_stats)
-        recon_fd = frechet_distance_from_stats(
-            *gaussian_stats(net.features_and_predictions(recon_images)[0]), *ref_stats
-        )
-        precision, recall = precision_recall(ref_feats, feats)
-        scores[name] = {
-            "fd": fd,
-            "floor_fd": floor,
-            "fd_ratio": fd / floor,
-            "kid": kernel_distance(ref_feats, feats, real_term=ref_term),
-            "floor_kid": kernel_distance(ref_feats, floor_feats, real_term=ref_term),
-            "precision": precision,
-            "recall": recall,
-            "recon_fd": recon_fd,
-            "recon_fd_ratio": recon_fd / full_floor,  # reconstructions of all the reference images: the full floor
-            "full_floor_fd": full_floor,
-            "classifier_test_accuracy": info["test_accuracy"],
-            "reference_accuracy": float((ref_preds == ref.labels).double().mean()),
-        }
-        if num_classes:
-            scores[name]["conditional_accuracy"] = float((preds == sample_labels).double().mean())
-        if name == PRIMARY:
-            primary_preds = preds
     worst = max(scores, key=lambda k: scores[k]["fd_ratio"])
     main = scores[PRIMARY]
-
+    codebook_size = run.vqvae.quantizer.codebook_size
     result = {
         "run": str(run_dir),
         "reference": reference,
@@ -182,17 +131,10 @@ def evaluate_run(
             "perplexity": recon["perplexity"],
             "usage": recon["usage"],
             "dead_codes": recon["dead_codes"],
-            "codebook_size": vqvae.quantizer.codebook_size,
+            "codebook_size": codebook_size,
             "recon_fd_ratio": max(s["recon_fd_ratio"] for s in scores.values()),
         },
-        "prior": {
-            "test_bits_per_code": bits_per_code,
-            "test_bits_per_map": bits_per_code * positions,
-            "image_nll_bound_bits_per_dim": bpd,
-            "decoder_sigma": sigma,
-            "decoder_bits_per_image": decoder_bits,
-            "conditional_on_true_class": bool(num_classes),
-        },
+        "prior": prior_section,
         "samples": {
             "fd_ratio": scores[worst]["fd_ratio"],  # the headline: the worst of the feature spaces
             "worst_space": worst,
@@ -202,9 +144,10 @@ def evaluate_run(
             "precision": main["precision"],
             "recall": main["recall"],
             "seconds": sample_seconds,
+            **class_figures(predictions[PRIMARY], sample_labels, per_class, run.class_names, spaces[PRIMARY][1]),
         },
     }
-    warning = degenerate_code(recon["usage"], recon["perplexity"], vqvae.quantizer.codebook_size, data_cfg.source)
+    warning = degenerate_code(recon["usage"], recon["perplexity"], codebook_size, data_cfg.source)
     result["warnings"] = [warning] if warning else []
     result["verdict"] = verdict(
         {k: v["reference_accuracy"] for k, v in scores.items()},
@@ -215,23 +158,95 @@ def evaluate_run(
     )
     if reference == "valid" and not data_cfg.holdout:
         result["warnings"].append(SEEN_VALIDATION)
-    if num_classes:
-        correct = primary_preds == sample_labels
-        result["samples"]["conditional_accuracy"] = float(correct.double().mean())
-        result["samples"]["class_counts"] = dict(zip(map(str, run.class_names), per_class))
-        result["samples"]["per_class_accuracy"] = {
-            str(name): float(correct[sample_labels == c].double().mean())
-            for c, name in enumerate(run.class_names)
-            if per_class[c]
-        }
-    else:
-        classes = spaces[PRIMARY][1]["num_classes"]
-        p = torch.bincount(primary_preds, minlength=classes).double() / len(primary_preds)
-        entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
-        result["samples"]["class_coverage"] = entropy / math.log(classes)
     result["seconds"] = time.perf_counter() - started
     result["seconds_without_classifier_training"] = time.perf_counter() - t0
     return result, images
+
+
+def likelihoods(run, test, valid, device: torch.device) -> dict:
+    """The prior's NLL of the test code maps, and an upper bound on the image NLL: code bits plus the pixels' bits
+    under a discretised Gaussian whose σ is chosen on 2,000 validation images."""
+    folder, manifest = run.run_folder.read_stage(2)
+    codes, labels = load_code_maps(folder, manifest, "test").tensors(device)
+    bits_per_code = nll_bits_per_code(run.prior, codes, labels if run.num_classes else None)
+    positions = codes.shape[1] * codes.shape[2]
+    sigmas = [0.02 * 1.25**i for i in range(12)]
+    val_bits = [decoder_bits_per_image(run.vqvae, valid.images[:2000], s, device).mean().item() for s in sigmas]
+    sigma = sigmas[min(range(len(sigmas)), key=val_bits.__getitem__)]
+    decoder_bits = decoder_bits_per_image(run.vqvae, test.images, sigma, device).mean().item()
+    return {
+        "test_bits_per_code": bits_per_code,
+        "test_bits_per_map": bits_per_code * positions,
+        "image_nll_bound_bits_per_dim": (bits_per_code * positions + decoder_bits) / math.prod(test.images.shape[1:]),
+        "decoder_sigma": sigma,
+        "decoder_bits_per_image": decoder_bits,
+        "conditional_on_true_class": bool(run.num_classes),
+    }
+
+
+def drawn_labels(n: int, train_labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor | None, list[int]]:
+    """The classes of the n samples, in runs of one class at the training split's frequencies (class_counts), and the
+    count of each; (None, []) for an unconditional prior."""
+    if not num_classes:
+        return None, []
+    per_class = class_counts(n, train_labels, num_classes)
+    return torch.cat([torch.full((k,), c, dtype=torch.long) for c, k in enumerate(per_class)]), per_class
+
+
+def space_scores(
+    name, net, info, ref, other, floor_real, images, fd_subset, recon_images, sample_labels
+) -> tuple[dict, torch.Tensor]:
+    """One feature space's figures (FD of the samples `fd_subset` picks and its floor, KID, precision/recall, reconstruction FD,
+    accuracies) and its class predictions of all samples."""
+    ref_feats, ref_preds = real_features(name, net, info, ref.images)
+    ref_stats, ref_term = gaussian_stats(ref_feats), kernel_self_term(ref_feats)
+    floor_feats = real_features(name, net, info, floor_real)[0]
+    full_floor = frechet_distance_from_stats(
+        *gaussian_stats(real_features(name, net, info, other.images)[0]), *ref_stats
+    )
+    floor = frechet_distance_from_stats(*gaussian_stats(floor_feats), *ref_stats)
+    feats, preds = net.features_and_predictions(images)
+    # FD of as many samples as the floor has real images (all of them unless n exceeds the floor's real set)
+    fd = frechet_distance_from_stats(*gaussian_stats(feats[fd_subset]), *ref_stats)
+    recon_fd = frechet_distance_from_stats(*gaussian_stats(net.features_and_predictions(recon_images)[0]), *ref_stats)
+    precision, recall = precision_recall(ref_feats, feats)
+    out = {
+        "fd": fd,
+        "floor_fd": floor,
+        "fd_ratio": fd / floor,
+        "kid": kernel_distance(ref_feats, feats, real_term=ref_term),
+        "floor_kid": kernel_distance(ref_feats, floor_feats, real_term=ref_term),
+        "precision": precision,
+        "recall": recall,
+        "recon_fd": recon_fd,
+        "recon_fd_ratio": recon_fd / full_floor,  # reconstructions of all the reference images: the full floor
+        "full_floor_fd": full_floor,
+        "classifier_test_accuracy": info["test_accuracy"],
+        "reference_accuracy": float((ref_preds == ref.labels).double().mean()),
+    }
+    if sample_labels is not None:
+        out["conditional_accuracy"] = float((preds == sample_labels).double().mean())
+    return out, preds
+
+
+def class_figures(preds, sample_labels, per_class: list[int], class_names, primary_info: dict) -> dict:
+    """Conditional accuracy overall and per class (a conditional prior), or how evenly the samples cover the
+    classes (an unconditional one), by the primary feature network's predictions."""
+    if sample_labels is not None:
+        correct = preds == sample_labels
+        return {
+            "conditional_accuracy": float(correct.double().mean()),
+            "class_counts": dict(zip(map(str, class_names), per_class)),
+            "per_class_accuracy": {
+                str(name): float(correct[sample_labels == c].double().mean())
+                for c, name in enumerate(class_names)
+                if per_class[c]
+            },
+        }
+    classes = primary_info["num_classes"]
+    p = torch.bincount(preds, minlength=classes).double() / len(preds)
+    entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+    return {"class_coverage": entropy / math.log(classes)}
 
 
 def setting_key(result: dict) -> str:
