@@ -4,8 +4,9 @@ as the original digit's class (the class is inferred, not given), beside what th
 The reference is a classifier trained only on the kept pixels (the same region, the rest black) of the training
 digits the feature networks learn from: its mean probability of the true class on the judged digits is the read
 rate a perfect sampler of p(unknown | kept) would reach. Regions: top (code rows 0-2, the exact prefix path of a
-raster kind), bottom (rows 4-6), left (columns 0-2), a random 50% of code positions (one fixed draw per digit) and
-a 12x12-pixel box erased at the centre. One completion per digit.
+raster kind), bottom (rows 4-6), left (columns 0-2), right (columns 4-6; each of these is exact too when the prior
+learned the order in which it is a prefix: gated_pixelcnn's `orders`), a random 50% of code positions (one fixed
+draw per digit) and a 12x12-pixel box erased at the centre. One completion per digit.
 
     .venv/bin/python bench/completion.py --run artifacts/mnist --n 1000 --split test
     .venv/bin/python bench/completion.py --split valid --drafts 2 4 8 --sweeps 0 2   # choose settings
@@ -36,7 +37,7 @@ from vqprior.evaluation.classifier import FeatureClassifier, load_spaces, train_
 from vqprior.guidance import parse  # noqa: E402
 from vqprior.masks import code_mask, erase_box, pixel_view, region  # noqa: E402
 
-REGIONS = ["top", "bottom", "left", "random50", "box12"]
+REGIONS = ["top", "bottom", "left", "right", "random50", "box12"]
 
 
 def masks(name: str, n: int, grid: tuple[int, int], image_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -105,7 +106,7 @@ def main() -> None:
     judge = load_spaces(fit, load_split(run.data, "test"), torch.device("cpu"))["cnn"][0]
     images, labels = judged_set.images[: args.n], judged_set.labels[: args.n].long()
     fingerprint = f"{len(fit)}-{int(fit.images[:100].sum())}"  # the kept-part classifiers train on `fit` either way
-    kind = type(run.prior).__name__
+    kind = type(run.prior).__name__ + "".join(f" +{o}" for o in getattr(run.prior, "orders", {}))
     print(
         f"# {args.run} ({kind}): {args.n} {args.split} digits, class inferred, 1 completion each; threads={threads}, "
         f"yardstick {matmul_gflops(torch.device('cpu'), torch.float32, 3.0):.0f} GFLOP/s"
@@ -140,7 +141,8 @@ def main() -> None:
             print(
                 f"{name} | {int(keep[0].sum())}/{keep[0].numel()} | {drafts or 'default'} | "
                 f"{sweeps if sweeps is not None else 'default'} | {guidance or 'default'} | {accuracy:.1%} | {ref:.1%} | "
-                f"{accuracy / ref:.0%} | {done[0].method} | {seconds:.0f} | {statistics.median(times):.2f} s",
+                f"{accuracy / ref:.0%} | {done[0].method} ({done[0].order}) | {seconds:.1f} | "
+                f"{statistics.median(times):.2f} s",
                 flush=True,
             )
 

@@ -448,6 +448,7 @@ API_CASES = [
     ),
     ("keep-strings", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep=np.full((7, 7), "x")), "keep mask"),
     ("keep-nan", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), keep=np.full((7, 7), np.nan)), "NaN"),
+    ("complete-time-budget", lambda r: r.complete(np.zeros((1, 28, 28), np.uint8), time_budget=0), "time_budget"),
 ]
 
 

@@ -161,3 +161,102 @@ def test_bad_masks_are_one_line_errors(mask, message):
 def test_bad_erase_boxes_are_one_line_errors(box):
     with pytest.raises(UserError, match="--erase"):
         erase_box(box, (28, 28))
+
+
+@pytest.mark.parametrize(
+    "order,kept",
+    [("reverse", (slice(1, 2), slice(None))), ("transpose", (slice(None), slice(0, 1))),
+     ("reverse_transpose", (slice(None), slice(2, 3)))],
+)  # fmt: skip
+def test_a_part_that_is_a_prefix_in_a_learned_order_is_completed_exactly_by_that_orders_network(order, kept):
+    """The bottom row, the left or the right column of a 2x3 map: the network of the order in which it is a prefix
+    continues it, and the completions follow that network's exact conditional (enumerated over all maps of its
+    turned-around joint); the class posterior is that network's exact p(c | kept)."""
+    from vqprior.models.priors.fill import continue_prefix
+    from vqprior.models.priors.orders import to_order
+
+    torch.manual_seed(0)
+    prior = GatedPixelCNN(K, channels=8, layers=3, num_classes=2, orders=["reverse", "transpose", "reverse_transpose"])
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.mul_(3)
+    prior.eval()
+    keep = torch.zeros(GRID, dtype=torch.bool)
+    keep[kept] = True
+    given = torch.tensor([[2, 0, 1], [1, 2, 0]])
+    maps = all_maps()
+    consistent = (maps[:, keep] == given[keep]).all(1)
+    network = prior.order(order)
+    log_prior = torch.log(torch.tensor([0.3, 0.7]))
+    # exact: p(map, c) = p_order(turned map | c) p(c), over the maps that agree with the kept codes
+    with torch.no_grad():
+        joint = (
+            torch.stack(
+                [
+                    network.log_prob(to_order(maps[consistent], order), torch.full((int(consistent.sum()),), c))
+                    for c in (0, 1)
+                ],
+                1,
+            ).double()
+            + log_prior.double()
+        )
+    exact_maps = torch.softmax(torch.logsumexp(joint, 1), 0)
+    exact_classes = torch.softmax(torch.logsumexp(joint, 0), 0)
+    n = 20000
+    out, posterior, labels, used = continue_prefix(prior, given[None], keep[None], n, None, log_prior, 1.0, 1.0, seed=2)
+    assert used == order and posterior.shape == (1, 2) and labels.shape == (1, n)
+    assert torch.allclose(posterior[0].double(), exact_classes, atol=1e-5)
+    out = out[0]
+    assert (out[:, keep] == given[keep]).all()  # kept codes stay where they were
+    index = {tuple(m.flatten().tolist()): i for i, m in enumerate(maps[consistent])}
+    counts = torch.bincount(torch.tensor([index[tuple(m.flatten().tolist())] for m in out]), minlength=len(index))
+    assert 0.5 * (counts.double() / n - exact_maps).abs().sum() < 0.03  # total variation; noise alone ~0.02
+    # without that order's network the same part is not a prefix: no exact path
+    assert (
+        continue_prefix(GatedPixelCNN(K, 8, 3, num_classes=2), given[None], keep[None], 1, None, log_prior, 1.0, 1.0, 0)
+        is None
+    )
+
+
+def test_the_orders_train_as_separate_networks_and_a_prior_without_them_is_unchanged():
+    from vqprior.models.priors.orders import from_order, to_order
+
+    torch.manual_seed(0)
+    plain = GatedPixelCNN(K, channels=8, layers=2, num_classes=2)
+    torch.manual_seed(0)
+    both = GatedPixelCNN(K, channels=8, layers=2, num_classes=2, orders=["reverse"])
+    assert not any(k.startswith("orders.") for k in plain.state_dict())  # saved runs load as before
+    assert all(torch.equal(v, both.state_dict()[k]) for k, v in plain.state_dict().items())  # same initialisation
+    codes = torch.randint(0, K, (5, 4, 3))
+    cond = torch.eye(2)[torch.tensor([0, 1, 0, 1, 0])]
+    loss = both.training_loss(both, codes, cond)
+    raster = torch.nn.functional.cross_entropy(both.logits(codes, cond), codes)
+    turned = to_order(codes, "reverse")
+    other = torch.nn.functional.cross_entropy(both.orders["reverse"].logits(turned, cond), turned)
+    assert torch.allclose(loss, raster + other)
+    loss.backward()  # each network's gradient is its own order's loss's
+    assert all(p.grad is not None for p in both.parameters())
+    for order in ("raster", "reverse", "transpose", "reverse_transpose"):
+        maps = torch.arange(12).view(1, 3, 4)
+        assert torch.equal(from_order(to_order(maps, order), order), maps)
+    assert to_order(torch.arange(6).view(2, 3), "reverse").flatten().tolist() == [5, 4, 3, 2, 1, 0]
+    assert to_order(torch.arange(6).view(2, 3), "transpose").flatten().tolist() == [0, 3, 1, 4, 2, 5]
+    with pytest.raises(ValueError, match="orders must be"):
+        GatedPixelCNN(K, orders=["sideways"])
+
+
+def test_a_spent_time_budget_stops_the_sweeps_where_they_are():
+    """The page bounds each request by a deadline: once it has passed, no further sweep runs (the drafts' pick
+    stands); a deadline in the future changes nothing."""
+    import time
+
+    prior = random_prior(num_classes=2)
+    keep = torch.tensor([[False, True, False], [True, False, True]]).expand(50, *GRID)
+    given = torch.tensor([[0, 2, 0], [1, 0, 0]]).expand(50, *GRID)
+    log_prior = torch.log(torch.tensor([0.5, 0.5]))
+    drafts_only = fill(prior, given, keep, None, log_prior, sweeps=0, seed=4)
+    spent = fill(prior, given, keep, None, log_prior, sweeps=6, seed=4, deadline=time.monotonic() - 1)
+    later = fill(prior, given, keep, None, log_prior, sweeps=6, seed=4, deadline=time.monotonic() + 3600)
+    unbounded = fill(prior, given, keep, None, log_prior, sweeps=6, seed=4)
+    assert torch.equal(spent[0], drafts_only[0]) and torch.equal(spent[1], drafts_only[1])
+    assert torch.equal(later[0], unbounded[0]) and not torch.equal(unbounded[0], drafts_only[0])

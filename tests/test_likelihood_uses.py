@@ -272,3 +272,31 @@ def test_morph_strip_and_gif(trained):
     run = vqprior.load(trained, device="cpu")
     ends = sample(run.prior, 3, run.grid, torch.tensor([4, 4, 4]), run.temperature, 0, guidance=run.guidance)
     assert torch.equal(torch.from_numpy(npz["codes"][:, 0]), ends)
+
+
+def test_a_run_whose_prior_learned_the_reverse_order_completes_a_kept_bottom_exactly(tmp_path):
+    """prior.network.params.orders through the whole pipeline: stage 3 trains the reverse network beside the raster
+    one and saves it; `complete` continues a kept bottom with it (exact, the class posterior from its likelihood) and
+    keeps the kept codes; a kept left part, an order not learned, still goes by importance resampling."""
+    import json as json_
+
+    params = "prior.network.params={channels=8, layers=2, kernel=3, orders=['reverse']}"
+    result = runner.invoke(app, ["run", *tiny_args(tmp_path), "--set", params], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    saved = json_.loads((tmp_path / "t" / "stage3" / "config.json").read_text())["prior"]["params"]
+    assert saved["orders"] == ["reverse"]
+    run = vqprior.load(tmp_path / "t", device="cpu")
+    assert run.prior.order("reverse") is not None and run.prior.order("transpose") is None
+    digits = run.test_images(6)
+    bottom = run.complete(digits, keep="bottom", samples=3, seed=1)
+    assert bottom.exact and bottom.order == "reverse" and bottom.posterior.shape == (6, 10)
+    kept = bottom.keep[0]
+    assert kept[-3:].all() and not kept[:3].any()
+    assert (bottom.codes[:, :, kept] == run.encode(digits)[:, None][:, :, kept]).all()
+    assert torch.allclose(bottom.posterior.sum(1), torch.ones(6, dtype=bottom.posterior.dtype))
+    left = run.complete(digits, keep="left", samples=1, seed=1)
+    assert left.method == "mcmc" and left.order == "raster"
+    shown = runner.invoke(
+        app, ["complete", "--name", "t", "--out-dir", str(tmp_path), "--from", "test", "--n", "2", "--keep", "bottom"]
+    )
+    assert shown.exit_code == 0 and "exact: a kept prefix in the reverse order" in shown.output, shown.output

@@ -36,6 +36,7 @@ from .models.priors.base import check_decode_steps
 from .models.priors.base import generate as generate_codes
 from .models.priors.classes import class_log_likelihoods, class_posterior
 from .models.vqvae import decode_images, encode_images
+from .reporter import Reporter
 from .restore import load_prior, load_vqvae
 from .run_folder import RunFolder
 from .runtime.devices import resolve_device
@@ -283,6 +284,8 @@ class Run:
         keep=None,
         sweeps: int = SWEEPS,
         drafts: int = DRAFTS,
+        time_budget: float | None = None,
+        reporter: Reporter | None = None,
     ) -> Completion:
         """Keep part of each image and sample the rest `samples` times.
 
@@ -294,10 +297,27 @@ class Run:
         explains them, then `sweeps` rounds of Metropolis-Hastings over the prior's exact joint likelihood
         (vqprior.models.priors.fill); the masked kind
         fills any region with its own parallel decoding. A conditional prior without `label` infers the class from
-        what is kept and reports its posterior."""
+        what is kept and reports its posterior. A prior that learned other drawing orders (gated_pixelcnn's
+        `orders`) continues a kept bottom, left or right part exactly too. `time_budget` (seconds): the sweeps stop
+        when it is spent (the page gives each request one second); `reporter` (vqprior.reporter.Reporter) is told
+        how the drafts and sweeps progress."""
         from .completion import complete
 
-        return complete(self, images, keep_rows, samples, label, temperature, guidance, seed, keep, sweeps, drafts)
+        return complete(
+            self,
+            images,
+            keep_rows,
+            samples,
+            label,
+            temperature,
+            guidance,
+            seed,
+            keep,
+            sweeps,
+            drafts,
+            time_budget,
+            reporter or Reporter(),
+        )
 
 
 def load(run_dir: str | Path = "artifacts/mnist", device: str = "auto", trust_code: bool = False) -> Run:

@@ -1,12 +1,15 @@
 """Completion: keep part of each image's code map and sample the rest (the engine of `Run.complete`).
 
 A kept raster prefix is continued exactly (ancestral sampling, the class drawn from its posterior when inferred);
-any other region is filled by Metropolis-Hastings over the prior's exact joint likelihood
-(`models/priors/fill.py`), or by the masked kind's own parallel decoding.
+so is a kept part that is a prefix in another drawing order the prior learned (`models/priors/orders.py`: a kept
+bottom, left or right part, by the network of that order). Any other region is filled by importance resampling
+and Metropolis-Hastings over the prior's exact joint likelihood (`models/priors/fill.py`), or by the masked kind's
+own parallel decoding.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 
 from .errors import UserError
 from .guidance import Guidance
-from .models.priors.base import sample
+from .reporter import Reporter
 
 
 @dataclass
@@ -28,6 +31,9 @@ class Completion:
     # how it was made: "exact" (a kept prefix of a raster kind, ancestral sampling), "mcmc" (any other region of a
     # raster kind) or "parallel" (the masked kind's own decoding)
     method: str
+    order: str = (
+        "raster"  # the drawing order whose network made it (exact: the order in which the kept part is a prefix)
+    )
 
     @property
     def exact(self) -> bool:
@@ -54,12 +60,19 @@ def complete(
     keep,
     sweeps: int,
     drafts: int,
+    time_budget: float | None = None,
+    reporter: Reporter = Reporter(),
 ) -> Completion:
     """See `Run.complete` (`run` is that façade; this module sits below it and does not import it)."""
     from .masks import code_mask
-    from .models.priors.fill import fill, is_prefix
+    from .models.priors.fill import continue_prefix, fill
 
+    started = time.monotonic()
     options = run.sampling(temperature, guidance, seed)
+    if time_budget is not None and (
+        isinstance(time_budget, bool) or not isinstance(time_budget, (int, float)) or not time_budget > 0
+    ):
+        raise UserError(f"time_budget must be a number of seconds > 0, got {time_budget!r}")
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= 64:
         raise UserError(f"samples must be an integer in 1..64, got {samples!r}")
     if isinstance(sweeps, bool) or not isinstance(sweeps, (int, np.integer)) or not 0 <= sweeps <= 100:
@@ -82,9 +95,9 @@ def complete(
     label = _label(run, label)
     codes = run.encode(x)
     t, g = options.temperature, options.guidance
-    prefix = is_prefix(mask)
-    if prefix is not None:
-        out, posterior, labels = _continue_prefix(run, codes, prefix, samples, label, t, g, seed)
+    exact = continue_prefix(run.prior, codes, mask, samples, label, run.log_class_prior, t, g, seed)
+    if exact is not None:
+        out, posterior, labels, order = exact
         return Completion(
             x,
             out,
@@ -93,6 +106,7 @@ def complete(
             posterior,
             labels,
             "parallel" if run.prior.parallel else "exact",
+            order,
         )
     labels_in = None if label is None else torch.full((n * samples,), label, dtype=torch.long)
     filled, labels, posterior = fill(
@@ -106,6 +120,8 @@ def complete(
         sweeps,
         seed,
         drafts,
+        None if time_budget is None else started + time_budget,
+        reporter,
     )
     if posterior is not None:
         posterior = posterior.view(n, samples, -1).mean(1)
@@ -124,36 +140,3 @@ def _label(run, label):
     elif label is not None:
         raise UserError("this run's prior is unconditional; drop --label")
     return label
-
-
-def _continue_prefix(run, codes, keep: int, samples: int, label, t: float, g: float, seed: int):
-    """Exact completions of a kept raster prefix of `keep` positions: (codes [N, k, h, w], posterior, labels)."""
-    n = len(codes)
-    posterior, labels = None, None
-    gen = torch.Generator().manual_seed(seed)
-    if run.num_classes:
-        if label is None:
-            posterior = run.posterior(codes, keep)
-            labels = torch.multinomial(posterior, samples, replacement=True, generator=gen)
-        else:
-            labels = torch.full((n, samples), label, dtype=torch.long)
-    prefix = codes.repeat_interleave(samples, 0)
-    flat_labels = None if labels is None else labels.reshape(-1)
-    out = torch.cat(
-        [
-            sample(
-                run.prior,
-                len(prefix[i : i + 1000]),
-                run.grid,
-                None if flat_labels is None else flat_labels[i : i + 1000],
-                t,
-                seed,
-                first=i,
-                prefix=prefix[i : i + 1000],
-                keep=keep,
-                guidance=g,
-            ).cpu()
-            for i in range(0, len(prefix), 1000)
-        ]
-    )
-    return out.view(n, samples, *run.grid), posterior, labels

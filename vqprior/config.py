@@ -21,10 +21,13 @@ from .registry import names as registry_names
 MAX_SEED = 2**63 - 1  # every generator (torch, numpy's SeedSequence) takes seeds up to here
 MAX_THREADS = 4 * (os.cpu_count() or 1)  # run.threads' upper bound on this machine
 GUIDANCE_DEFAULT = [1.25, 2.0]  # sample.guidance: a ramp over the raster positions (see SampleSection)
-# completion of a region that is not a kept raster prefix (vqprior.models.priors.fill): ancestral drafts per class
-# with the kept codes in place, one picked by importance weight, then Metropolis-Hastings sweeps
+# completion of a region that is not a kept prefix in an order the prior learned (vqprior.models.priors.fill):
+# ancestral drafts per class with the kept codes in place, one picked by importance weight, then Metropolis-Hastings
+# sweeps. Sweeps 0: on 300 validation digits with a random half kept, 2 sweeps read the same share as none (91.3%
+# against a kept-part reference of 92.8%) in 2.4x the time, and 8 drafts read 95.3% in 1.9x (docs/likelihood.md);
+# 4 drafts keep 1,000 digits within a minute on 2 cores
 DRAFTS = 4
-SWEEPS = 2
+SWEEPS = 0
 RUN_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # a plain folder name: no path, not hidden, not "." or ".."
 
 

@@ -123,7 +123,17 @@ def complete(
 
             region = erase_box(erase, tuple(run.image_shape[1:]))
         done = run.complete(
-            images, keep_rows, samples, label, temperature, scale, seed, keep=region, sweeps=sweeps, drafts=drafts
+            images,
+            keep_rows,
+            samples,
+            label,
+            temperature,
+            scale,
+            seed,
+            keep=region,
+            sweeps=sweeps,
+            drafts=drafts,
+            reporter=ConsoleReporter(),
         )
         rows = done.panels().flatten(0, 1)
         with writing_folder(run.run_folder.completions, "completions") as out:
@@ -140,7 +150,7 @@ def complete(
                 **extra,
             )
         how = {
-            "exact": "exact: a kept prefix",
+            "exact": "exact: a kept prefix" + ("" if done.order == "raster" else f" in the {done.order} order"),
             "parallel": "parallel decoding of the masked prior",
             "mcmc": f"{drafts} drafts per class, {sweeps} MCMC sweeps",
         }[done.method]

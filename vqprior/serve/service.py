@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from ..api import Run, load
-from ..config import MAX_SEED
+from ..config import MAX_SEED, SWEEPS
 from ..datasets.pixels import UNREADABLE, fit_to, open_image, to_uint8, why_unreadable
 from ..errors import UserError
 from ..masks import SHORTHANDS, code_mask
@@ -23,6 +23,9 @@ from ..soft_labels import class_mix, class_morph
 
 MAX_IMAGES = 64  # images per generated grid
 MAX_COMPLETIONS = 16
+# seconds of MCMC sweeps one completion request may take (the drafts come first): the page runs one model thread,
+# so a generate is never queued behind more than about this much completion; past it, the chain stops where it is
+COMPLETION_BUDGET = 1.0
 MAX_MORPH = 16  # steps of a morph strip
 MAX_UPLOAD = 4 << 20  # bytes of an uploaded or drawn image
 OOD_QUANTILE = 0.99  # an input whose code bits exceed this quantile of the run's test digits is flagged
@@ -222,12 +225,14 @@ class Service:
         else:
             keep_rows = number(body, "keep_rows", r.grid[0] // 2, 0, r.grid[0], integer=True)
         samples = number(body, "samples", 8, 1, MAX_COMPLETIONS, integer=True)
-        sweeps = number(body, "sweeps", 2, 0, 16, integer=True)
+        sweeps = number(body, "sweeps", SWEEPS, 0, 16, integer=True)
         kw = self.sampling(body)
         label = self.label(body)
 
         def job():
-            done = r.complete(image, keep_rows, samples, label, **kw, keep=keep, sweeps=sweeps)
+            done = r.complete(
+                image, keep_rows, samples, label, **kw, keep=keep, sweeps=sweeps, time_budget=COMPLETION_BUDGET
+            )
             strip = done.panels()[0]
             posterior = (
                 None

@@ -70,6 +70,12 @@ class Prior(nn.Module):
             raise ValueError(f"soft labels must have shape [{batch}, {self.num_classes}], got {list(labels.shape)}")
         return labels.to(dtype)
 
+    def order(self, name: str) -> "Prior | None":
+        """The network that draws maps in another order (models/priors/orders.py: reverse, transpose, ...), when
+        this prior learned one; the raster order is the prior itself. Completion asks for the order in which a kept
+        part is a prefix."""
+        return self if name == "raster" else None
+
     def log_prob(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Exact log-likelihood of each map in nats: [B]."""
         logits = self.logits(codes, self.condition(labels, codes.shape[0]))

@@ -1,7 +1,9 @@
 """Filling any set of positions of a code map with a raster-order prior.
 
 A raster prior gives p(rest | first k codes) exactly, so a kept *prefix* is continued by plain ancestral sampling
-(`sample(..., keep=k)`). For any other kept set (the bottom, the left half, everything but an erased stroke) the
+(`sample(..., keep=k)`), the class drawn from its exact posterior p(c | prefix) when it is inferred; so is a kept
+part that is a prefix in another drawing order the prior learned (`orders.py`: the bottom, the left or the right
+part), by the network of that order on the map turned around (`continue_prefix`). For any other kept set (the bottom, the left half, everything but an erased stroke) the
 conditional p(unknown | kept) is not a product of the prior's factors, but it is proportional to the joint
 p(map) = prod_i p(z_i | z_<i), which the prior evaluates in one pass. So it is sampled by Markov chain Monte Carlo:
 
@@ -29,14 +31,18 @@ change. Randomness comes from one generator seeded by `seed`: the same inputs an
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
 from ... import guidance as guidance_values
 from ...config import DRAFTS, SWEEPS
 from ...guidance import Guidance
-from .base import GuidedNoise, GumbelNoise, Prior, guided_logits
+from ...reporter import Reporter
+from .base import GuidedNoise, GumbelNoise, Prior, guided_logits, sample
 from .classes import class_posterior
+from .orders import ORDERS, from_order, to_order
 
 
 def is_prefix(keep: torch.Tensor) -> int | None:
@@ -47,6 +53,60 @@ def is_prefix(keep: torch.Tensor) -> int | None:
     expected = torch.zeros_like(flat[0])
     expected[:k] = True
     return k if bool((flat == expected).all()) else None
+
+
+def continue_prefix(
+    prior: Prior,
+    codes: torch.Tensor,
+    keep: torch.Tensor,
+    samples: int,
+    label: int | None,
+    log_class_prior: torch.Tensor | None,
+    temperature: float,
+    guidance: Guidance,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, str] | None:
+    """Exact completions of maps codes [N, H, W] whose kept positions keep [N, H, W] are a prefix (the same length
+    for all) in the raster order or in another order the prior learned: (codes [N, samples, H, W], posterior [N, C]
+    when the class is inferred, labels [N, samples] or None, the order), or None when no learned order has the kept
+    part as a prefix."""
+    for order in ORDERS:  # raster first: a kept top part is continued by the prior itself
+        network = prior.order(order)
+        k = None if network is None else is_prefix(to_order(keep, order))
+        if k is not None:
+            break
+    else:
+        return None
+    turned = to_order(codes, order)
+    n, grid = len(turned), tuple(turned.shape[1:])
+    posterior, labels = None, None
+    gen = torch.Generator().manual_seed(seed)
+    if prior.num_classes:
+        if label is None:
+            posterior = class_posterior(network, turned, log_class_prior.cpu(), k)
+            labels = torch.multinomial(posterior, samples, replacement=True, generator=gen)
+        else:
+            labels = torch.full((n, samples), label, dtype=torch.long)
+    prefix = turned.repeat_interleave(samples, 0)
+    flat_labels = None if labels is None else labels.reshape(-1)
+    out = torch.cat(
+        [
+            sample(
+                network,
+                len(prefix[i : i + 1000]),
+                grid,
+                None if flat_labels is None else flat_labels[i : i + 1000],
+                temperature,
+                seed,
+                first=i,
+                prefix=prefix[i : i + 1000],
+                keep=k,
+                guidance=guidance,
+            ).cpu()
+            for i in range(0, len(prefix), 1000)
+        ]
+    )
+    return from_order(out.view(n, samples, *grid), order), posterior, labels, order
 
 
 def _log_conditionals(
@@ -84,8 +144,14 @@ def fill(
     sweeps: int = SWEEPS,
     seed: int = 0,
     candidates: int = DRAFTS,
+    deadline: float | None = None,
+    reporter: Reporter = Reporter(),
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Fill the positions of codes [B, H, W] where keep [B, H, W] is False.
+
+    deadline: a time.monotonic() past which the sweeps stop where they are (the chain's state is a valid map, only
+    less mixed): how the page bounds the time one request holds the model. reporter: progress of the drafts (a
+    line per chunk of DRAFT_CHUNK maps) and of the sweeps.
 
     labels: long [B] (the class of each map), or None: for a conditional prior the class is then sampled with the
     map (needs log_class_prior [C]). Returns (codes [B, H, W], labels [B] the chain ended on or None,
@@ -104,11 +170,13 @@ def fill(
         unknown = [p for p in range(height * width) if not bool(keep.flatten(1)[:, p].all())]
         infer = bool(prior.num_classes) and labels is None
         codes, labels, posterior = _resample(
-            prior, codes, keep, labels, log_class_prior, temperature, guidance, candidates, seed, gen
+            prior, codes, keep, labels, log_class_prior, temperature, guidance, candidates, seed, gen, reporter
         )
         cond = prior.condition(labels, b) if prior.num_classes else None
 
-        for _ in range(sweeps):
+        for _ in reporter.track(range(sweeps), sweeps, "completing: MCMC sweeps"):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             if infer:  # 3. the class given the whole map
                 post = class_posterior(prior, codes, log_class_prior.cpu()).float().to(device)
                 labels = torch.multinomial(post.cpu(), 1, generator=gen).squeeze(1).to(device)
@@ -116,6 +184,8 @@ def fill(
             logp = _log_conditionals(prior, codes, cond, temperature, guidance)
             current = logp.gather(1, codes[:, None]).squeeze(1).flatten(1)  # [B, H*W]
             for p in unknown:  # 2. Metropolis-Hastings with the prior's own conditional as the proposal
+                if deadline is not None and time.monotonic() > deadline:
+                    break
                 i, j = divmod(p, width)
                 proposal = codes.clone()
                 proposal[:, i, j] = _gumbel_draw(logp[:, :, i, j], gen)
@@ -156,12 +226,15 @@ class KeptCodes:
         return torch.cat([code, code]) if len(drawn) == 2 * b else code
 
 
-def drafts(prior, codes, keep, labels, temperature, guidance, seed) -> tuple[torch.Tensor, torch.Tensor]:
+def drafts(
+    prior, codes, keep, labels, temperature, guidance, seed, reporter: Reporter = Reporter()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral draft of every map codes [B, H, W] with its kept codes in place, by the prior's own (cached)
     sampler: (drafts [B, H, W], log importance weight [B]: the sum of the kept positions' log factors)."""
     b, grid = len(codes), tuple(codes.shape[1:])
     out, log_weight = [], []
-    for first in range(0, b, DRAFT_CHUNK):
+    chunks = range(0, b, DRAFT_CHUNK)
+    for first in reporter.track(chunks, len(chunks), f"completing: {b:,} drafts"):
         part, kept = codes[first : first + DRAFT_CHUNK], keep[first : first + DRAFT_CHUNK]
         lab = None if labels is None else labels[first : first + DRAFT_CHUNK]
         cond = prior.condition(lab, len(part)) if prior.num_classes else None
@@ -179,7 +252,7 @@ def drafts(prior, codes, keep, labels, temperature, guidance, seed) -> tuple[tor
     return torch.cat(out), torch.cat(log_weight)
 
 
-def _resample(prior, codes, keep, labels, log_class_prior, temperature, guidance, candidates, seed, gen):
+def _resample(prior, codes, keep, labels, log_class_prior, temperature, guidance, candidates, seed, gen, reporter):
     """1. the start: `candidates` drafts of every map (per class, when the class is inferred), one picked with
     probability proportional to its importance weight (sampling importance resampling). Returns (codes [B, H, W],
     labels [B] or None, posterior [B, C]: p(c | kept) ∝ p(c) · mean of the class's draft weights, or None)."""
@@ -200,6 +273,7 @@ def _resample(prior, codes, keep, labels, log_class_prior, temperature, guidance
         temperature,
         guidance,
         seed,
+        reporter,
     )
     log_weight = log_weight.view(b, classes, candidates)
     posterior = None

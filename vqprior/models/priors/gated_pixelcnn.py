@@ -17,6 +17,7 @@ from torch import nn
 from .base import GumbelNoise, Prior
 from .gated_pixelcnn_sampler import draw_cached
 from .layers import OutputHead, gate
+from .orders import check_orders, from_order, to_order
 
 
 class GatedLayer(nn.Module):
@@ -53,7 +54,19 @@ class GatedLayer(nn.Module):
 class GatedPixelCNN(Prior):
     """p(codes) = prod over raster positions of p(code_ij | codes before ij [, class])."""
 
-    def __init__(self, codebook_size: int, channels: int = 64, layers: int = 8, kernel: int = 3, num_classes: int = 0):
+    def __init__(
+        self,
+        codebook_size: int,
+        channels: int = 64,
+        layers: int = 8,
+        kernel: int = 3,
+        num_classes: int = 0,
+        orders: list[str] = (),
+    ):
+        """orders: other drawing orders to learn beside raster (vqprior/models/priors/orders.py), each by a network
+        of the same size trained on the maps turned around: `complete` then continues a kept bottom (reverse),
+        left (transpose) or right (reverse_transpose) part exactly, as it does a kept top. Each order costs
+        another network's training time; the likelihood, sampling and evaluation are the raster network's."""
         super().__init__()
         if kernel < 3 or kernel % 2 == 0:
             raise ValueError(f"kernel must be odd and at least 3 (3, 5, 7, ...), got {kernel}")
@@ -64,6 +77,10 @@ class GatedPixelCNN(Prior):
         self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_classes, first=i == 0) for i in range(layers))
         # per-position output head (Linear on channels-last == 1x1 convolution)
         self.head = OutputHead(channels, codebook_size)
+        # built after the raster network's layers, so that without orders its initialisation is what it always was
+        self.orders = nn.ModuleDict(
+            {o: GatedPixelCNN(codebook_size, channels, layers, kernel, num_classes) for o in check_orders(orders)}
+        )
 
     def features(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """codes [B, H, W] -> last horizontal-stack features [B, C, H, W]."""
@@ -77,6 +94,28 @@ class GatedPixelCNN(Prior):
         """codes [B, H, W] (long) -> logits [B, K, H, W]."""
         h = self.features(codes, cond)
         return self.head(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None, every_order: bool = False):
+        """Raster logits [B, K, H, W]; with every_order, each order's logits laid back out in raster layout,
+        stacked [1 + len(orders), B, K, H, W] (what stage 3 trains, through DDP when there are several processes)."""
+        cond = self.condition(labels, codes.shape[0], check=not every_order)
+        logits = self.logits(codes, cond)
+        if not every_order:
+            return logits
+        turned = [from_order(m.logits(to_order(codes, o), cond), o) for o, m in self.orders.items()]
+        return torch.stack([logits, *turned])
+
+    def training_loss(self, forward, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The raster network's mean NLL per code, plus each other order's (their parameters are disjoint, so each
+        network trains as it would alone)."""
+        if not len(self.orders):
+            return super().training_loss(forward, codes, cond)
+        logits = forward(codes, cond, True).float()
+        return sum(F.cross_entropy(member, codes) for member in logits)
+
+    def order(self, name: str) -> "GatedPixelCNN | None":
+        """The network of one drawing order (raster: this one), or None when it was not trained."""
+        return self if name == "raster" else self.orders[name] if name in self.orders else None
 
     def draw(
         self, codes: torch.Tensor, cond: torch.Tensor | None, start: int, temperature: float, noise: GumbelNoise
