@@ -73,7 +73,12 @@ def complete(
         Optional[str], typer.Option(help="Erase a box x0,y0,x1,y1 (pixels, end exclusive) and fill it in.")
     ] = None,
     sweeps: Annotated[
-        int, typer.Option(min=0, max=100, help="MCMC sweeps after the drafts, for a region that is not a prefix in an order the prior learned.")
+        int,
+        typer.Option(
+            min=0,
+            max=100,
+            help="MCMC sweeps after the drafts, for a region that is not a prefix in an order the prior learned.",
+        ),
     ] = SWEEPS,
     drafts: Annotated[
         int,
