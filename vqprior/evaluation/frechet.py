@@ -28,16 +28,22 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return frechet_distance_from_stats(*gaussian_stats(a), *gaussian_stats(b))
 
 
-def _knn_radii(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+# rows per block of a pairwise-distance or kernel matrix: a block of 256 x 10,000 stays near the CPU's caches, where
+# 2,048 rows ran 2-3x slower on 2 cores (the results do not depend on it, beyond float64 summation order)
+CHUNK = 256
+
+
+def _knn_radii(x: torch.Tensor, k: int, chunk: int = CHUNK) -> torch.Tensor:
     """Distance from each row of x to its k-th nearest other row."""
     radii = []
     for i in range(0, len(x), chunk):
         d = torch.cdist(x[i : i + chunk], x)
-        radii.append(d.kthvalue(k + 1, dim=1).values)  # +1: the point itself is at distance 0
+        # +1: the point itself is at distance 0; topk of a few is ~3x faster than kthvalue, the same values
+        radii.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
     return torch.cat(radii)
 
 
-def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
     """Whether each point lies within the radius of at least one centre."""
     out = []
     for i in range(0, len(points), chunk):
@@ -59,20 +65,23 @@ def _kernel_sum(a: torch.Tensor, b: torch.Tensor, same: bool, chunk: int) -> flo
     """Sum of k(a_i, b_j) = (a.b / d + 1)^3 over all pairs (without i = j when a is b), blockwise in float64."""
     d, s = a.shape[1], 0.0
     for i in range(0, len(a), chunk):
-        k = (a[i : i + chunk] @ b.T / d + 1) ** 3
+        k = (a[i : i + chunk] @ b.T).div_(d).add_(1)
+        k = (k * k).mul_(k)  # in place: one temporary instead of three
         s += float(k.sum())
         if same:
             s -= float(k.diagonal(offset=i).sum())
     return s
 
 
-def kernel_self_term(x: torch.Tensor, chunk: int = 2048) -> float:
+def kernel_self_term(x: torch.Tensor, chunk: int = CHUNK) -> float:
     """The mean kernel value between distinct rows of x: the part of KID that depends on one set alone."""
     x = x.double()
     return _kernel_sum(x, x, True, chunk) / (len(x) * (len(x) - 1))
 
 
-def kernel_distance(real: torch.Tensor, fake: torch.Tensor, chunk: int = 2048, real_term: float | None = None) -> float:
+def kernel_distance(
+    real: torch.Tensor, fake: torch.Tensor, chunk: int = CHUNK, real_term: float | None = None
+) -> float:
     """KID (Bińkowski et al. 2018): the unbiased estimate of the squared MMD between the two feature sets under the
     cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, over all pairs (blockwise, float64). Unlike FD it has no bias
     that grows as n shrinks: its expectation is 0 for two samples of one distribution, at any n. `real_term`:

@@ -10,7 +10,10 @@ from ..datasets import to_float
 from ..models.priors.base import Prior
 from ..runtime import batches
 
-EVAL_BATCH = 1000
+# maps per forward pass: 250 ran ~1.3x faster than 1,000 on 2 CPU cores (the activations stay in cache), same sums
+EVAL_BATCH = 250
+# the masked kind's objective hides codes drawn per batch, so its batch fixes which codes are hidden: kept as it was
+MASKED_BATCH = 1000
 
 
 @torch.no_grad()
@@ -36,7 +39,7 @@ def masked_bits_per_code(prior: Prior, codes: torch.Tensor, labels: torch.Tensor
     try:
         with torch.random.fork_rng(devices=devices):  # the trainer's random state is left as it was
             torch.manual_seed(seed)
-            for idx in batches(len(codes), EVAL_BATCH):
+            for idx in batches(len(codes), MASKED_BATCH):
                 cond = prior.condition(None if labels is None else labels[idx], len(idx))
                 total += float(prior.training_loss(prior, codes[idx], cond)) * len(idx)
                 count += len(idx)
@@ -60,9 +63,20 @@ def pixel_bits(images: torch.Tensor, means: torch.Tensor, sigma: float) -> torch
 @torch.no_grad()
 def decoder_bits_per_image(vqvae, images: torch.Tensor, sigma: float, device: torch.device) -> torch.Tensor:
     """-log2 p(x | z(x)) per image under the discretised Gaussian around the decoder's output."""
-    out = []
-    for i in range(0, len(images), 1000):
-        x = images[i : i + 1000]
-        mean = vqvae.decode(vqvae.encode(to_float(x).to(device)))
-        out.append(pixel_bits(x.to(device), mean, sigma))
-    return torch.cat(out)
+    return torch.cat([pixel_bits(x, mean, sigma) for x, mean in reconstructions(vqvae, images, device)])
+
+
+@torch.no_grad()
+def reconstructions(vqvae, images: torch.Tensor, device: torch.device):
+    """(uint8 images, the decoder's float output for them) in batches of EVAL_BATCH, on `device`."""
+    for i in range(0, len(images), EVAL_BATCH):
+        x = images[i : i + EVAL_BATCH].to(device)
+        yield x, vqvae.decode(vqvae.encode(to_float(x)))
+
+
+def best_sigma(vqvae, images: torch.Tensor, sigmas: list[float], device: torch.device) -> float:
+    """The σ of `sigmas` under which the decoder gives `images` the fewest bits (one decoding, every σ scored)."""
+    bits = torch.zeros(len(sigmas), dtype=torch.float64)
+    for x, mean in reconstructions(vqvae, images, device):
+        bits += torch.stack([pixel_bits(x, mean, s).sum() for s in sigmas])
+    return sigmas[int(torch.argmin(bits))]

@@ -12,7 +12,8 @@ from ..models.quantizer import code_usage
 from ..models.vqvae import VQVAE
 from ..runtime import batches
 
-EVAL_BATCH = 1000
+# images per forward pass: 250 ran ~2x faster than 1,000 on 2 CPU cores (activations stay in cache), same outputs
+EVAL_BATCH = 250
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from ..models.quantizer import degenerate_code
 from ..reporter import Reporter
 from .classifier import PRIMARY, load_spaces
 from .frechet import frechet_distance_from_stats, gaussian_stats, kernel_distance, kernel_self_term, precision_recall
-from .likelihood import decoder_bits_per_image, nll_bits_per_code
+from .likelihood import best_sigma, decoder_bits_per_image, nll_bits_per_code
 from .reconstruction import reconstruction_metrics
 from .verdict import sample_defects, verdict
 
@@ -95,7 +95,7 @@ def evaluate_run(
     t0 = time.perf_counter()
     # the floor at the samples' own n: FD is biased upwards at small n, so n samples are held against n real images
     n_floor = min(n, len(other))
-    floor_real = other.images[torch.randperm(len(other), generator=torch.Generator().manual_seed(0))[:n_floor]]
+    floor_real = torch.randperm(len(other), generator=torch.Generator().manual_seed(0))[:n_floor]  # indices into other
     recon = reconstruction_metrics(run.vqvae, test, device)  # the VQ-VAE on the test split
     recon_images = run.decode(run.encode(ref.images))
     prior_section = likelihoods(run, test, valid, device)
@@ -171,8 +171,7 @@ def likelihoods(run, test, valid, device: torch.device) -> dict:
     bits_per_code = nll_bits_per_code(run.prior, codes, labels if run.num_classes else None)
     positions = codes.shape[1] * codes.shape[2]
     sigmas = [0.02 * 1.25**i for i in range(12)]
-    val_bits = [decoder_bits_per_image(run.vqvae, valid.images[:2000], s, device).mean().item() for s in sigmas]
-    sigma = sigmas[min(range(len(sigmas)), key=val_bits.__getitem__)]
+    sigma = best_sigma(run.vqvae, valid.images[:2000], sigmas, device)
     decoder_bits = decoder_bits_per_image(run.vqvae, test.images, sigma, device).mean().item()
     return {
         "test_bits_per_code": bits_per_code,
@@ -200,10 +199,9 @@ def space_scores(
     accuracies) and its class predictions of all samples."""
     ref_feats, ref_preds = real_features(name, net, info, ref.images)
     ref_stats, ref_term = gaussian_stats(ref_feats), kernel_self_term(ref_feats)
-    floor_feats = real_features(name, net, info, floor_real)[0]
-    full_floor = frechet_distance_from_stats(
-        *gaussian_stats(real_features(name, net, info, other.images)[0]), *ref_stats
-    )
+    other_feats = real_features(name, net, info, other.images)[0]
+    floor_feats = other_feats[floor_real]  # an image's features do not depend on its batch: no second pass
+    full_floor = frechet_distance_from_stats(*gaussian_stats(other_feats), *ref_stats)
     floor = frechet_distance_from_stats(*gaussian_stats(floor_feats), *ref_stats)
     feats, preds = net.features_and_predictions(images)
     # FD of as many samples as the floor has real images (all of them unless n exceeds the floor's real set)

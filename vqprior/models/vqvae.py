@@ -169,8 +169,10 @@ def rebuild_vqvae(constructor: dict) -> VQVAE:
     return VQVAE(encoder, decoder, quantizer, grid, constructor.get("likelihood", "mse"))
 
 
+# images per forward pass in decode_images/encode_images: 250 ran ~2x faster than 1,000 on 2 CPU cores (activations
+# stay in cache), with the same outputs
 @torch.no_grad()
-def decode_images(model: VQVAE, codes: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+def decode_images(model: VQVAE, codes: torch.Tensor, batch: int = 250) -> torch.Tensor:
     """Code maps [N, h, w] -> uint8 images [N, C, H, W] on the CPU."""
     device = next(model.parameters()).device
     out = [
@@ -181,7 +183,7 @@ def decode_images(model: VQVAE, codes: torch.Tensor, batch: int = 1000) -> torch
 
 
 @torch.no_grad()
-def encode_images(model: VQVAE, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+def encode_images(model: VQVAE, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
     """uint8 images [N, C, H, W] -> code maps [N, h, w] (long) on the CPU."""
     device = next(model.parameters()).device
     return torch.cat(
