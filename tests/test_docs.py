@@ -5,6 +5,7 @@ renamed flag breaks this test, not a reader. A command no rule covers fails the 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -106,7 +107,7 @@ def workspace(tmp_path_factory):
 
 
 def test_every_block_is_run_or_listed_with_a_reason(workspace):
-    seen, ran, listed = set(), [], []
+    seen, ran, listed, bench = set(), [], [], []
     for page, command in collected():
         if command in seen:
             continue
@@ -118,13 +119,14 @@ def test_every_block_is_run_or_listed_with_a_reason(workspace):
             if words[0] == "vqprior":
                 check_flags(words)
             elif words[0] == ".venv/bin/python" and words[1].startswith("bench/"):
-                check_bench(words)
+                bench.append(words)
             continue
         assert words[0] == "vqprior", f"{page}: no rule for `{command}`: run it here or add it to NOT_RUN with why"
         result = runner.invoke(app, cheap(words[1:]), catch_exceptions=False)
         assert result.exit_code == 0, f"{page}: `{command}` failed:\n{result.output}"
         ran.append(command)
-    assert len(ran) >= 20 and len(listed) >= 10, (len(ran), len(listed))
+    check_bench(bench)
+    assert len(ran) >= 20 and len(listed) >= 10 and bench, (len(ran), len(listed), len(bench))
 
 
 def check_flags(words: list[str]) -> None:
@@ -139,14 +141,40 @@ def check_flags(words: list[str]) -> None:
             assert flag in result.output, f"`{' '.join(words)}`: {flag} is not an option of vqprior {command[0]}"
 
 
-def check_bench(words: list[str]) -> None:
-    script = ROOT / words[1]
-    assert script.is_file(), f"{words[1]} does not exist"
-    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+# prints {script: its --help text} for the scripts named on the command line: one interpreter (one torch import)
+# for every benchmark the docs name, each script run as __main__ with --help as it would be from the shell
+HELP_OF_EACH = """
+import contextlib, io, json, runpy, sys
+texts = {}
+for script in sys.argv[1:]:
+    out = io.StringIO()
+    sys.argv = [script, "--help"]
+    with contextlib.redirect_stdout(out):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as e:
+            if e.code not in (0, None):
+                raise
+    texts[script] = out.getvalue()
+print(json.dumps(texts))
+"""
+
+
+def check_bench(commands: list[list[str]]) -> None:
+    """Every benchmark a page names exists, and takes each option the page gives it (by its --help)."""
+    scripts = sorted({words[1] for words in commands})
+    for script in scripts:
+        assert (ROOT / script).is_file(), f"{script} does not exist"
+    out = subprocess.run(
+        [sys.executable, "-c", HELP_OF_EACH, *scripts], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
-    for w in words[2:]:
-        if w.startswith("--"):
-            assert w.split("=", 1)[0] in out.stdout, f"{words[1]} has no option {w}"
+    helps = json.loads(out.stdout.splitlines()[-1])
+    for words in commands:
+        assert "usage:" in helps[words[1]], f"{words[1]} --help printed no usage"
+        for w in words[2:]:
+            if w.startswith("--"):
+                assert w.split("=", 1)[0] in helps[words[1]], f"{words[1]} has no option {w}"
 
 
 @pytest.mark.parametrize(
