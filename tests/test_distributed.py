@@ -299,9 +299,9 @@ def test_a_rank_killed_during_stage_3_stops_every_rank_with_one_line_and_the_run
 
 def test_a_rank_that_cannot_join_is_one_line(tmp_path):
     # a job for three nodes of which only two come: the rendezvous gives up after its join timeout
-    results = finish(two_nodes(tmp_path, "run-stage", 1, port=free_port(), nnodes=3, join_timeout=4), timeout=120)
-    assert all(code != 0 for code, _ in results)
-    # WORLD_SIZE claims a peer that never starts: this process waits run.timeout_s at most, then says so in one line
+    nodes = two_nodes(tmp_path / "nodes", "run-stage", 1, port=free_port(), nnodes=3, join_timeout=4)
+    # meanwhile WORLD_SIZE claims a peer that never starts: this process waits run.timeout_s at most, then says so in
+    # one line
     env = {
         **os.environ,
         "RANK": "0",
@@ -321,6 +321,7 @@ def test_a_rank_that_cannot_join_is_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.count("error:") == 1 and "could not join" in result.stderr, (
         result.stderr[-2000:]
     )
+    assert all(code != 0 for code, _ in finish(nodes, timeout=120))
 
 
 def test_a_taken_process_group_port_is_one_line(tmp_path):
