@@ -48,6 +48,30 @@ def tiny_args(out_dir, name="t"):
     ]
 
 
+@pytest.fixture(scope="session")
+def _finished_tiny_run(tmp_path_factory):
+    """One finished tiny run (`vqprior run`, one image per class in stage 4), trained once per test session."""
+    from typer.testing import CliRunner
+
+    from vqprior.cli import app
+
+    out = tmp_path_factory.mktemp("finished")
+    result = CliRunner().invoke(app, ["run", *tiny_args(out), "--per-class", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out / "t"
+
+
+@pytest.fixture(scope="module")
+def finished_tiny_run(_finished_tiny_run, tmp_path_factory):
+    """A module's own copy of the session's finished tiny run, as <out>/t (run folders are relocatable): what a
+    module's tests change stays in that module."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("copy") / "t"
+    shutil.copytree(_finished_tiny_run, copy)
+    return copy
+
+
 def pytest_collection_modifyitems(config, items):
     """The default tests pin the CPU (tiny_args sets run.device); the `cuda` group needs a GPU and skips without one."""
     if torch.cuda.is_available():

@@ -26,11 +26,9 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(finished_tiny_run):
     """An undisturbed run: what every disturbed one must end with."""
-    out = tmp_path_factory.mktemp("reference")
-    assert invoke("run", *tiny_args(out), "--per-class", 1).exit_code == 0
-    return out / "t"
+    return finished_tiny_run
 
 
 def one_error_line(result, text):

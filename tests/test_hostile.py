@@ -29,11 +29,8 @@ VICTIM_TEXT = "private: this file is outside the run folder\n"
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hostile")
-    result = runner.invoke(app, ["run", *tiny_args(out), "--per-class", "1"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return out / "t"
+def finished_run(finished_tiny_run):
+    return finished_tiny_run
 
 
 @pytest.fixture

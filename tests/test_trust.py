@@ -21,11 +21,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trust")
-    result = runner.invoke(app, ["run", *tiny_args(out), "--per-class", "1"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return out / "t"
+def finished(finished_tiny_run):
+    return finished_tiny_run
 
 
 def forge(run_dir, stage: int, key: str, target: str) -> None:
