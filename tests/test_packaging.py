@@ -16,10 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def source_modules() -> set[str]:
     found = set()
-    for base, prefix in ((ROOT / "vqprior", "vqprior"), (ROOT / "stages", "vqprior/stages")):
-        for path in base.rglob("*.py"):
-            if "__pycache__" not in path.parts and not path.relative_to(base).parts[0] == "stages":
-                found.add(f"{prefix}/{path.relative_to(base).as_posix()}")
+    for path in (ROOT / "vqprior").rglob("*.py"):
+        if "__pycache__" not in path.parts:
+            found.add(path.relative_to(ROOT).as_posix())
     return found
 
 
@@ -89,8 +88,25 @@ def test_a_source_checkout_runs_the_command_with_no_install_step(tmp_path):
     assert help_.returncode == 0 and "run-stage" in help_.stdout
 
 
+def test_each_stage_program_is_its_run_stage_command(tmp_path):
+    """stages/sN_*.py [options] runs `vqprior run-stage N [options]` from any folder, with no install step: stage 2
+    without a stage 1 names stage 1 in its one error line."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    programs = sorted((ROOT / "stages").glob("s[0-9]_*.py"))
+    assert [p.name[1] for p in programs] == ["1", "2", "3", "4"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "s2_codes.py"), "--out-dir", str(tmp_path), "--name", "r"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode != 0 and "error: stage 2 needs stage 1" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def _module_imports() -> dict[str, set[str]]:
-    """vqprior's modules (the stage programs as vqprior.stages.*) and the vqprior modules each one imports anywhere:
+    """vqprior's modules (the stages' code as vqprior.stages.*) and the vqprior modules each one imports anywhere:
     at module level, inside functions (lazy) and under TYPE_CHECKING alike, so a circle cannot hide in a deferred
     import."""
     import ast
@@ -99,12 +115,8 @@ def _module_imports() -> dict[str, set[str]]:
     root = Path(__file__).resolve().parents[1] / "vqprior"
     names = {}
     for path in root.rglob("*.py"):
-        if "stages" in path.relative_to(root).parts:
-            continue
         parts = path.relative_to(root.parent).with_suffix("").parts
         names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    for path in (root.parent / "stages").glob("*.py"):
-        names["vqprior.stages" if path.stem == "__init__" else f"vqprior.stages.{path.stem}"] = path
     graph = {}
     for name, path in names.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
