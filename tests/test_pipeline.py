@@ -60,7 +60,10 @@ def test_every_stage_writes_its_artifacts(tiny_run):
     assert not (tiny_run / "progress").exists(), "live progress folder left behind"
 
 
-def test_one_picture_and_one_metrics_line_per_epoch(tmp_path):
+def test_one_picture_and_one_metrics_line_per_epoch(tmp_path, monkeypatch):
+    import vqprior.stages.s3_prior as s3
+
+    monkeypatch.setattr(s3, "CURVE_MAPS", 50)  # of the tiny run's 200 test maps
     result = invoke(
         "run",
         *tiny_args(tmp_path),
@@ -81,6 +84,10 @@ def test_one_picture_and_one_metrics_line_per_epoch(tmp_path):
         assert lines == json.loads((folder / "metrics.json").read_text())["epochs"][:epochs] or all(
             set(a) <= set(b) for a, b in zip(lines, json.loads((folder / "metrics.json").read_text())["epochs"])
         )
+        if stage == "stage3":  # the learning curve on the first CURVE_MAPS test maps, the last epoch on all of them
+            assert [row["test_maps"] for row in lines] == [50, 50, 200]
+            codes = np.load(tmp_path / "t" / "stage2" / "test_codes.npy")
+            assert len(codes) == 200
         assert sorted(p.name for p in (folder / "epochs").iterdir()) == [
             f"epoch_{e:03d}.png" for e in range(1, epochs + 1)
         ]
