@@ -222,6 +222,21 @@ def test_complete_score_classify_commands(trained, tmp_path):
         assert result.exit_code == 0 and "4 drafts per class, 1 MCMC sweeps" in result.flat, result.output
         saved = np.load(trained / "complete" / "completions.npz")
         assert saved["keep"].shape == (2, 7, 7) and not saved["keep"].all()
+    # --out: a folder of the user's, never replaced without --replace; the run's complete/ is left as it was
+    before = (trained / "complete" / "completions.npz").read_bytes()
+    mine = tmp_path / "mine"
+    result = invoke("complete", *where, "--from", "test", "--n", 2, "--samples", 3, "--keep-rows", 2, "--out", mine)
+    assert result.exit_code == 0 and str(mine / "completions.png") in result.flat, result.output
+    assert np.load(mine / "completions.npz")["images"].shape[:2] == (2, 3)
+    assert (trained / "complete" / "completions.npz").read_bytes() == before
+    again = invoke("complete", *where, "--from", "test", "--n", 1, "--samples", 1, "--out", mine)
+    assert again.exit_code != 0 and f"{mine} exists; pass --replace" in again.flat, again.output
+    assert np.load(mine / "completions.npz")["images"].shape[:2] == (2, 3)  # nothing lost
+    again = invoke("complete", *where, "--from", "test", "--n", 1, "--samples", 1, "--out", mine, "--replace")
+    assert again.exit_code == 0 and np.load(mine / "completions.npz")["images"].shape[:2] == (1, 1), again.output
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary folder left
+    result = invoke("complete", *where, "--from", "test", "--out", png)
+    assert result.exit_code != 0 and "is a file" in result.flat
     result = invoke("score", png, npz, *where)
     assert result.exit_code == 0, result.output
     rows = (trained / "score" / "scores.csv").read_text().splitlines()

@@ -35,6 +35,20 @@ def check_output_path(path: Path, replace: bool) -> Path:
     return path
 
 
+def check_output_folder(path: Path, replace: bool) -> Path:
+    """The same checks for a folder of outputs (complete's --out): not a file, not an existing folder without
+    `replace` (with it, the folder is replaced whole when the new one is complete), not inside the package."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file; name a folder for the completions")
+    if path.exists() and not replace:
+        raise UserError(f"{path} exists; pass --replace to replace it, or name another --out folder")
+    resolved = path.resolve()
+    if resolved == PACKAGE or PACKAGE in resolved.parents:
+        raise UserError(f"{path} is inside the installed vqprior package, which is never written; choose another place")
+    return path
+
+
 def rows_of(labels: torch.Tensor | None, names: list[str] | None, count: int) -> tuple[int, list[str] | None]:
     """(images per row, one caption per row) for a sheet: rows of equal runs of one class are captioned with its
     name; anything else (soft labels, unequal runs) is laid out 10 to a row without captions."""

@@ -86,7 +86,7 @@ def complete(
     ] = DRAFTS,
     samples: Annotated[int, typer.Option(min=1, max=64, help="Completions per image.")] = 4,
     label: Annotated[
-        Optional[int], typer.Option(help="Class to complete as (default: inferred from the kept rows).")
+        Optional[int], typer.Option(help="Class to complete as (default: inferred from the kept part).")
     ] = None,
     temperature: Annotated[
         Optional[float], typer.Option(help="Sampling temperature (> 0; default: the run's sample.temperature).")
@@ -95,14 +95,26 @@ def complete(
         Optional[str], typer.Option(help=f"The {GUIDANCE_HELP} (default: the run's sample.guidance).")
     ] = None,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Sampling seed.")] = 0,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder to write completions.png and completions.npz into (default: <run>/complete/, replaced "
+            "each call).",
+        ),
+    ] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace the --out folder if it exists.")] = False,
     trust_code: Trust = False,
     device: Device = "auto",
 ) -> None:
     """Keep part of each image and sample the rest: original | kept part | completions, one row per image.
 
-    The top rows (--keep-rows, --keep top) are continued exactly; any other region (--keep bottom/left/right,
-    --keep-mask, --erase) is filled by Metropolis-Hastings over the prior's exact likelihood (--sweeps rounds);
-    a masked prior (prior.kind = "masked") fills any region by its own parallel decoding.
+    The top rows (--keep-rows, --keep top) are continued exactly, and so is a kept bottom, left or right part when
+    the prior learned that drawing order; any other region (--keep bottom/left/right, --keep-mask, --erase) is
+    filled by importance-resampled drafts from the prior (--drafts per class), then --sweeps rounds of
+    Metropolis-Hastings if asked; a masked prior (prior.kind = "masked") fills any region by its own parallel
+    decoding.
 
     Example: vqprior complete --from test --n 4 --erase 8,12,20,20"""
 
@@ -116,6 +128,10 @@ def complete(
         given = [v for v in (keep_rows, keep, keep_mask, erase) if v is not None]
         if len(given) > 1:
             raise UserError("give one of --keep-rows, --keep, --keep-mask, --erase")
+        if out is not None:
+            from ..generated_files import check_output_folder
+
+            check_output_folder(out, replace)
         run, images, _, names = _run_and_inputs(name, out_dir, device, trust_code, inputs, from_split, n)
         region = keep
         if keep_mask is not None:
@@ -141,13 +157,14 @@ def complete(
             reporter=ConsoleReporter(),
         )
         rows = done.panels().flatten(0, 1)
-        with writing_folder(run.run_folder.completions, "completions") as out:
-            save_image(rows.float() / 255, out / "completions.png", nrow=samples + 2, padding=2, pad_value=0.5)
+        target = run.run_folder.completions if out is None else Path(out).expanduser()
+        with writing_folder(target, "completions") as folder:
+            save_image(rows.float() / 255, folder / "completions.png", nrow=samples + 2, padding=2, pad_value=0.5)
             extra = (
                 {} if done.posterior is None else {"posterior": done.posterior.numpy(), "labels": done.labels.numpy()}
             )
             np.savez_compressed(
-                out / "completions.npz",
+                folder / "completions.npz",
                 originals=done.originals.numpy(),
                 images=done.images.numpy(),
                 codes=done.codes.numpy(),
@@ -169,7 +186,7 @@ def complete(
         kept = int(done.keep[0].sum())
         console.print(
             f"[green]completions[/] ({kept} of {run.grid[0] * run.grid[1]} codes kept in the first image; {how}) "
-            f"-> {run.run_folder.completions / 'completions.png'}"
+            f"-> {target / 'completions.png'}"
         )
 
     _api_command(body, trust_code)
