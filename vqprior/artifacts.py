@@ -106,8 +106,10 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
 
 
 @contextlib.contextmanager
-def writing_folder(final: Path, what: str) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside `final`; on success it replaces `final`, on any error it is removed."""
+def writing_folder(final: Path, what: str, hint: str = "choose a writable run.out_dir") -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `final`; on success it replaces `final`, on any error it is removed.
+    `hint`: what the user can do when the folder cannot be written (the run folder's setting, or the flag that named
+    the folder)."""
     run_dir = Path(final).parent
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,7 @@ def writing_folder(final: Path, what: str) -> Iterator[Path]:
         remove(tmp)
         tmp.mkdir()
     except OSError as e:
-        raise UserError(f"cannot write to {run_dir}: {e.strerror}; choose a writable run.out_dir") from None
+        raise UserError(f"cannot write to {run_dir}: {e.strerror}; {hint}") from None
     try:
         yield tmp
         old = run_dir / f".{final.name}.old-{os.getpid()}"

@@ -158,7 +158,8 @@ def complete(
         )
         rows = done.panels().flatten(0, 1)
         target = run.run_folder.completions if out is None else Path(out).expanduser()
-        with writing_folder(target, "completions") as folder:
+        hint = "choose a writable run.out_dir" if out is None else "choose a writable --out folder"
+        with writing_folder(target, "completions", hint) as folder:
             save_image(rows.float() / 255, folder / "completions.png", nrow=samples + 2, padding=2, pad_value=0.5)
             extra = (
                 {} if done.posterior is None else {"posterior": done.posterior.numpy(), "labels": done.labels.numpy()}
