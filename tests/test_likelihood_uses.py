@@ -237,6 +237,11 @@ def test_complete_score_classify_commands(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary folder left
     result = invoke("complete", *where, "--from", "test", "--out", png)
     assert result.exit_code != 0 and "is a file" in result.flat
+    from vqprior.generated_files import PACKAGE
+
+    result = invoke("complete", *where, "--from", "test", "--out", PACKAGE / "completions")
+    assert result.exit_code != 0 and "inside the installed vqprior package" in result.flat
+    assert not (PACKAGE / "completions").exists()
     result = invoke("complete", *where, "--from", "test", "--n", 1, "--samples", 1, "--out", png / "inside")
     assert result.exit_code != 0 and "choose a writable --out folder" in result.flat, result.output
     result = invoke("score", png, npz, *where)

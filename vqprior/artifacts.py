@@ -106,7 +106,7 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
 
 
 @contextlib.contextmanager
-def writing_folder(final: Path, what: str, hint: str = "choose a writable run.out_dir") -> Iterator[Path]:
+def writing_folder(final: Path, hint: str = "choose a writable run.out_dir") -> Iterator[Path]:
     """Yield a fresh temporary folder beside `final`; on success it replaces `final`, on any error it is removed.
     `hint`: what the user can do when the folder cannot be written (the run folder's setting, or the flag that named
     the folder)."""

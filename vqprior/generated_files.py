@@ -29,10 +29,7 @@ def check_output_path(path: Path, replace: bool) -> Path:
         raise UserError(f"--out {path} is a folder; name a file in it, e.g. {path / 'samples.png'}")
     if path.exists() and not replace:
         raise UserError(f"{path} exists; pass --replace to overwrite it, or name another --out")
-    resolved = path.parent.resolve()
-    if resolved == PACKAGE or PACKAGE in resolved.parents:
-        raise UserError(f"{path} is inside the installed vqprior package, which is never written; choose another place")
-    return path
+    return outside_package(path)
 
 
 def check_output_folder(path: Path, replace: bool) -> Path:
@@ -43,7 +40,13 @@ def check_output_folder(path: Path, replace: bool) -> Path:
         raise UserError(f"--out {path} is a file; name a folder for the completions")
     if path.exists() and not replace:
         raise UserError(f"{path} exists; pass --replace to replace it, or name another --out folder")
-    resolved = path.resolve()
+    return outside_package(path)
+
+
+def outside_package(path: Path) -> Path:
+    """`path`, refused when it is the installed vqprior package or inside it (its last part is not followed: a link
+    there is replaced, never written through)."""
+    resolved = path.parent.resolve() / path.name
     if resolved == PACKAGE or PACKAGE in resolved.parents:
         raise UserError(f"{path} is inside the installed vqprior package, which is never written; choose another place")
     return path

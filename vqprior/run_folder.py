@@ -145,7 +145,7 @@ class RunFolder:
     @contextlib.contextmanager
     def writing_stage(self, stage: int) -> Iterator[Path]:
         """Yield a fresh temporary folder; on success it replaces stage<N>, on any error it is removed."""
-        with writing_folder(self.stage(stage), f"stage {stage}") as tmp:
+        with writing_folder(self.stage(stage)) as tmp:
             yield tmp
         self._saved = {k: v for k, v in self._saved.items() if k[0] < stage}
 

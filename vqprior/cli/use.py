@@ -158,8 +158,7 @@ def complete(
         )
         rows = done.panels().flatten(0, 1)
         target = run.run_folder.completions if out is None else Path(out).expanduser()
-        hint = "choose a writable run.out_dir" if out is None else "choose a writable --out folder"
-        with writing_folder(target, "completions", hint) as folder:
+        with writing_folder(target, *([] if out is None else ["choose a writable --out folder"])) as folder:
             save_image(rows.float() / 255, folder / "completions.png", nrow=samples + 2, padding=2, pad_value=0.5)
             extra = (
                 {} if done.posterior is None else {"posterior": done.posterior.numpy(), "labels": done.labels.numpy()}
@@ -215,7 +214,7 @@ def score(
 
         run, images, _, names = _run_and_inputs(name, out_dir, device, trust_code, inputs, from_split, n)
         result = run.score(images)
-        with writing_folder(run.run_folder.scores, "scores") as out:
+        with writing_folder(run.run_folder.scores) as out:
             with open(out / "scores.csv", "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["input", "code_bits", "best_class", "recon_mse", "image_bits_bound"])

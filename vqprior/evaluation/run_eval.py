@@ -295,7 +295,7 @@ def write_eval(
     kept_because = why_not_headline(headline, result)
     sheet = labelled_sheet(shown, per_class, captions)
     key = setting_key(result)
-    with writing_folder(run.eval, "eval") as out:
+    with writing_folder(run.eval) as out:
         (out / RESULTS).mkdir()
         for name, kept in run.evaluations().items():
             save_json(out / RESULTS / name, kept)

@@ -60,7 +60,7 @@ def install(name: str, out_dir: Path, run_name: str | None = None, replace: bool
         raise UserError(
             f"{target} exists and is not an intact copy of this pretrained run; pass --name NEW or --replace"
         )
-    with RunFolder(target).lock(), writing_folder(target, "the pretrained run") as tmp:
+    with RunFolder(target).lock(), writing_folder(target) as tmp:
         for item in sorted(source.iterdir()):
             if item.name.startswith(("_", ".")) or item.suffix == ".py":
                 continue
@@ -99,7 +99,7 @@ def pack(run_dir: Path, dest: Path, record: dict) -> Path:
     ev = run.evaluation()
     if ev is None:
         raise UserError(f"{run.path} has no evaluation; run `vqprior eval` on it first")
-    with writing_folder(Path(dest), "the pretrained run") as tmp:
+    with writing_folder(Path(dest)) as tmp:
         for stage, keep in KEEP.items():
             src, out = run.stage(stage), tmp / run.stage(stage).name
             out.mkdir()

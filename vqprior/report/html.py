@@ -161,7 +161,8 @@ def _figures(run: RunFolder, s1, s3, figures: list, skipped: list[str]) -> None:
     if s3:
         figures.append(
             {
-                "caption": "Stage 3: negative log-likelihood of the codes (test with the EMA weights and with the last weights; on the first 2,000 test maps each epoch but the last, which uses them all)"
+                "caption": "Stage 3: negative log-likelihood of the codes (test with the EMA weights and with the last "
+                "weights; on the first 2,000 test maps each epoch but the last, which uses them all)"
                 if not any("test_masked_bits_per_code" in row for row in s3["epochs"])
                 else "Stage 3: cross-entropy of the hidden codes, the masked kind's training loss (its likelihood is "
                 "measured once, at the end)",

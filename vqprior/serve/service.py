@@ -23,8 +23,8 @@ from ..soft_labels import class_mix, class_morph
 
 MAX_IMAGES = 64  # images per generated grid
 MAX_COMPLETIONS = 16
-# seconds of Metropolis-Hastings sweeps one completion request may take (the drafts come first): the page runs one model thread,
-# so a generate is never queued behind more than about this much completion; past it, the chain stops where it is
+# seconds of Metropolis-Hastings sweeps one completion request may take (the drafts come first): the page runs one
+# model thread, so a generate is never queued behind more than about this much completion; past it, the chain stops
 COMPLETION_BUDGET = 1.0
 MAX_MORPH = 16  # steps of a morph strip
 MAX_UPLOAD = 4 << 20  # bytes of an uploaded or drawn image

@@ -131,8 +131,8 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
     def _evaluate(epoch: int, row: dict) -> None:
         positions = grid[0] * grid[1]
         last = epoch == cfg.prior.epochs
-        codes = test_codes if last else test_codes[:CURVE_MAPS]
-        labels = test_labels if last or test_labels is None else test_labels[:CURVE_MAPS]
+        n = len(test_codes) if last else CURVE_MAPS
+        codes, labels = test_codes[:n], None if test_labels is None else test_labels[:n]
         row["test_maps"] = len(codes)
         if final.parallel:  # its exact likelihood costs a pass per position: every epoch the masked loss, then both
             row["train_masked_bits_per_code"] = row["train_loss"] / 0.6931471805599453
@@ -156,7 +156,7 @@ def run(cfg: Config, reporter: Reporter = Reporter(), resume: str = "auto", rt: 
             row["test_bits_per_code_without_ema"] = nll_bits_per_code(model, codes, labels)
         reporter.log(
             f"  epoch {epoch}/{cfg.prior.epochs}: train {row['train_bits_per_code']:.3f} | test"
-            + ("" if last or len(codes) == len(test_codes) else f" ({len(codes):,} maps)")
+            + ("" if len(codes) == len(test_codes) else f" ({len(codes):,} maps)")
             + f" {row['test_bits_per_code']:.3f} "
             f"bits/code = {row['test_bits_per_map']:.1f} bits/map"
             + (f" (last weights {row['test_bits_per_code_without_ema']:.3f})" if ema is not None else "")
