@@ -24,7 +24,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx  # the dev extra's HTTP client (httpx's successor, the same API)
 import numpy as np
 from PIL import Image
 
