@@ -236,7 +236,7 @@ class PriorSection(Section):
     conditional: bool = True
     # exponential moving average of the weights, used for evaluation and sampling (0 = off, use the last weights);
     # averages out the noise of the last steps (as BigGAN does for its generator)
-    # 0.999 improves the test NLL by 0.2-0.3 bits/map but samples read 0.1-0.2x worse; 0.995 reads as 0.998 (docs/numbers.md)
+    # 0.999 improves the test NLL by 0.2-0.3 bits/map but samples read 0.1-0.2x worse; 0.995 reads as 0.998 (one seed; docs/numbers.md)
     ema_decay: float = Field(0.998, ge=0, lt=1)
     # share of training maps shown without their class (null condition), so sampling can use classifier-free guidance
     label_dropout: float = Field(0.1, ge=0, lt=1)
