@@ -54,24 +54,9 @@ def main() -> None:
     args = ap.parse_args()
     threads = pin_threads(args.threads)
     cpu = torch.device("cpu")
-    vq = load_vqvae(Path(args.run), None, cpu)
-    prior = load_prior(Path(args.run), None, cpu, vqvae=vq)
-    data = vq.run.data()
-    train, test = load_split(data, "train"), load_split(data, "test")
-    fit, valid = split_holdout(train)
-    if not data.holdout:
-        print(f"# warning: {SEEN_VALIDATION}", flush=True)
-    spaces = load_spaces(fit, test, cpu)
-    real = test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.n]]
-    refs = {}
-    for name, (net, _) in spaces.items():
-        ref_feats = net.features_and_predictions(valid.images)[0]
-        real_feats = net.features_and_predictions(real)[0]
-        stats = gaussian_stats(ref_feats)
-        floor = frechet_distance_from_stats(*gaussian_stats(real_feats), *stats)
-        refs[name] = (ref_feats, stats, floor, kernel_self_term(ref_feats))
+    vq, prior, spaces, refs, labels = references(Path(args.run), args.n, cpu)
     print(
-        f"# {args.run}: n={args.n} vs the validation slice ({len(valid)}), floors "
+        f"# {args.run}: n={args.n} vs the validation slice, floors "
         + ", ".join(f"{k} {v[2]:.3f}" for k, v in refs.items())
         + f"; {args.seeds} seeds; threads={threads}, yardstick {matmul_gflops(cpu, torch.float32, 3.0):.0f} GFLOP/s",
         flush=True,
@@ -80,9 +65,6 @@ def main() -> None:
         "guidance | temperature | steps | worst FD/floor (range) | "
         + " | ".join(spaces)
         + " | KID x1000 cnn | cond. acc. | sampling s / 1,000 maps"
-    )
-    labels = torch.cat(
-        [torch.full((k,), c) for c, k in enumerate(class_counts(args.n, train.labels, prior.model.num_classes))]
     )
     settings = [
         (g, t, s, c)
@@ -99,17 +81,7 @@ def main() -> None:
             t0 = time.perf_counter()
             codes = generate(prior.model, args.n, prior.grid, labels, t, 100 + seed, guidance=g, decode_steps=steps)
             sampling += time.perf_counter() - t0
-            images = decode_images(vq.model, codes)
-            row = {}
-            for name, (net, _) in spaces.items():
-                feats, preds = net.features_and_predictions(images)
-                ref_feats, stats, floor, ref_term = refs[name]
-                row[name] = frechet_distance_from_stats(*gaussian_stats(feats), *stats) / floor
-                if name == "cnn":
-                    row["kid"] = kernel_distance(ref_feats, feats, real_term=ref_term) * 1000
-                    row["acc"] = float((preds == labels).double().mean())
-            row["worst"] = max(row[name] for name in spaces)
-            rows.append(row)
+            rows.append(score(spaces, refs, decode_images(vq.model, codes), labels))
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         lo, hi = min(r["worst"] for r in rows), max(r["worst"] for r in rows)
         shown = steps if steps is not None else getattr(prior.model, "decode_steps", "raster")
@@ -121,6 +93,46 @@ def main() -> None:
             + f" | {med['kid']:.2f} | {med['acc']:.1%} | {sampling / args.seeds / args.n * 1000:.2f}",
             flush=True,
         )
+
+
+def references(run: Path, n: int, device: torch.device):
+    """(vqvae, prior, spaces, refs, labels) for scoring n samples of `run` against its validation slice: refs[space]
+    = (validation features, their Gaussian stats, the floor: n held-out test images against them, KID self term);
+    labels: n classes at the training split's class mix."""
+    vq = load_vqvae(run, None, device)
+    prior = load_prior(run, None, device, vqvae=vq)
+    data = vq.run.data()
+    train, test = load_split(data, "train"), load_split(data, "test")
+    fit, valid = split_holdout(train)
+    if not data.holdout:
+        print(f"# warning: {SEEN_VALIDATION}", flush=True)
+    spaces = load_spaces(fit, test, device)
+    real = test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n]]
+    refs = {}
+    for name, (net, _) in spaces.items():
+        ref_feats = net.features_and_predictions(valid.images)[0]
+        real_feats = net.features_and_predictions(real)[0]
+        stats = gaussian_stats(ref_feats)
+        floor = frechet_distance_from_stats(*gaussian_stats(real_feats), *stats)
+        refs[name] = (ref_feats, stats, floor, kernel_self_term(ref_feats))
+    labels = torch.cat(
+        [torch.full((k,), c) for c, k in enumerate(class_counts(n, train.labels, prior.model.num_classes))]
+    )
+    return vq, prior, spaces, refs, labels
+
+
+def score(spaces: dict, refs: dict, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """FD / floor in every space, KID x 1000 (cnn), conditional accuracy (the cnn judge) and the worst space."""
+    row = {}
+    for name, (net, _) in spaces.items():
+        feats, preds = net.features_and_predictions(images)
+        ref_feats, stats, floor, ref_term = refs[name]
+        row[name] = frechet_distance_from_stats(*gaussian_stats(feats), *stats) / floor
+        if name == "cnn":
+            row["kid"] = kernel_distance(ref_feats, feats, real_term=ref_term) * 1000
+            row["acc"] = float((preds == labels).double().mean())
+    row["worst"] = max(row[name] for name in spaces)
+    return row
 
 
 if __name__ == "__main__":
