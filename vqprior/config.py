@@ -239,6 +239,7 @@ class PriorSection(Section):
     # 0.999 improves the test NLL by 0.2-0.3 bits/map but samples read 0.1-0.2x worse; 0.995 reads as 0.998 (one seed; docs/numbers.md)
     ema_decay: float = Field(0.998, ge=0, lt=1)
     # share of training maps shown without their class (null condition), so sampling can use classifier-free guidance
+    # 0.05 read 2.04x the floor against 0.1's 1.87x (one held-out seed), 0.2 worse in earlier sessions (docs/numbers.md)
     label_dropout: float = Field(0.1, ge=0, lt=1)
     # 11 at lr 5e-3, chosen on the held-out slice over two training seeds (docs/numbers.md): samples 1.74x / 2.01x
     # the floor (worst space) against 1.83x / 2.14x for 8 epochs at 5e-3 and 1.99x / 2.27x for 8 at 3e-3; the
