@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,8 +28,10 @@ from sampling_grid import references, score  # noqa: E402
 from train_speed import matmul_gflops  # noqa: E402
 
 from vqprior import guidance  # noqa: E402
+from vqprior.codes import load_code_maps  # noqa: E402
 from vqprior.models.priors.base import generate  # noqa: E402
 from vqprior.models.vqvae import decode_images  # noqa: E402
+from vqprior.run_folder import RunFolder  # noqa: E402
 
 
 class CodeClassifier(nn.Module):
@@ -54,9 +55,9 @@ class CodeClassifier(nn.Module):
 
 def train_classifier(run: Path, codebook_size: int, num_classes: int, width: int, epochs: int) -> CodeClassifier:
     """Trained on stage 2's training maps (AdamW, one cycle, label smoothing 0.1); prints its test-map accuracy."""
-    load = lambda name: torch.from_numpy(np.load(run / "stage2" / name).astype(np.int64))  # noqa: E731
-    codes, labels = load("train_codes.npy"), load("train_labels.npy")
-    test_codes, test_labels = load("test_codes.npy"), load("test_labels.npy")
+    folder, manifest = RunFolder(run).read_stage(2)
+    codes, labels = load_code_maps(folder, manifest, "train").tensors()
+    test_codes, test_labels = load_code_maps(folder, manifest, "test").tensors()
     torch.manual_seed(0)
     net = CodeClassifier(codebook_size, num_classes, width)
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=0.05)
