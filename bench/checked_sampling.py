@@ -40,10 +40,8 @@ class CodeClassifier(nn.Module):
     def __init__(self, codebook_size: int, num_classes: int, width: int):
         super().__init__()
         self.embed = nn.Embedding(codebook_size, width)
-        self.convs = nn.ModuleList(
-            [nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, 2 * width, 3, padding=1)]
-            + [nn.Conv2d(2 * width, 2 * width, 3, padding=1)]
-        )
+        sizes = [(width, width), (width, 2 * width), (2 * width, 2 * width)]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in sizes)
         self.head = nn.Linear(2 * width, num_classes)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
@@ -82,18 +80,19 @@ def train_classifier(run: Path, codebook_size: int, num_classes: int, width: int
 
 
 def checked(prior, classifier, n, grid, labels, temperature, seed, scale, rounds) -> tuple[torch.Tensor, int]:
-    """n maps; those the classifier misreads drawn again (round r: a job with seed 1000 r + seed). Returns the maps
-    and how many draws were made beyond n."""
+    """n maps; those the classifier misreads drawn again (round r: a job with seed 1000 r + seed over the maps still
+    misread, in order), each round classifying only the maps just drawn. Returns the maps and how many draws were made
+    beyond n."""
     codes = generate(prior, n, grid, labels, temperature, seed, guidance=scale)
-    extra = 0
+    pending, extra = torch.arange(n), 0
     for r in range(1, rounds + 1):
         with torch.no_grad():
-            misread = (classifier(codes).argmax(1) != labels).nonzero()[:, 0]
-        if not len(misread):
+            pending = pending[classifier(codes[pending]).argmax(1) != labels[pending]]
+        if not len(pending):
             break
-        extra += len(misread)
-        codes[misread] = generate(
-            prior, len(misread), grid, labels[misread], temperature, 1000 * r + seed, guidance=scale
+        extra += len(pending)
+        codes[pending] = generate(
+            prior, len(pending), grid, labels[pending], temperature, 1000 * r + seed, guidance=scale
         )
     return codes, extra
 
