@@ -10,11 +10,16 @@ weight EMA) timed over --steps steps after warm-up. FLOPs per step are counted b
 (matmuls and convolutions, forward and backward), so "share of peak" = achieved FLOP/s / yardstick of the same
 precision. Last: drawing 10,000 guided maps with the cached sampler (what `vqprior eval` does) and decoding them.
 One line per configuration; on CPU these figures are the regression guard for the default path.
+
+    .venv/bin/python bench/train_speed.py --bf16 --batches 128 --prior-shapes 64x8,64x7,64x6,48x8 --steps 30
+
+times only the prior's training step for other gated PixelCNN shapes, alternating them over --rounds rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,13 +68,13 @@ def stage1_setup(device, batch):
     return model, opt, lambda fwd: fwd(model, model, images), None
 
 
-def stage3_setup(device, batch):
+def stage3_setup(device, batch, shape: tuple[int, int] | None = None):
+    """shape: (channels, layers) of the gated PixelCNN instead of the default's."""
     torch.manual_seed(0)
-    model = (
-        components.instantiate(components.resolve(prior_network("gated_pixelcnn"), codebook_size=128, num_classes=10))
-        .to(device)
-        .train()
-    )
+    network = prior_network("gated_pixelcnn")
+    if shape is not None:
+        network.params.update(channels=shape[0], layers=shape[1])
+    model = components.instantiate(components.resolve(network, codebook_size=128, num_classes=10)).to(device).train()
     codes = torch.randint(0, 128, (batch, 7, 7), device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
     keep = torch.rand(batch, 1, device=device) >= 0.1
@@ -112,6 +117,26 @@ def time_steps(setup, step_fn, device, batch, precision, compiled, steps) -> tup
     return (time.perf_counter() - t0) / steps, counter.get_total_flops()
 
 
+def compare_shapes(spec: str, device, batch: int, precision: str, steps: int, rounds: int) -> None:
+    """Maps/s of the prior's training step per network shape, alternating the shapes in each round (so a drift in
+    the machine's speed falls on all of them), median over rounds and its ratio to the first shape's."""
+    shapes = [tuple(int(x) for x in s.split("x")) for s in spec.split(",")]
+    rates: dict[tuple, list[float]] = {s: [] for s in shapes}
+    for _ in range(rounds):
+        for shape in shapes:
+            seconds, _ = time_steps(
+                lambda d, b, shape=shape: stage3_setup(d, b, shape), prior_step, device, batch, precision, False, steps
+            )
+            rates[shape].append(batch / seconds)
+    first = statistics.median(rates[shapes[0]])
+    for shape, r in rates.items():
+        print(
+            f"gated PixelCNN {shape[0]} ch x {shape[1]} layers, {precision}, batch {batch}: {statistics.median(r):,.0f}"
+            f" maps/s (rounds {', '.join(f'{x:,.0f}' for x in r)}) = {first / statistics.median(r):.2f}x the"
+            f" {shapes[0][0]}x{shapes[0][1]} step time"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -122,6 +147,13 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (on by default on CUDA)")
     ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast (on by default on CUDA)")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument(
+        "--prior-shapes",
+        default=None,
+        help="comma-separated CHANNELSxLAYERS of the gated PixelCNN (e.g. 64x8,64x7,48x8): only the prior's training"
+        " step is timed, each shape in turn over --rounds rounds, at the first batch size and the last precision",
+    )
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     device = resolve_device(args.device)
     threads = pin_threads(args.threads)
@@ -133,6 +165,9 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}")
     peak = {p: matmul_gflops(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
     print("yardstick, dense matmul: " + ", ".join(f"{p} {g:,.0f} GFLOP/s" for p, g in peak.items()))
+    if args.prior_shapes:
+        compare_shapes(args.prior_shapes, device, batches[0], precisions[-1], args.steps, args.rounds)
+        return
     per_item = {
         "stage 1 VQ-VAE": ("images/s", stage1_setup, vqvae_step, 60_000),
         "stage 3 prior": ("maps/s", stage3_setup, prior_step, 60_000),
