@@ -25,8 +25,8 @@ BUILTINS: dict[str, Builtin] = {
     "conv_decoder": Builtin("vqprior.models.vqvae:ConvDecoder", "decoder", {"hidden": 64, "res_blocks": 1}),
     # 8 gated layers of 64 channels, 3-wide kernels: for 8 epochs, sample FD/floor 1.97 where 48 channels x 5 epochs
     # gave 2.81 (validation slice, guidance 1.5); it fits the 10-minute budget on 2 cores (README numbers). The least
-    # depth that holds the samples: 7 layers (0.78x the step time) read 1.92x against 1.87x (median of 3 held-out
-    # seeds), 6 layers 2.06x, 10 layers the same 1.87x for 1.2x the stage-3 time (one seed; docs/numbers.md)
+    # depth that holds the samples: 7 layers (0.85x the stage-3 time) read 1.92x against 1.87x (median of 3 held-out
+    # seeds), 6 layers 2.06x; 10 layers the same as 8 on two seeds for 1.2x the time (docs/numbers.md)
     "gated_pixelcnn": Builtin(
         "vqprior.models.priors.gated_pixelcnn:GatedPixelCNN", "prior", {"channels": 64, "layers": 8, "kernel": 3}
     ),
