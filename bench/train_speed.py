@@ -117,10 +117,20 @@ def time_steps(setup, step_fn, device, batch, precision, compiled, steps) -> tup
     return (time.perf_counter() - t0) / steps, counter.get_total_flops()
 
 
-def compare_shapes(spec: str, device, batch: int, precision: str, steps: int, rounds: int) -> None:
-    """Maps/s of the prior's training step per network shape, alternating the shapes in each round (so a drift in
-    the machine's speed falls on all of them), median over rounds and its ratio to the first shape's."""
-    shapes = [tuple(int(x) for x in s.split("x")) for s in spec.split(",")]
+def prior_shapes(spec: str) -> list[tuple[int, int]]:
+    """ "64x8,48x8" -> [(64, 8), (48, 8)]; anything else is one argparse error line."""
+    try:
+        shapes = [(int(c), int(n)) for c, n in (s.split("x") for s in spec.split(","))]
+    except ValueError:
+        shapes = []
+    if not shapes or min(min(s) for s in shapes) < 1:
+        raise argparse.ArgumentTypeError(f"{spec!r}: give CHANNELSxLAYERS pairs of positive integers, e.g. 64x8,48x8")
+    return shapes
+
+
+def compare_shapes(shapes: list[tuple[int, int]], device, batch: int, precision: str, steps: int, rounds: int) -> None:
+    """Maps/s of the prior's training step (eager) per network shape, alternating the shapes in each round (so a
+    drift in the machine's speed falls on all of them), median over rounds and its ratio to the first shape's."""
     rates: dict[tuple, list[float]] = {s: [] for s in shapes}
     for _ in range(rounds):
         for shape in shapes:
@@ -149,12 +159,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument(
         "--prior-shapes",
+        type=prior_shapes,
         default=None,
         help="comma-separated CHANNELSxLAYERS of the gated PixelCNN (e.g. 64x8,64x7,48x8): only the prior's training"
-        " step is timed, each shape in turn over --rounds rounds, at the first batch size and the last precision",
+        " step is timed (eager), each shape in turn over --rounds rounds, at the first batch size and the last"
+        " precision",
     )
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.rounds < 1 or args.steps < 1:
+        ap.error("--rounds and --steps must be at least 1")
     device = resolve_device(args.device)
     threads = pin_threads(args.threads)
     cuda = device.type == "cuda"
